@@ -1,0 +1,682 @@
+"""Bastion benchmark harness: Bastion side by side with nginx and a bare Python proxy, in one run.
+
+    python bench/run.py [--quick] [--rounds N] [--duration S] [--only main|routes|bodies|conns]
+
+See bench/README.md for what each row means. Method (shared/research/performance.md): wrk -t1 -c32
+--latency, the server under test alone on core 0, wrk and the origins on core 1, rounds interleaved so
+drift hits every row alike, medians reported, ratios taken within a round before the median.
+Loopback only; every process started here is killed on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import configs
+import harness
+from harness import LOAD_CPU, SUT_CPU, Processes, Server, StartError, WrkResult, log
+
+BENCH_DIR = Path(__file__).resolve().parent
+SECTIONS = ("main", "routes", "bodies", "conns")
+KIB, MIB = 1024, 1024 * 1024
+BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
+ROUTE_COUNTS = (10, 10_000)
+CONN_COUNTS = (32, 1000)
+# A proxy whose peak RSS grows by more than this between 1 KiB and 100 MiB transfers is holding the body.
+RSS_GROWTH_LIMIT_KIB = 32 * 1024
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class Row:
+    """One line of a results table: a target URL on a server, measured once per round."""
+
+    key: str
+    label: str
+    path: str
+    connections: int = 32
+    server: Server | None = field(default=None, repr=False)
+    skip: str | None = None
+    # One entry per round once measuring starts; None marks a failed round so rounds stay aligned.
+    samples: list[WrkResult | None] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "label": self.label, "path": self.path, "connections": self.connections,
+                "skip": self.skip, "failures": self.failures,
+                "samples": [None if s is None else asdict(s) | {"cpu_us_per_req": s.cpu_us_per_req}
+                            for s in self.samples]}
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def paired_ratios(num: Row, den: Row) -> list[float]:
+    """rps ratios taken within each round (same drift on both sides), for the rounds where both ran."""
+    return [a.rps / b.rps for a, b in zip(num.samples, den.samples, strict=False)
+            if a is not None and b is not None and b.rps > 0]
+
+
+def ratio_summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+# -------------------------------------------------------------------------------------------- context
+
+
+class Bench:
+    """Servers shared across sections, started on first use and stopped in `close()`."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = Processes(tmp)
+        self.files_dir = tmp / "files"
+        self.files_dir.mkdir()
+        self.root = os.geteuid() == 0
+        self.sink_port = harness.free_port()
+        self._servers: dict[str, Server] = {}
+        self._failed: dict[str, str] = {}
+        self._bastion_checked = False
+        self._bastion_reason: str | None = None  # why Bastion can't run; None = usable
+        self.notes: list[str] = []
+
+    def close(self) -> None:
+        self.procs.stop_all()
+
+    # ----------------------------------------------------------------------------------- generic start
+
+    def _get(self, key: str, start: Callable[[], Server]) -> Server:
+        """Start a server once; a failure is remembered so later sections skip it with the same reason."""
+        if key in self._failed:
+            raise StartError(self._failed[key])
+        server = self._servers.get(key)
+        if server is not None and server.alive():
+            return server
+        if server is not None:
+            self.procs.stop(server)  # died since last use: start it again rather than reuse a corpse
+        try:
+            server = start()
+        except StartError as exc:
+            self._failed[key] = str(exc)
+            raise
+        self._servers[key] = server
+        return server
+
+    def _nginx(self, name: str, conf: str, port: int, cpu: int) -> Server:
+        path = self.tmp / f"{name}.conf"
+        path.write_text(conf)
+        nginx = harness.nginx_binary() or "nginx"
+        # -g 'daemon off;' keeps the master as our child, so killing its process group takes the worker too.
+        server = self.procs.start(name, [nginx, "-p", str(self.tmp), "-c", str(path), "-g", "daemon off;"],
+                                  cpu=cpu, port=port)
+        harness.wait_ready(server, timeout=15)
+        return server
+
+    # ------------------------------------------------------------------------------------------ servers
+
+    def origin(self) -> Server:
+        def start() -> Server:
+            port = harness.free_port()
+            conf = configs.nginx_origin_conf(self.tmp, port, self.files_dir, root_user=self.root)
+            return self._nginx("origin", conf, port, LOAD_CPU)
+        return self._get("origin", start)
+
+    def direct(self) -> Server:
+        """A second copy of the origin, on core 0, so 'direct' measures the origin as server under test."""
+        def start() -> Server:
+            port = harness.free_port()
+            conf = configs.nginx_origin_conf(self.tmp, port, self.files_dir, root_user=self.root)
+            return self._nginx("nginx-direct", conf, port, SUT_CPU)
+        return self._get("nginx-direct", start)
+
+    def nginx_proxy(self) -> Server:
+        def start() -> Server:
+            port = harness.free_port()
+            conf = configs.nginx_proxy_conf(self.tmp, port, self.origin().port, self.sink_port,
+                                            root_user=self.root)
+            return self._nginx("nginx-proxy", conf, port, SUT_CPU)
+        return self._get("nginx-proxy", start)
+
+    def sink(self) -> Server:
+        def start() -> Server:
+            server = self.procs.start("sink", [sys.executable, str(BENCH_DIR / "sink_origin.py"),
+                                               str(self.sink_port)], cpu=LOAD_CPU, port=self.sink_port)
+            harness.wait_ready(server, timeout=15)
+            return server
+        return self._get("sink", start)
+
+    def bare_proxy(self) -> Server:
+        def start() -> Server:
+            port = harness.free_port()
+            argv = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--app-dir", str(BENCH_DIR),
+                    "--host", harness.HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                    "--no-access-log", "--log-level", "warning", "--lifespan", "on", "--backlog", "4096"]
+            server = self.procs.start("bare-proxy", argv, cpu=SUT_CPU, port=port,
+                                      env={"BARE_PROXY_UPSTREAM": f"http://{harness.HOST}:{self.origin().port}"})
+            harness.wait_ready(server, timeout=30)
+            return server
+        return self._get("bare-proxy", start)
+
+    def bastion_unavailable(self) -> str | None:
+        """Why Bastion can't be benchmarked (not installed, CLI broken), or None when it can."""
+        if self._bastion_checked:
+            return self._bastion_reason
+        reason = None
+        probe = subprocess.run([sys.executable, "-c", "import bastion.proxy"], capture_output=True, text=True,
+                               timeout=60)
+        if probe.returncode != 0:
+            reason = f"`import bastion.proxy` failed: {_last_line(probe.stderr)}"
+        else:
+            exe = bastion_cli()
+            if exe is None:
+                reason = "no `bastion` executable next to this Python or on PATH"
+            else:
+                helped = subprocess.run([*exe, "serve", "--help"], capture_output=True, text=True, timeout=60)
+                if helped.returncode != 0:
+                    reason = f"`bastion serve --help` exited {helped.returncode}: " \
+                             f"{_last_line(helped.stderr or helped.stdout)}"
+        self._bastion_checked, self._bastion_reason = True, reason
+        if reason:
+            self.notes.append(f"Bastion rows skipped: {reason}")
+        return reason
+
+    def bastion(self, key: str, conf: str, ready_timeout: float = 60.0) -> Server:
+        """Start `bastion serve -c <conf>` on core 0; raises StartError with the reason and log tail."""
+        def start() -> Server:
+            reason = self.bastion_unavailable()
+            if reason:
+                raise StartError(reason)
+            cfg_path = self.tmp / f"{key}.yaml"
+            cfg_path.write_text(conf)
+            port = int(conf.split("listen: 127.0.0.1:", 1)[1].split()[0])
+            server = self.procs.start(key, [*bastion_cli(), "serve", "-c", str(cfg_path)],  # type: ignore[misc]
+                                      cpu=SUT_CPU, port=port)
+            harness.wait_ready(server, path=configs.PATH_ITEM, timeout=ready_timeout)
+            log(f"{key} ready after {server.ready_after:.2f} s")
+            return server
+        return self._get(key, start)
+
+    def bastion_main(self) -> Server:
+        def conf() -> str:
+            return configs.bastion_conf(self.tmp, harness.free_port(), self.origin().port,
+                                        name="bastion-main")
+        return self.bastion("bastion-main", conf())
+
+
+def bastion_cli() -> list[str] | None:
+    # Prefer the script installed beside this interpreter (pip install -e puts it there); a shim on PATH
+    # might belong to another Python.
+    beside = Path(sys.executable).parent / "bastion"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("bastion")
+    return [found] if found else None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def attach(row: Row, start: Callable[[], Server]) -> Row:
+    """Start the row's server and check it really proxies to the origin before spending time on it."""
+    try:
+        row.server = start()
+    except StartError as exc:
+        row.skip = f"did not start: {exc}"
+        log(f"{row.label}: {row.skip.splitlines()[0]}")
+        return row
+    try:
+        got = harness.http_get(row.server.port, row.path)
+    except Exception as exc:  # any failure here is a reason to skip, and is reported
+        row.skip = f"sanity GET {row.path} failed: {type(exc).__name__}: {exc}"
+    else:
+        if got.status != 200 or got.body != configs.ORIGIN_BODY.encode():
+            row.skip = (f"sanity GET {row.path} returned {got.status} "
+                        f"{got.headers.get('content-type', '')}: {got.body[:300]!r}")
+    if row.skip:
+        log(f"{row.label}: {row.skip}")
+    return row
+
+
+def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> None:
+    """Run every live row once per round, rotating the order so no row always goes first or last."""
+    live = [r for r in rows if not r.skip]
+    for rnd in range(args.rounds):
+        shift = rnd % len(live) if live else 0
+        for row in live[shift:] + live[:shift]:
+            assert row.server is not None
+            if row.skip:
+                row.samples.append(None)
+                continue
+            if not row.server.alive():
+                row.skip = f"server exited (code {row.server.proc.returncode}) during round {rnd + 1}:\n" \
+                           f"{row.server.log_tail()}"
+                log(f"{row.label}: {row.skip.splitlines()[0]}")
+                row.samples.append(None)
+                continue
+            url = harness.local_url(row.server.port, row.path)
+            log(f"{title} round {rnd + 1}/{args.rounds}: {row.label} -c{row.connections}")
+            try:
+                if args.warmup > 0:
+                    harness.run_wrk(url, duration=args.warmup, connections=row.connections)
+                result = harness.run_wrk(url, duration=args.duration, connections=row.connections,
+                                         server=row.server)
+            except Exception as exc:  # a broken row must not stop the others
+                row.failures.append(f"round {rnd + 1}: {type(exc).__name__}: {exc}")
+                row.samples.append(None)
+                continue
+            if result.errors:
+                row.failures.append(f"round {rnd + 1}: {result.non_2xx} non-2xx, socket errors "
+                                    f"{result.socket_errors}")
+            row.samples.append(result)
+
+
+def valid(row: Row) -> list[WrkResult]:
+    return [s for s in row.samples if s is not None]
+
+
+def wrk_summary(row: Row) -> dict:
+    s = valid(row)
+    cpu = [x.cpu_us_per_req for x in s if x.cpu_us_per_req is not None]
+    return {
+        "rps": median([x.rps for x in s]),
+        "p50_ms": median([x.p50_ms for x in s]),
+        "p99_ms": median([x.p99_ms for x in s]),
+        "cpu_us_per_req": median(cpu),
+        "errors": sum(x.errors for x in s) if s else None,
+        "rounds": len(s),
+    }
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
+def section_main(bench: Bench) -> dict:
+    rows = [
+        attach(Row("nginx-direct", "nginx origin, direct (no proxy)", configs.PATH_ITEM), bench.direct),
+        attach(Row("nginx-proxy", "nginx reverse proxy (1 worker, upstream keepalive)", configs.PATH_ITEM),
+               bench.nginx_proxy),
+        attach(Row("bare-proxy", "bare Python proxy (uvicorn + raw ASGI + aiohttp)", configs.PATH_ITEM),
+               bench.bare_proxy),
+        attach(Row("bastion-item", f"Bastion GET {configs.PATH_ITEM}", configs.PATH_ITEM),
+               bench.bastion_main),
+        attach(Row("bastion-list", f"Bastion GET {configs.PATH_LIST} (ip_allow)", configs.PATH_LIST),
+               bench.bastion_main),
+    ]
+    measure_rounds(rows, bench.args, "main")
+    ref_nginx, ref_bare = rows[1], rows[2]
+    return {"rows": [r.to_json() | {
+        "summary": wrk_summary(r),
+        "vs_nginx_proxy": ratio_summary(paired_ratios(r, ref_nginx)),
+        "vs_bare_proxy": ratio_summary(paired_ratios(r, ref_bare)),
+    } for r in rows]}
+
+
+def section_routes(bench: Bench) -> dict:
+    rows = []
+    for count in ROUTE_COUNTS:
+        key = f"bastion-routes-{count}"
+
+        def start(key: str = key, count: int = count) -> Server:
+            conf = configs.bastion_conf(bench.tmp, harness.free_port(), bench.origin().port,
+                                        filler_routes=count - configs.EXAMPLE_ROUTE_COUNT, name=key)
+            # Compiling thousands of routes is allowed to take a while, but it is measured and reported.
+            return bench.bastion(key, conf, ready_timeout=300.0)
+
+        rows.append(attach(Row(key, f"Bastion, {count:,} routes", configs.PATH_ITEM), start))
+    measure_rounds(rows, bench.args, "routes")
+    small, large = rows
+    ratios = paired_ratios(large, small)
+    out = {"rows": [], "slowdown_pct": None}
+    for r in rows:
+        out["rows"].append(r.to_json() | {
+            "summary": wrk_summary(r),
+            "routes": int(r.key.rsplit("-", 1)[1]),
+            "ready_after_s": r.server.ready_after if r.server else None,
+            "peak_rss_kib": r.server.peak_rss_kib() if r.server and r.server.alive() else None,
+        })
+    if ratios:
+        out["slowdown_pct"] = ratio_summary([(1 - x) * 100 for x in ratios])
+    return out
+
+
+def section_conns(bench: Bench) -> dict:
+    rows = []
+    for conns in CONN_COUNTS:
+        rows.append(attach(Row(f"nginx-proxy-c{conns}", "nginx reverse proxy", configs.PATH_ITEM, conns),
+                           bench.nginx_proxy))
+        rows.append(attach(Row(f"bastion-c{conns}", "Bastion", configs.PATH_ITEM, conns), bench.bastion_main))
+    measure_rounds(rows, bench.args, "conns")
+    by_key = {r.key: r for r in rows}
+    out = []
+    for r in rows:
+        server_kind = r.key.rsplit("-c", 1)[0]
+        out.append(r.to_json() | {
+            "summary": wrk_summary(r),
+            "vs_nginx_proxy": ratio_summary(paired_ratios(r, by_key[f"nginx-proxy-c{r.connections}"])),
+            "vs_c32": ratio_summary(paired_ratios(r, by_key[f"{server_kind}-c{CONN_COUNTS[0]}"])),
+        })
+    return {"rows": out}
+
+
+@dataclass
+class BodyTarget:
+    key: str
+    label: str
+    upload_port: int | None = None
+    download_port: int | None = None
+    server: Server | None = None  # the proxy whose memory we watch; None for the direct reference
+    skip: str | None = None
+
+
+def _make_body_files(bench: Bench) -> dict[str, Path]:
+    files = {}
+    for label, size in BODY_SIZES:
+        path = bench.files_dir / f"body-{size}.bin"
+        if not path.exists():
+            # Random bytes so nothing on the way can compress them; written in chunks to stay small in RAM.
+            with open(path, "wb") as f:
+                for done in range(0, size, 4 * MIB):
+                    f.write(os.urandom(min(4 * MIB, size - done)))
+            path.chmod(0o644)
+        files[label] = path
+    return files
+
+
+def section_bodies(bench: Bench) -> dict:
+    files = _make_body_files(bench)
+    origin, sink = bench.origin(), bench.sink()
+    targets = [BodyTarget("direct", "origin direct (no proxy)", sink.port, origin.port)]
+    try:
+        proxy = bench.nginx_proxy()
+        targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy (bounded buffers)", proxy.port,
+                                  proxy.port, proxy))
+    except StartError as exc:
+        targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy", skip=str(exc)))
+    try:
+        conf = configs.bastion_conf(bench.tmp, harness.free_port(), origin.port, sink_port=sink.port,
+                                    name="bastion-bodies")
+        server = bench.bastion("bastion-bodies", conf)
+        targets.append(BodyTarget("bastion", "Bastion", server.port, server.port, server))
+    except StartError as exc:
+        targets.append(BodyTarget("bastion", "Bastion", skip=f"did not start: {exc}"))
+
+    samples: dict[tuple[str, str, str], list[dict]] = {}
+    failures: dict[str, list[str]] = {t.key: [] for t in targets}
+    for rnd in range(bench.args.rounds):
+        live = [t for t in targets if not t.skip]
+        shift = rnd % len(live) if live else 0
+        for t in live[shift:] + live[:shift]:
+            for direction in ("upload", "download"):
+                for label, size in BODY_SIZES:
+                    if t.skip:
+                        break
+                    log(f"bodies round {rnd + 1}/{bench.args.rounds}: {t.label} {direction} {label}")
+                    try:
+                        sample = _one_transfer(bench, t, direction, files[label], size)
+                    except Exception as exc:  # report it and carry on with the other rows
+                        failures[t.key].append(f"round {rnd + 1} {direction} {label}: "
+                                               f"{type(exc).__name__}: {exc}")
+                        if t.server is not None and not t.server.alive():
+                            t.skip = (f"server exited (code {t.server.proc.returncode}):\n"
+                                      f"{t.server.log_tail()}")
+                        continue
+                    samples.setdefault((t.key, direction, label), []).append(sample)
+    rows = []
+    for t in targets:
+        for direction in ("upload", "download"):
+            peaks = {}
+            for label, _size in BODY_SIZES:
+                got = samples.get((t.key, direction, label), [])
+                peak = max((s["peak_rss_kib"] for s in got if s["peak_rss_kib"] is not None), default=None)
+                peaks[label] = peak
+                rows.append({
+                    "key": t.key, "label": t.label, "direction": direction, "size": label, "skip": t.skip,
+                    "samples": got,
+                    "seconds": median([s["seconds"] for s in got]),
+                    "mb_per_s": median([s["mb_per_s"] for s in got]),
+                    "peak_rss_kib": peak,
+                })
+            small, large = peaks[BODY_SIZES[0][0]], peaks[BODY_SIZES[-1][0]]
+            if small is not None and large is not None:
+                rows[-1]["rss_growth_kib"] = large - small
+    return {"rows": rows, "failures": failures}
+
+
+def _one_transfer(bench: Bench, t: BodyTarget, direction: str, path: Path, size: int) -> dict:
+    watched = t.server
+    reset_ok = watched.reset_peak_rss() if watched else False
+    answer = bench.tmp / "answer.json"
+    answer.unlink(missing_ok=True)
+    if direction == "upload":
+        url = harness.local_url(t.upload_port, "/upload")
+        tr = harness.curl_transfer(url, upload=path, body_file=answer)
+        body = answer.read_bytes() if answer.exists() else b""
+        if tr.status != 200 or body != b'{"received":%d}' % size:
+            raise RuntimeError(f"upload of {size} bytes: HTTP {tr.status}, origin said {body[:300]!r}")
+    else:
+        url = harness.local_url(t.download_port, f"/files/{path.name}")
+        tr = harness.curl_transfer(url, body_file=None)
+        if tr.status != 200 or tr.bytes != size:
+            raise RuntimeError(f"download of {size} bytes: HTTP {tr.status}, got {tr.bytes} bytes")
+    return {"seconds": tr.seconds, "mb_per_s": tr.mb_per_s, "bytes": tr.bytes,
+            "peak_rss_kib": watched.peak_rss_kib() if watched else None, "peak_reset": reset_ok}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _num(v: float | None, fmt: str = ",.0f", suffix: str = "") -> str:
+    return "—" if v is None else f"{v:{fmt}}{suffix}"
+
+
+def _ratio(r: dict | None) -> str:
+    if not r:
+        return "—"
+    if r["n"] == 1:
+        return f"{r['median']:.2f}"
+    return f"{r['median']:.2f} ({r['min']:.2f} to {r['max']:.2f})"
+
+
+def _skip_cell(row: dict) -> str:
+    if row.get("skip"):
+        return "skipped: " + row["skip"].splitlines()[0][:160].replace("|", "\\|")
+    if row.get("failures"):
+        return f"{len(row['failures'])} problem(s), see notes"
+    return ""
+
+
+def render_report(results: dict) -> str:
+    meta, settings = results["meta"], results["settings"]
+    out = [
+        "# Bastion benchmark",
+        "",
+        f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores · Linux {meta['kernel']} · "
+        f"Python {meta['python']} · {meta['nginx']} · {meta['wrk']} · Bastion: {meta['bastion']}",
+        "",
+        f"Method: wrk -t1 --latency, {settings['duration']:g} s runs after {settings['warmup']:g} s warm-up, "
+        f"{settings['rounds']} interleaved rounds; server under test alone on core {SUT_CPU}, wrk and "
+        f"origins on core {LOAD_CPU}; loopback only. Figures are medians over rounds; ratios are taken "
+        "within each round, then the median (range in brackets). Compare ratios, not absolute numbers, "
+        "across machines."
+        + (" **Quick mode: smoke test only, numbers are noisy.**" if settings["quick"] else ""),
+        "",
+    ]
+    sec = results["sections"]
+    if "main" in sec:
+        out += ["## Main: proxy throughput (wrk -c32, 103-byte JSON origin)", "",
+                "| row | rps | p50 | p99 | server CPU µs/req | ÷ nginx proxy | ÷ bare proxy | notes |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in sec["main"]["rows"]:
+            s = r["summary"]
+            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                       f"{_ratio(r['vs_nginx_proxy'])} | {_ratio(r['vs_bare_proxy'])} | {_skip_cell(r)} |")
+        out.append("")
+    if "routes" in sec:
+        sd = sec["routes"]["slowdown_pct"]
+        out += ["## Routes: 10 vs 10,000 declared routes (Bastion, wrk -c32, GET /v1/orders/123)", "",
+                "| routes | rps | p50 | p99 | server CPU µs/req | ready after | peak RSS | notes |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in sec["routes"]["rows"]:
+            s = r["summary"]
+            rss = r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] else None
+            out.append(f"| {r['routes']:,} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                       f"{_num(r['ready_after_s'], '.2f', ' s')} | {_num(rss, '.0f', ' MiB')} | "
+                       f"{_skip_cell(r)} |")
+        slowdown = "—"
+        if sd:
+            slowdown = f"**{sd['median']:.1f} %** (per-round range {sd['min']:.1f} to {sd['max']:.1f} %)"
+        out += ["", f"Slowdown with 10,000 routes: {slowdown}", ""]
+    if "bodies" in sec:
+        out += ["## Bodies: 1 KiB vs 100 MiB, streamed through the proxy (curl, one transfer at a time)", "",
+                "| row | transfer | size | time | MB/s | proxy peak RSS | RSS growth vs 1 KiB | notes |",
+                "|---|---|---|---|---|---|---|---|"]
+        fails = sec["bodies"]["failures"]
+        for r in sec["bodies"]["rows"]:
+            rss = _num(r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] is not None else None, ".0f", " MiB")
+            growth = r.get("rss_growth_kib")
+            growth_cell = "—" if growth is None else f"{growth / 1024:+.0f} MiB" + (
+                " **(buffers the body?)**" if growth > RSS_GROWTH_LIMIT_KIB else "")
+            note = _skip_cell({"skip": r["skip"]}) or (f"{len(fails[r['key']])} problem(s), see notes"
+                                                        if fails[r["key"]] else "")
+            mbps = _num(r["mb_per_s"], ",.0f") if r["size"] != BODY_SIZES[0][0] else "n/a"
+            out.append(f"| {r['label']} | {r['direction']} | {r['size']} | "
+                       f"{_num(r['seconds'] and r['seconds'] * 1e3, ',.1f', ' ms')} | {mbps} | {rss} | "
+                       f"{growth_cell} | {note} |")
+        out.append("")
+    if "conns" in sec:
+        out += ["## Connections: 32 vs 1,000 concurrent (wrk -c32 / -c1000, GET /v1/orders/123)", "",
+                "| row | conns | rps | p50 | p99 | errors | ÷ nginx proxy | ÷ same server at c32 | notes |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in sec["conns"]["rows"]:
+            s = r["summary"]
+            out.append(f"| {r['label']} | {r['connections']:,} | {_num(s['rps'])} | "
+                       f"{_num(s['p50_ms'], '.2f', ' ms')} | {_num(s['p99_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['errors'])} | {_ratio(r['vs_nginx_proxy'])} | {_ratio(r['vs_c32'])} | "
+                       f"{_skip_cell(r)} |")
+        out.append("")
+
+    notes = list(results["notes"])
+    for name, data in sec.items():
+        rows = data["rows"]
+        for r in rows:
+            if r.get("skip") and "\n" in r["skip"]:
+                notes.append(f"{name} / {r['label']}: skipped:\n```\n{r['skip']}\n```")
+            for f in r.get("failures", []):
+                notes.append(f"{name} / {r['label']}: {f}")
+        for key, fl in data.get("failures", {}).items():
+            notes += [f"{name} / {key}: {f}" for f in fl]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke test: 3 s runs, 1 s warm-up, 2 rounds")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 2 with --quick)")
+    p.add_argument("--duration", type=float, help="seconds per measured wrk run (default 10; 3 with --quick)")
+    p.add_argument("--warmup", type=float, help="seconds of wrk warm-up before each run (default 3; 1 quick)")
+    p.add_argument("--only", action="append", choices=SECTIONS,
+                   help="run only this section (repeatable); default: all")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where latest.md/.json go")
+    p.add_argument("--no-install", action="store_true", help="don't apt-get/pip install missing tools")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, server logs)")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.duration = args.duration or (3.0 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    args.sections = [s for s in SECTIONS if s in (args.only or SECTIONS)]
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds and --duration must be positive")
+    return args
+
+
+def bastion_version() -> str:
+    code = "import bastion; print(getattr(bastion, '__version__', '?'))"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return "not importable"
+    rev = subprocess.run(["git", "-C", str(BENCH_DIR.parent), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, timeout=10)
+    return probe.stdout.strip() + (f" @ {rev.stdout.strip()}" if rev.returncode == 0 else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 cores; the server and wrk will share a core and numbers mean little")
+    if not args.no_install:
+        harness.ensure_tools()
+    nofile = harness.raise_nofile_limit()
+    if nofile < 4096 and "conns" in args.sections:
+        log(f"warning: open-files limit is {nofile}; the -c1000 rows may fail")
+    harness.install_signal_cleanup()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+    bench = Bench(args, tmp)
+    results: dict = {
+        "meta": harness.tool_versions() | {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                           "bastion": bastion_version()},
+        "settings": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
+                     "quick": args.quick, "sections": args.sections},
+        "sections": {},
+        "notes": bench.notes,
+    }
+    runners = {"main": section_main, "routes": section_routes, "bodies": section_bodies,
+               "conns": section_conns}
+    started = time.monotonic()
+    try:
+        bench.origin()
+        for name in args.sections:
+            log(f"== section {name}")
+            results["sections"][name] = runners[name](bench)
+    finally:
+        bench.close()
+        if args.keep_tmp:
+            log(f"kept temp dir {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    results["elapsed_s"] = time.monotonic() - started
+
+    report = render_report(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(report)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(report)
+    log(f"done in {results['elapsed_s']:.0f} s; wrote {args.out / 'latest.md'} and latest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)

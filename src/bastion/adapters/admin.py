@@ -1,0 +1,199 @@
+"""The admin API (``/admin/v1``), served by uvicorn on its own listener.
+
+Access control is a pure ASGI wrapper in front of the FastAPI app, so it covers every route including
+the generated OpenAPI document: the peer address must be in ``admin.allow_ips`` (the TCP peer; no
+forwarded header is believed on this listener), and every path except ``/admin/v1/health`` needs
+``Authorization: Bearer <admin.token>``. Failures and every authenticated call are events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from ipaddress import ip_address
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+
+from .. import __version__
+from ..core.forwarding import NetworkSet
+from ..core.problem import problem_body
+from ..events.query import EventFilter, QueryError, get_event, parse_time, query_events
+from ..runtime.gateway import Gateway
+
+__all__ = ["build_admin_app"]
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+PREFIX = "/admin/v1"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+class AdminGuard:
+    def __init__(self, app: ASGIApp, gateway: Gateway, token: str, allow_ips: NetworkSet) -> None:
+        self.app = app
+        self.gateway = gateway
+        self._token_digest = _digest(token)
+        self.allow = allow_ips
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "")
+        client = scope.get("client") or ("", 0)
+        try:
+            peer = ip_address(client[0])
+        except ValueError:
+            peer = None
+        if peer is None or peer not in self.allow:
+            self.gateway.emit(
+                "admin.ip_denied",
+                severity="warning",
+                method=method,
+                path=path[:512],
+                source_ip=str(peer) if peer else None,
+                reason="admin_ip_denied",
+            )
+            await _problem(send, 403, "admin_ip_denied", "This address may not use the admin API.")
+            return
+        if path != f"{PREFIX}/health":
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, presented = auth.partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                _digest(presented.strip()), self._token_digest
+            )
+            if not ok:
+                self.gateway.emit(
+                    "admin.auth_failed",
+                    severity="warning",
+                    method=method,
+                    path=path[:512],
+                    source_ip=str(peer),
+                    reason="admin_unauthorized",
+                    data={"had_credentials": bool(auth)},
+                )
+                await _problem(
+                    send,
+                    401,
+                    "admin_unauthorized",
+                    "A valid admin bearer token is required.",
+                    extra=[(b"www-authenticate", b'Bearer realm="bastion-admin"')],
+                )
+                return
+            status_box: dict[str, int] = {}
+
+            async def send_wrapper(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status_box["status"] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, send_wrapper)
+            self.gateway.emit(
+                "admin.action",
+                severity="info",
+                method=method,
+                path=path[:512],
+                source_ip=str(peer),
+                actor="admin:token",
+                data={"status": status_box.get("status")},
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+async def _problem(
+    send: Any, status: int, code: str, detail: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = problem_body(status, code, detail)
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers.extend(extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_admin_app(
+    gateway: Gateway,
+    engine: Engine,
+    token: str,
+    allow_ips: NetworkSet,
+    *,
+    stats: Callable[[], dict[str, Any]] | None = None,
+) -> ASGIApp:
+    app = FastAPI(
+        title="Bastion admin API",
+        version=__version__,
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        description="Manage and observe a Bastion gateway. Every call except health needs "
+        "`Authorization: Bearer <admin token>` from an allowed address.",
+    )
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
+        code = {400: "invalid_query", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "error"
+        )
+        return JSONResponse(
+            json.loads(problem_body(exc.status_code, code, str(exc.detail))),
+            status_code=exc.status_code,
+            media_type="application/problem+json",
+            headers={"cache-control": "no-store"},
+        )
+
+    @app.get(f"{PREFIX}/health", tags=["system"], summary="Liveness of the gateway")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get(f"{PREFIX}/status", tags=["system"], summary="Counters of this process")
+    async def status() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, **(stats() if stats else {})}
+
+    @app.get(f"{PREFIX}/events", tags=["events"], summary="Query the event log, newest first")
+    def list_events(  # sync: FastAPI runs it in a thread, so the event loop never waits on the database
+        type: str | None = Query(None, max_length=64, description="prefix match, e.g. `request.`"),
+        source_ip: str | None = Query(None, max_length=64),
+        severity: str | None = Query(None, max_length=16),
+        since: str | None = Query(None, max_length=64, description="duration (`1h`) or ISO 8601 time"),
+        until: str | None = Query(None, max_length=64, description="duration (`10m`) or ISO 8601 time"),
+        page_size: int = Query(50, ge=1, le=1000),
+        page_token: str | None = Query(None, max_length=256),
+    ) -> dict[str, Any]:
+        now = time.time()
+        try:
+            flt = EventFilter(
+                type=type,
+                source_ip=source_ip,
+                severity=severity,
+                since=parse_time(since, now) if since else None,
+                until=parse_time(until, now) if until else None,
+            )
+            events, token = query_events(engine, flt, page_size=page_size, page_token=page_token)
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"events": events, "next_page_token": token}
+
+    @app.get(PREFIX + "/events/{event_id}", tags=["events"], summary="One event by id")
+    def one_event(event_id: str) -> dict[str, Any]:
+        event = get_event(engine, event_id)
+        if event is None:
+            raise HTTPException(404, "No such event.")
+        return event
+
+    return AdminGuard(app, gateway, token, allow_ips)

@@ -1,0 +1,46 @@
+"""Warnings ``bastion check`` adds to a valid config: things that run but weaken the gateway.
+(``bastion audit``, a later issue, grows these into scored checks per practice.)"""
+
+from __future__ import annotations
+
+from ..config.errors import ConfigIssue
+from ..config.loader import LoadedConfig
+
+__all__ = ["posture_warnings"]
+
+_TEN_MIB = 10 * 1024 * 1024
+
+
+def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
+    s = loaded.settings
+    out: list[ConfigIssue] = []
+
+    def warn(loc: tuple[str | int, ...], dotted: str, message: str) -> None:
+        out.append(ConfigIssue(loaded.source, loaded.lines.get(loc), dotted, message))
+
+    if s.admin is not None:
+        if len(s.admin.token.reveal()) < 24:
+            warn(("admin", "token"), "admin.token", "the admin token is shorter than 24 characters")
+        if any(n.prefixlen == 0 for n in s.admin.allow_ips):
+            warn(("admin", "allow_ips"), "admin.allow_ips", "the admin API is open to every address")
+    if s.tls is None and not s.listen.is_loopback and not s.trusted_proxies:
+        warn(("listen",), "listen", "listening beyond loopback without TLS and without a trusted TLS proxy")
+    if s.limits.max_body > _TEN_MIB:
+        warn(
+            ("limits", "max_body"), "limits.max_body", "a default body limit above 10 MiB invites abuse (P9)"
+        )
+    for si, svc in enumerate(s.services):
+        if not svc.tls_verify:
+            warn(
+                ("services", si, "tls_verify"),
+                f"services[{si}].tls_verify",
+                "TLS verification of the upstream is turned off",
+            )
+        for ri, route in enumerate(svc.routes):
+            if route.max_body is not None and route.max_body > _TEN_MIB:
+                warn(
+                    ("services", si, "routes", ri, "max_body"),
+                    f"services[{si}].routes[{ri}].max_body",
+                    "a body limit above 10 MiB invites abuse (P9)",
+                )
+    return out

@@ -1,0 +1,223 @@
+"""The ``bastion`` command line. Every store-touching command takes ``-c/--config`` (or
+``BASTION_CONFIG``); data commands take ``--json``. Errors are one readable line each, exit status 1
+for a bad config or bad arguments (click's own usage errors exit 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..config import ConfigError, LoadedConfig, load_config
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="BASTION_CONFIG",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Path to bastion.yaml (or set BASTION_CONFIG).",
+)
+
+
+def _load(path: Path) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"bastion: the configuration has {len(exc.issues)} problem(s):", err=True)
+        for issue in exc.issues:
+            click.echo(f"  {issue}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bastion")
+def main() -> None:
+    """Bastion: an API security gateway."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"bastion {__version__}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Data-plane processes sharing the port (one per core).",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+def serve(config_path: Path, workers: int, log_level: str) -> None:
+    """Run the gateway (and its admin listener) until SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = _load(config_path)
+    for w in loaded.warnings:
+        click.echo(f"warning: {w}", err=True)
+    from ..runtime.gateway import build_gateway
+    from .serve import run
+
+    try:
+        build_gateway(loaded)  # route table errors before any listener opens
+        run(loaded, workers=workers)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(f"bastion: {issue}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"bastion: cannot start: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(config_path: Path, as_json: bool) -> None:
+    """Validate a configuration: exit 0 when it can run, 1 with every problem listed when not."""
+    from ..runtime.gateway import build_gateway
+    from .checkup import posture_warnings
+
+    try:
+        loaded = load_config(config_path)
+        gateway = build_gateway(loaded)
+    except ConfigError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "errors": [_issue(i) for i in exc.issues]}, indent=2))
+        else:
+            click.echo(f"{config_path}: {len(exc.issues)} problem(s)", err=True)
+            for issue in exc.issues:
+                click.echo(f"  error: {issue}", err=True)
+        sys.exit(1)
+    warnings = [*loaded.warnings, *posture_warnings(loaded)]
+    routes = sum(len(s.routes) for s in loaded.settings.services)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": True,
+                    "services": len(loaded.settings.services),
+                    "routes": routes,
+                    "warnings": [_issue(w) for w in warnings],
+                },
+                indent=2,
+            )
+        )
+        return
+    for w in warnings:
+        click.echo(f"  warning: {w}", err=True)
+    del gateway
+    click.echo(
+        f"{config_path}: OK ({len(loaded.settings.services)} service(s), {routes} route(s), "
+        f"{len(warnings)} warning(s))"
+    )
+
+
+def _issue(issue: Any) -> dict[str, Any]:
+    return {"file": issue.file, "line": issue.line, "path": issue.path, "message": issue.message}
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--type", "type_", help="Event type prefix, e.g. request. or request.denied")
+@click.option("--since", help="A duration such as 1h or 30m, or an ISO 8601 time.")
+@click.option("--until", help="A duration such as 10m, or an ISO 8601 time.")
+@click.option("--source-ip", help="Only events from this client address.")
+@click.option("--severity", type=click.Choice(["debug", "info", "notice", "warning", "error", "critical"]))
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(
+    config_path: Path,
+    type_: str | None,
+    since: str | None,
+    until: str | None,
+    source_ip: str | None,
+    severity: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Print events from the event log, newest first."""
+    from ..events.query import EventFilter, QueryError, parse_time, query_events
+    from ..store.database import open_database
+
+    loaded = _load(config_path)
+    now = time.time()
+    try:
+        flt = EventFilter(
+            type=type_,
+            source_ip=source_ip,
+            severity=severity,
+            since=parse_time(since, now) if since else None,
+            until=parse_time(until, now) if until else None,
+        )
+    except QueryError as exc:
+        raise click.BadParameter(str(exc)) from None
+    engine = open_database(loaded.settings.storage.database)
+    rows: list[dict[str, Any]] = []
+    token = None
+    while len(rows) < limit:
+        page, token = query_events(engine, flt, page_size=min(1000, limit - len(rows)), page_token=token)
+        rows.extend(page)
+        if token is None:
+            break
+    engine.dispose()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, separators=(",", ":")))
+        return
+    if not rows:
+        click.echo("no events", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("time", "type", "severity", "reason", "method", "path", "source_ip", "route"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(
+            *(
+                str(row.get(c) or "")
+                for c in ("time", "type", "severity", "reason", "method", "path", "source_ip", "route")
+            )
+        )
+    Console(width=200).print(table)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Gateway port.")
+@click.option("--admin-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option("--upstream-port", type=click.IntRange(1, 65535), default=9000, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Stop after this many seconds (0: run until Ctrl-C).",
+)
+def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> None:
+    """Start a demo upstream and the gateway with examples/quickstart.yaml, and print requests to try."""
+    from .demo import run_demo
+
+    try:
+        run_demo(port=port, admin_port=admin_port, upstream_port=upstream_port, duration=duration)
+    except OSError as exc:
+        click.echo(
+            f"bastion demo: cannot start: {exc.strerror or exc} (is a port in use? try --port)", err=True
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,149 @@
+"""``bastion demo``: a bundled demo upstream plus the gateway running examples/quickstart.yaml on the
+embedded defaults, with requests to try — allowed ones and denied ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from ..config.loader import load_config_text
+
+__all__ = ["DemoUpstream", "run_demo"]
+
+
+class DemoUpstream(asyncio.Protocol):
+    """A tiny HTTP/1.1 origin: answers every request with JSON describing what it received, so you can
+    see what the gateway forwarded (canonical path, X-Forwarded-*, X-Request-Id, no hop-by-hop)."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._url = b""
+        self._body = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception:
+            if self.transport:
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self._headers, self._url, self._body = [], b"", 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self._body += len(body)
+
+    def on_message_complete(self) -> None:
+        shown = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "host"}
+        doc = {
+            "service": "demo-orders",
+            "method": self.parser.get_method().decode(),
+            "path": self._url.decode("latin-1"),
+            "body_bytes": self._body,
+            "headers": {k: v for k, v in self._headers if k in shown},
+        }
+        body = json.dumps(doc, indent=2).encode() + b"\n"
+        head = (
+            f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "server: demo-origin/1.0\r\n\r\n"
+        ).encode()
+        if self.transport:
+            self.transport.write(head + body)
+
+
+def _quickstart_text() -> str:
+    return resources.files("bastion.demo").joinpath("quickstart.yaml").read_text(encoding="utf-8")
+
+
+def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float = 0.0) -> None:
+    from .serve import _new_loop, run_process
+
+    workdir = Path(tempfile.mkdtemp(prefix="bastion-demo-"))
+    token = os.environ.get("BASTION_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+    env = {**os.environ, "BASTION_ADMIN_TOKEN": token}
+    text = (
+        _quickstart_text()
+        .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        .replace("127.0.0.1:8081", f"127.0.0.1:{admin_port}")
+        .replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
+        .replace("sqlite:///bastion.db", f"sqlite:///{workdir / 'bastion.db'}")
+    )
+    config_file = workdir / "bastion.yaml"
+    config_file.write_text(text, encoding="utf-8")
+    loaded = load_config_text(text, source=str(config_file), env=env)
+
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        upstream = await loop.create_server(DemoUpstream, "127.0.0.1", upstream_port)
+        stop = asyncio.Event()
+
+        def ready(_running: object) -> None:
+            print(_instructions(port, admin_port, token, config_file), flush=True)
+            if duration:
+                loop.call_later(duration, stop.set)
+
+        try:
+            await run_process(loaded, stop=stop, on_ready=ready)
+        finally:
+            upstream.close()
+
+    try:
+        loop.run_until_complete(main())
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        pass
+    finally:
+        loop.close()
+
+
+def _instructions(port: int, admin_port: int, token: str, config_file: Path) -> str:
+    g = f"http://127.0.0.1:{port}"
+    return f"""
+Bastion demo is running.
+  gateway  {g}   (config: {config_file})
+  admin    http://127.0.0.1:{admin_port}/admin/v1   token: {token}
+  upstream a demo origin on 127.0.0.1, reached only through the gateway
+
+Allowed:
+  curl -i {g}/v1/orders/42
+  curl -i {g}/v1/orders
+  curl -i -X POST -H 'content-type: application/json' -d '{{"item":"book"}}' {g}/v1/orders
+  curl -i {g}/public/docs/readme.txt
+
+Denied (each one is an event):
+  curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
+  curl -i {g}/admin                                             # 404 route_not_found (deny by default)
+  curl -i --path-as-is '{g}/public/..%2f..%2fetc/passwd'        # 400 path_encoded_slash
+  curl -i --path-as-is '{g}/public/%252e%252e/secret'           # 400 path_double_encoding
+  curl -i --path-as-is '{g}/v1/orders/42;jsessionid=x'          # 400 path_parameter
+  head -c 20000 /dev/zero | curl -i -X POST --data-binary @- {g}/v1/orders   # 413 body_too_large
+  curl -i -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d x {g}/v1/orders  # 400 (smuggling shape)
+
+Ignored, not believed (the client is not a trusted proxy):
+  curl -s -H 'X-Forwarded-For: 10.9.9.9' {g}/public/x          # forwarded as your real address
+
+The event log:
+  curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{admin_port}/admin/v1/events?type=request.'
+  BASTION_ADMIN_TOKEN={token} bastion events -c {config_file} --since 10m
+
+Press Ctrl-C to stop.
+"""

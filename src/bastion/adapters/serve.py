@@ -1,0 +1,213 @@
+"""Run a gateway process: database, event writer, data plane, admin listener — and stop them in order.
+
+``run_process`` is what ``bastion serve`` (and the tests) run in one process. With ``--workers N`` the
+parent process runs the admin API and supervises N data-plane processes that share the port
+(``SO_REUSEPORT``), each with its own event writer on the shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+from ..config.loader import LoadedConfig
+from ..core.forwarding import NetworkSet
+from ..events.writer import EventWriter
+from ..proxy.server import serve
+from ..runtime.gateway import Gateway, build_gateway
+from ..store.database import open_database
+from .admin import build_admin_app
+
+__all__ = ["Running", "run", "run_process"]
+
+log = logging.getLogger("bastion")
+
+
+class _AdminServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The gateway owns SIGTERM/SIGINT and stops the admin server itself, in order.
+        yield
+
+
+class Running:
+    """Handles of a running process, for tests and the demo."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.admin_port: int | None = None
+        self.gateway: Gateway | None = None
+        self.writer: EventWriter | None = None
+        self.server: Any = None
+
+
+async def _start_admin(
+    loaded: LoadedConfig, gateway: Gateway, engine: Any, writer: EventWriter, port: int | None = None
+) -> _AdminServer:
+    admin = loaded.settings.admin
+    assert admin is not None
+    app = build_admin_app(
+        gateway,
+        engine,
+        admin.token.reveal(),
+        NetworkSet(admin.allow_ips),
+        stats=lambda: {
+            "in_flight": gateway.in_flight,
+            "events": {"queued": len(writer._queue), "written": writer.written, "dropped": writer.dropped},
+        },
+    )
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=admin.listen.host,
+        port=admin.listen.port if port is None else port,
+        proxy_headers=False,  # the admin allow-list checks the TCP peer, never X-Forwarded-For
+        server_header=False,
+        date_header=False,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    server = _AdminServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the bind error
+            raise RuntimeError("admin listener stopped during start-up")
+        await asyncio.sleep(0.01)
+    server._bastion_task = task  # type: ignore[attr-defined]
+    return server
+
+
+async def run_process(
+    loaded: LoadedConfig,
+    *,
+    with_admin: bool = True,
+    reuse_port: bool = False,
+    migrate: bool = True,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Running], None] | None = None,
+    port: int | None = None,
+    admin_port: int | None = None,
+) -> None:
+    settings = loaded.settings
+    engine = open_database(settings.storage.database, migrate_schema=migrate)
+    writer = EventWriter(
+        engine,
+        queue_size=settings.events.queue_size,
+        batch_size=settings.events.batch_size,
+        flush_interval=settings.events.flush_interval,
+    )
+    writer.start()
+    running = Running()
+    admin_server: _AdminServer | None = None
+    try:
+        gateway = build_gateway(loaded, writer)
+        running.gateway, running.writer = gateway, writer
+        if with_admin and settings.admin is not None:
+            admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port)
+            running.admin_port = admin_server.servers[0].sockets[0].getsockname()[1]
+        stop = stop or asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        serving = asyncio.get_running_loop().create_task(
+            serve(gateway, stop=stop, ready=ready, reuse_port=reuse_port, port=port)
+        )
+        await asyncio.wait([serving, ready], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()
+        running.port = ready.result()
+        gateway.emit(
+            "gateway.started",
+            severity="info",
+            actor="system",
+            data={"listen": f"{settings.listen.host}:{running.port}", "pid": os.getpid()},
+        )
+        log.info("bastion listening on %s://%s:%s", gateway.scheme, settings.listen.host, running.port)
+        if on_ready is not None:
+            on_ready(running)
+        await serving
+        gateway.emit("gateway.stopped", severity="info", actor="system", data={"pid": os.getpid()})
+    finally:
+        if admin_server is not None:
+            admin_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await admin_server._bastion_task  # type: ignore[attr-defined]
+        writer.close()
+        engine.dispose()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+
+
+def _worker_main(loaded: LoadedConfig) -> None:
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(run_process(loaded, with_admin=False, reuse_port=True, migrate=False))
+
+
+def run(loaded: LoadedConfig, workers: int = 1) -> None:
+    """Entry point of ``bastion serve``: blocks until SIGTERM/SIGINT, then drains and returns."""
+    if workers <= 1:
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(run_process(loaded))
+        finally:
+            loop.close()
+        return
+    # Parent: migrate once, run the admin API, supervise the data-plane workers.
+    open_database(loaded.settings.storage.database).dispose()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(loaded,), name=f"bastion-worker-{i}") for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    stop = threading.Event()
+
+    def _forward(signum: int, _frame: Any) -> None:
+        stop.set()
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    if loaded.settings.admin is not None:
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+
+        async def _admin_only() -> None:
+            engine = open_database(loaded.settings.storage.database, migrate_schema=False)
+            writer = EventWriter(engine)
+            writer.start()
+            gateway = build_gateway(loaded, writer)
+            server = await _start_admin(loaded, gateway, engine, writer)
+            # Poll: the stop flag is set by a signal handler and the workers are other processes.
+            while not stop.is_set() and any(p.is_alive() for p in procs):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            server.should_exit = True
+            await server._bastion_task  # type: ignore[attr-defined]
+            writer.close()
+
+        loop.run_until_complete(_admin_only())
+    for p in procs:
+        p.join()
+    codes = [p.exitcode for p in procs]
+    if any(codes):
+        print(f"bastion: a worker exited with {codes}", file=sys.stderr)

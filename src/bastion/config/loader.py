@@ -1,0 +1,246 @@
+"""YAML → plain data with line numbers → secret references resolved → pydantic models.
+
+ruamel.yaml (YAML 1.2: ``::1/128`` is a plain scalar and ``no`` is a string, not ``False``) composes a
+node tree with a mark on every node, so each value's line is known and every validation error can point
+at it. Duplicate keys and merge keys are errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+
+from .errors import ConfigError, ConfigIssue
+from .models import GatewayConfig, Secret
+
+__all__ = ["LoadedConfig", "load_config", "load_config_text"]
+
+Loc = tuple[str | int, ...]
+_REF = re.compile(r"\$\$\{|\$\{([a-z]+):([^}]*)\}")
+_MAX_SECRET_FILE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    settings: GatewayConfig
+    source: str
+    warnings: list[ConfigIssue] = field(default_factory=list)
+    lines: Mapping[Loc, int] = field(default_factory=dict)
+
+
+class _Composer:
+    def __init__(self, file: str, env: Mapping[str, str], base_dir: Path) -> None:
+        self.file = file
+        self.env = env
+        self.base_dir = base_dir
+        self.lines: dict[Loc, int] = {}
+        self.referenced: set[Loc] = set()
+        self.failed: set[Loc] = set()
+        self.issues: list[ConfigIssue] = []
+        self._yaml = YAML(typ="safe", pure=True)
+
+    def compose(self, text: str) -> Node | None:
+        return self._yaml.compose(text)  # type: ignore[no-any-return]
+
+    def build(self, node: Node, loc: Loc) -> Any:
+        self.lines[loc] = node.start_mark.line + 1
+        if isinstance(node, MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if str(key_node.tag) == "tag:yaml.org,2002:merge" or key_node.value == "<<":
+                    self._issue(key_node, loc, "YAML merge keys (<<) are not supported")
+                    continue
+                key = self._yaml.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    self._issue(key_node, loc, "keys must be strings")
+                    continue
+                if key in out:
+                    self._issue(key_node, (*loc, key), "duplicate key")
+                    continue
+                out[key] = self.build(value_node, (*loc, key))
+            return out
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        value = self._yaml.constructor.construct_object(node, deep=True)
+        if isinstance(value, str) and "$" in value:
+            return self._resolve(value, node, loc)
+        return value
+
+    def _issue(self, node: Node, loc: Loc, message: str) -> None:
+        self.failed.add(loc)
+        self.issues.append(ConfigIssue(self.file, node.start_mark.line + 1, _dotted(loc), message))
+
+    def _resolve(self, text: str, node: Node, loc: Loc) -> str:
+        def replace(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            kind, arg = m.group(1), m.group(2).strip()
+            self.referenced.add(loc)
+            if kind == "env":
+                if arg not in self.env:
+                    self._issue(
+                        node, loc, f"secret reference ${{env:{arg}}}: environment variable {arg} is not set"
+                    )
+                    return ""
+                return self.env[arg]
+            if kind == "file":
+                path = Path(arg) if Path(arg).is_absolute() else self.base_dir / arg
+                try:
+                    if path.stat().st_size > _MAX_SECRET_FILE:
+                        self._issue(
+                            node, loc, f"secret reference ${{file:{arg}}}: file is larger than 64 KiB"
+                        )
+                        return ""
+                    return path.read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    reason = exc.strerror or type(exc).__name__
+                    self._issue(node, loc, f"secret reference ${{file:{arg}}}: cannot read file ({reason})")
+                    return ""
+                except UnicodeDecodeError:
+                    self._issue(node, loc, f"secret reference ${{file:{arg}}}: file is not UTF-8 text")
+                    return ""
+            self._issue(
+                node, loc, f"unknown secret reference kind {kind!r}: use ${{env:NAME}} or ${{file:/path}}"
+            )
+            return ""
+
+        return _REF.sub(replace, text)
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _line_for(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+    for end in range(len(loc), -1, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return line
+    return None
+
+
+def _all_field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    for info in model.model_fields.values():
+        stack = [info.annotation]
+        while stack:
+            ann = stack.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                names |= _all_field_names(ann, seen)
+            stack.extend(getattr(ann, "__args__", ()))
+    return names
+
+
+_VOCABULARY = sorted(_all_field_names(GatewayConfig))
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(key, _VOCABULARY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "too_short":
+        return "must not be empty"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
+
+
+def _secret_locs(model: BaseModel, loc: Loc = ()) -> list[Loc]:
+    found: list[Loc] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        here = (*loc, name)
+        if isinstance(value, Secret):
+            found.append(here)
+        elif isinstance(value, BaseModel):
+            found.extend(_secret_locs(value, here))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, Secret):
+                    found.append((*here, i))
+                elif isinstance(item, BaseModel):
+                    found.extend(_secret_locs(item, (*here, i)))
+    return found
+
+
+def load_config_text(
+    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> LoadedConfig:
+    env = os.environ if env is None else env
+    composer = _Composer(source, env, base_dir or Path.cwd())
+    try:
+        node = composer.compose(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([ConfigIssue(source, line, "", f"invalid YAML: {problem}")]) from None
+    if node is None:
+        raise ConfigError([ConfigIssue(source, None, "", "the file is empty; see examples/quickstart.yaml")])
+    data = composer.build(node, ())
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(source, 1, "", "the top level must be a mapping of settings")])
+    issues = list(composer.issues)
+    settings: GatewayConfig | None = None
+    try:
+        settings = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = tuple(err["loc"])
+            if loc in composer.failed:
+                continue  # already reported, more precisely, while resolving a reference
+            issues.append(ConfigIssue(source, _line_for(composer.lines, loc), _dotted(loc), _message(err)))
+    if issues or settings is None:
+        issues.sort(key=lambda i: (i.line or 0, i.path))
+        raise ConfigError(issues)
+    warnings = [
+        ConfigIssue(
+            source,
+            _line_for(composer.lines, loc),
+            _dotted(loc),
+            "literal secret in the config; use a reference such as ${env:NAME} or ${file:/path}",
+        )
+        for loc in _secret_locs(settings)
+        if loc not in composer.referenced
+    ]
+    return LoadedConfig(settings, source, warnings, composer.lines)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}", str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read config file: {getattr(exc, 'strerror', None) or exc}", str(p)
+        ) from None
+    return load_config_text(text, source=str(p), env=env, base_dir=p.resolve().parent)

@@ -1,0 +1,335 @@
+"""The ``bastion.yaml`` schema (docs/configuration.md is its reference; keep both in step).
+
+Every model forbids unknown keys and is frozen: settings are read at load, compiled, and never
+consulted per request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .units import parse_duration, parse_size
+
+__all__ = [
+    "AdminSettings",
+    "CorsSettings",
+    "EventSettings",
+    "GatewayConfig",
+    "Limits",
+    "Listen",
+    "RouteSettings",
+    "Secret",
+    "ServiceSettings",
+    "StorageSettings",
+    "Timeouts",
+    "TlsSettings",
+    "UpstreamTimeouts",
+]
+
+
+class Secret:
+    """A secret value from the config. Its repr and str never show it; call :meth:`reveal`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+
+def _secret(value: object) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty secret, e.g. ${env:NAME} or ${file:/path}")
+    return Secret(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+def _listen(value: object) -> Listen:
+    if isinstance(value, Listen):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be between 0 and 65535")
+    return Listen(host, port)
+
+
+def _cidr(value: object) -> IPv4Network | IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address or CIDR such as 10.0.0.0/8")
+    try:
+        return ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            raise ValueError("CIDR has host bits set; write the network address, e.g. 10.0.0.0/8") from None
+        raise ValueError("expected an IP address or CIDR such as 10.0.0.0/8") from None
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+SecretStr = Annotated[Secret, BeforeValidator(_secret)]
+ListenAddr = Annotated[Listen, BeforeValidator(_listen)]
+Cidr = Annotated[IPv4Network | IPv6Network, BeforeValidator(_cidr)]
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class Limits(_Model):
+    max_body: Size = 1024**2
+    max_header_bytes: Size = 16 * 1024
+    max_headers: int = Field(100, ge=1, le=1000)
+    max_url: Size = 8 * 1024
+    max_connections: int = Field(10_000, ge=1)
+    max_in_flight: int = Field(1_000, ge=1)
+
+    @field_validator("max_header_bytes")
+    @classmethod
+    def _headers_floor(cls, v: int) -> int:
+        if v < 1024:
+            raise ValueError("max_header_bytes below 1KiB would reject ordinary requests")
+        return v
+
+    @field_validator("max_url")
+    @classmethod
+    def _url_floor(cls, v: int) -> int:
+        if v < 64:
+            raise ValueError("max_url below 64 bytes would reject ordinary requests")
+        return v
+
+
+class Timeouts(_Model):
+    header: Duration = 10.0  # whole request head, from its first byte (slowloris)
+    body: Duration = 30.0  # longest gap between two reads of a request body
+    keepalive: Duration = 60.0  # idle keep-alive connection
+    shutdown: Duration = 30.0  # grace period for in-flight requests on stop
+
+    @field_validator("header", "body", "keepalive")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than zero")
+        return v
+
+
+class TlsSettings(_Model):
+    cert_file: Path
+    key_file: Path
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    hsts_max_age: Duration = 31_536_000.0
+    hsts_include_subdomains: bool = False
+
+
+class AdminSettings(_Model):
+    listen: ListenAddr = Listen("127.0.0.1", 8081)
+    token: SecretStr
+    allow_ips: list[Cidr] = Field(default_factory=lambda: [ip_network("127.0.0.1/32"), ip_network("::1/128")])
+
+
+class StorageSettings(_Model):
+    database: str = "sqlite:///bastion.db"
+    state: str = "memory://"
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        if v.startswith("sqlite:///") or v == "sqlite://":
+            return v
+        if v.startswith(("postgresql://", "postgres://", "postgresql+")):
+            raise ValueError(
+                "postgresql:// is not supported yet (it comes with distributed state); use sqlite:///"
+            )
+        raise ValueError("expected sqlite:///path/to/bastion.db")
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str) -> str:
+        if v == "memory://":
+            return v
+        if v.startswith(("redis://", "rediss://")):
+            raise ValueError("redis:// is not supported yet (it comes with distributed state); use memory://")
+        raise ValueError("expected memory://")
+
+
+class EventSettings(_Model):
+    queue_size: int = Field(10_000, ge=10)
+    batch_size: int = Field(500, ge=1)
+    flush_interval: Duration = 0.2
+
+
+class CorsSettings(_Model):
+    allow_origins: list[str] = Field(min_length=1)
+    allow_methods: list[Method] = Field(default_factory=list)  # empty: the route's methods
+    allow_headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: Duration = 600.0
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for origin in v:
+            if origin == "*":
+                out.append(origin)
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+                raise ValueError(f"origin {origin!r} must be scheme://host[:port] (or '*')")
+            out.append(origin.lower())
+        return out
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _header_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != "*" and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        return [n.lower() for n in v]
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and ("*" in self.allow_origins or "*" in self.allow_headers):
+            raise ValueError("'*' cannot be used with allow_credentials: true; list the origins and headers")
+        return self
+
+
+class RouteSettings(_Model):
+    path: str
+    methods: list[Method] = Field(min_length=1)
+    auth: Literal["none"]
+    max_body: Size | None = None
+    ip_allow: list[Cidr] = Field(default_factory=list)
+    ip_deny: list[Cidr] = Field(default_factory=list)
+    cors: CorsSettings | None = None
+    trailing_slash: Literal["exact", "either"] = "exact"
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("methods are listed twice")
+        return v
+
+
+class UpstreamTimeouts(_Model):
+    connect: Duration = 5.0
+    read: Duration = 60.0  # waiting for response headers, and between response body reads
+
+
+class ServiceSettings(_Model):
+    name: str = Field(pattern=_NAME)
+    upstream: str
+    routes: list[RouteSettings] = Field(min_length=1)
+    ip_allow: list[Cidr] = Field(default_factory=list)
+    ip_deny: list[Cidr] = Field(default_factory=list)
+    preserve_host: bool = False
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    max_idle_connections: int = Field(64, ge=0, le=10_000)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:9000")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("the upstream URL cannot carry a query, fragment or credentials")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("the upstream URL has an invalid port") from None
+        return v.rstrip("/")
+
+
+class GatewayConfig(_Model):
+    listen: ListenAddr = Listen("127.0.0.1", 8080)
+    trusted_proxies: list[Cidr] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    tls: TlsSettings | None = None
+    admin: AdminSettings | None = None
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    underscore_headers: Literal["drop", "reject", "allow"] = "drop"
+    method_override_headers: Literal["strip", "reject"] = "strip"
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    services: list[ServiceSettings] = Field(min_length=1)
+
+    @field_validator("response_headers")
+    @classmethod
+    def _response_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} contains a line break")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"service names must be unique; repeated: {', '.join(dupes)}")
+        if (
+            self.admin is not None
+            and (self.admin.listen.host, self.admin.listen.port)
+            == (
+                self.listen.host,
+                self.listen.port,
+            )
+            and self.listen.port != 0
+        ):
+            raise ValueError("admin.listen must differ from listen: the admin API has its own listener")
+        return self
+
+    def model_post_init(self, __context: Any) -> None:
+        return None

@@ -1,0 +1,55 @@
+"""Decisions are values: a check says no with a :class:`Deny`, answers by itself with an
+:class:`Answer`, or says nothing (``None``) and the request goes on. Only adapters write bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["EMPTY", "Answer", "Context", "Deny", "Verdict"]
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """The only way a check says no.
+
+    ``code`` is stable snake_case and documented in docs/errors.md; ``detail`` is safe to show a
+    client; ``evidence`` goes to the event log only and must already be redacted.
+    """
+
+    status: int
+    code: str
+    detail: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    severity: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The gateway answers the request itself and nothing is forwarded (a CORS preflight)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+Verdict = Deny | Answer | None
+
+
+@dataclass(slots=True)
+class Context:
+    """What checks learn about one request, passed along the chain. Nothing global.
+
+    ``response_headers`` are added to whatever response the client gets (allowed or denied).
+    ``principal`` is filled by authentication checks (the identity issue).
+    """
+
+    request_id: str
+    principal: object | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,109 @@
+"""Who is the client? Trusted-proxy resolution of ``X-Forwarded-For`` / ``-Proto`` / ``-Host``.
+
+``X-Forwarded-For`` is a list anyone can write to; only the entries appended by proxies we trust mean
+anything. So: if the TCP peer is a trusted proxy, walk the list right to left, skipping trusted
+addresses; the first untrusted address is the client (the "rightmost untrusted" rule). A peer that is
+not trusted is the client, whatever the headers say, and those headers are dropped (CVE-2022-24112).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+from .headers import Headers
+from .request import IPAddress
+
+__all__ = ["HOP_BY_HOP", "ForwardedInfo", "NetworkSet", "resolve_forwarded"]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies must not forward.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+
+
+class NetworkSet:
+    """A set of CIDRs with a fast membership test for single addresses."""
+
+    __slots__ = ("_cache", "_nets4", "_nets6")
+
+    def __init__(self, cidrs: Iterable[str | IPv4Network | IPv6Network]) -> None:
+        nets = [ip_network(c, strict=False) if isinstance(c, str) else c for c in cidrs]
+        self._nets4 = tuple(n for n in nets if n.version == 4)
+        self._nets6 = tuple(n for n in nets if n.version == 6)
+        self._cache: dict[IPAddress, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._nets4 or self._nets6)
+
+    def __contains__(self, addr: object) -> bool:
+        hit = self._cache.get(addr)  # type: ignore[call-overload]
+        if hit is not None:
+            return hit
+        if not isinstance(addr, IPAddress):
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr4 = addr.ipv4_mapped
+            result = any(addr4 in n for n in self._nets4)
+        elif addr.version == 4:
+            result = any(addr in n for n in self._nets4)
+        else:
+            result = any(addr in n for n in self._nets6)
+        if len(self._cache) < 65536:  # bounded: addresses are attacker-chosen
+            self._cache[addr] = result
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedInfo:
+    client_ip: IPAddress
+    scheme: str
+    host: str | None
+    forwarded_for: str  # the X-Forwarded-For value to send upstream
+    request_id: str | None  # a trusted proxy's X-Request-Id
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[::1]:1234"
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # "1.2.3.4:5678"
+        text = text.split(":", 1)[0]
+    try:
+        return ip_address(text)
+    except ValueError:
+        return None
+
+
+def resolve_forwarded(peer: IPAddress, scheme: str, headers: Headers, trusted: NetworkSet) -> ForwardedInfo:
+    if not trusted or peer not in trusted:
+        return ForwardedInfo(peer, scheme, None, str(peer), None)
+    chain = [p for v in headers.getall("x-forwarded-for") for p in v.split(",") if p.strip()]
+    client: IPAddress = peer
+    for entry in reversed(chain):
+        addr = _parse_ip(entry)
+        if addr is None:
+            break  # garbage: stop at the last address a trusted hop vouched for
+        client = addr
+        if addr not in trusted:
+            break
+    proto = headers.get("x-forwarded-proto")
+    if proto is not None:
+        last = proto.split(",")[-1].strip().lower()
+        if last in ("http", "https"):
+            scheme = last
+    fwd_host = headers.get("x-forwarded-host")
+    host = fwd_host.split(",")[-1].strip() if fwd_host else None
+    xff = ", ".join([p.strip() for p in chain] + [str(peer)])
+    return ForwardedInfo(client, scheme, host or None, xff, headers.get("x-request-id"))

@@ -1,0 +1,48 @@
+"""Case-insensitive, multi-valued, read-only HTTP header collections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+__all__ = ["Headers"]
+
+
+class Headers:
+    """Header fields as received, in order. Names are stored lower-cased (RFC 9110 §5.1).
+
+    Lookups go through a dict built once; ``getall`` keeps every value of a repeated field, which is
+    what policy needs to notice duplicates (two ``Host`` fields, two ``Content-Length`` fields).
+    """
+
+    __slots__ = ("_first", "_items")
+
+    def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
+        self._items: tuple[tuple[str, str], ...] = tuple(items)
+        first: dict[str, str] = {}
+        for name, value in self._items:
+            if name not in first:
+                first[name] = value
+        self._first = first
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._first.get(name.lower(), default)
+
+    def getall(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for n, v in self._items if n == key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        return self._items
+
+    def __repr__(self) -> str:
+        # Header values can carry credentials; never show them.
+        return f"Headers(names={[n for n, _ in self._items]!r})"

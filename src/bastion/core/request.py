@@ -1,0 +1,47 @@
+"""The request as every policy sees it: built once by the adapter, after canonicalisation and
+trusted-proxy resolution, and never changed afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Protocol
+
+from .headers import Headers
+
+if TYPE_CHECKING:
+    from .router import Route
+
+__all__ = ["Body", "IPAddress", "RequestView"]
+
+IPAddress = IPv4Address | IPv6Address
+
+
+class Body(Protocol):
+    """The request body: bounded by the route's ``max_body``, read at most once from the client.
+
+    A check that needs the whole body (a signature check) calls :meth:`read`; the adapter then
+    forwards the buffered bytes. A body no check reads is streamed to the upstream untouched.
+    """
+
+    @property
+    def declared_length(self) -> int | None: ...  # Content-Length, or None for chunked / no body
+
+    async def read(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    method: str
+    path: str  # canonical; the only path anyone looks at
+    query: str  # as sent (validated ASCII), without "?"
+    headers: Headers
+    client_ip: IPAddress  # after trusted-proxy resolution
+    peer_ip: IPAddress  # the TCP peer
+    scheme: str  # "http" | "https", as the client used it (trusted X-Forwarded-Proto believed)
+    host: str  # Host header (or trusted X-Forwarded-Host)
+    route: Route
+    params: Mapping[str, str]
+    body: Body
+    request_id: str

@@ -1,0 +1,232 @@
+"""Routing on canonical paths: deny by default, exact templates, no linear scans.
+
+Templates:
+
+* ``{name}`` matches one or more characters inside a single segment, so ``/Messages/{sid}.json``
+  works; several placeholders and literal text may share a segment.
+* ``{name:path}`` matches the rest of the path (possibly empty) and must be the last segment.
+* Everything else is literal and exact: ``/v1/orders`` and ``/v1/orders/`` are different paths unless
+  the route accepts both (``trailing_slash: either``).
+
+Matching walks a segment trie: static children are a dict lookup, so 10 or 10,000 routes cost the
+same. At one node a static segment beats a placeholder, which beats a catch-all; a placeholder
+segment with more literal text is tried before a looser one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .paths import PathRejected, canonicalize_path
+
+if TYPE_CHECKING:
+    from .chain import Check
+
+__all__ = ["HEAD_WITH_GET", "Endpoint", "Match", "Route", "RouteError", "Router"]
+
+HEAD_WITH_GET = True  # HEAD is allowed wherever GET is (RFC 9110 §9.3.2); documented.
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
+
+
+class RouteError(ValueError):
+    """A route template or route table that cannot work; the config layer reports it with a location."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """A compiled route. ``checks`` run in order; ``target`` is the runtime's upstream (opaque here)."""
+
+    id: str
+    service: str
+    template: str
+    methods: frozenset[str]
+    checks: tuple[Check, ...] = ()
+    max_body: int = 1 << 20
+    target: object = None
+    trailing_slash_either: bool = False
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Every route registered under one path template, by method."""
+
+    template: str
+    by_method: Mapping[str, Route]
+    allow: str  # value of the Allow header for 405s
+
+    def route_for(self, method: str) -> Route | None:
+        return self.by_method.get(method)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    endpoint: Endpoint
+    params: Mapping[str, str]
+
+
+class _Segment:
+    """One templated segment, compiled to an anchored regex."""
+
+    __slots__ = ("key", "literal_len", "names", "regex")
+
+    def __init__(self, text: str) -> None:
+        names: list[str] = []
+        pattern: list[str] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(text):
+            pattern.append(re.escape(text[pos : m.start()]))
+            name, conv = m.group(1), m.group(2)
+            if conv is not None:
+                raise RouteError(f"placeholder {{{name}:{conv}}}: only {{name}} and {{name:path}} exist")
+            if name in names:
+                raise RouteError(f"placeholder {{{name}}} appears twice")
+            names.append(name)
+            pattern.append(f"(?P<{name}>.+?)")
+            pos = m.end()
+        pattern.append(re.escape(text[pos:]))
+        self.names = tuple(names)
+        self.regex = re.compile("".join(pattern))
+        self.literal_len = len(_PLACEHOLDER.sub("", text))
+        # Two templates are the same segment if they only differ in placeholder names.
+        self.key = _PLACEHOLDER.sub("{}", text)
+
+
+class _Node:
+    __slots__ = ("catch_all", "dynamic", "endpoint", "static")
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Node] = {}
+        self.dynamic: list[tuple[_Segment, _Node]] = []
+        self.catch_all: tuple[str, _Node] | None = None
+        self.endpoint: dict[str, Route] | None = None
+
+
+def _split_template(template: str) -> list[str]:
+    if not template.startswith("/"):
+        raise RouteError("a route path must start with '/'")
+    if "?" in template or "#" in template:
+        raise RouteError("a route path cannot contain a query or fragment")
+    segments = template.split("/")[1:]
+    for i, seg in enumerate(segments):
+        stripped = _PLACEHOLDER.sub("", seg)
+        if "{" in stripped or "}" in stripped:
+            raise RouteError(f"malformed placeholder in segment {seg!r}")
+        for m in _PLACEHOLDER.finditer(seg):
+            if m.group(2) == "path" and (m.group(0) != seg or i != len(segments) - 1):
+                raise RouteError("{name:path} must be the whole last segment")
+    # The literal parts must already be canonical, or no canonical request could ever match.
+    probe = "/" + "/".join(_PLACEHOLDER.sub("x", s) for s in segments)
+    try:
+        canonical = canonicalize_path(probe)
+    except PathRejected as exc:
+        raise RouteError(f"route path is not a valid canonical path ({exc.code})") from None
+    if canonical != probe:
+        raise RouteError(f"route path is not canonical; requests are canonicalised to {canonical!r}")
+    return segments
+
+
+class Router:
+    """Built once at config load from compiled routes; ``match`` is the per-request call."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self._root = _Node()
+        self._endpoints: dict[int, Endpoint] = {}
+        nodes: list[tuple[_Node, str]] = []
+        for route in routes:
+            templates = [route.template]
+            if route.trailing_slash_either and route.template != "/":
+                alt = route.template[:-1] if route.template.endswith("/") else route.template + "/"
+                templates.append(alt)
+            for template in templates:
+                node = self._insert(template)
+                if node.endpoint is None:
+                    node.endpoint = {}
+                    nodes.append((node, template))
+                for method in sorted(route.methods):
+                    other = node.endpoint.get(method)
+                    if other is not None and other is not route:
+                        raise RouteError(
+                            f"{method} {template} is declared twice (routes {other.id!r} and {route.id!r})"
+                        )
+                    node.endpoint[method] = route
+        for node, template in nodes:
+            assert node.endpoint is not None
+            if HEAD_WITH_GET and "GET" in node.endpoint and "HEAD" not in node.endpoint:
+                node.endpoint["HEAD"] = node.endpoint["GET"]
+            allow = ", ".join(sorted(node.endpoint))
+            self._endpoints[id(node)] = Endpoint(template, MappingProxyType(dict(node.endpoint)), allow)
+        for node in self._walk(self._root):
+            node.dynamic.sort(key=lambda item: -item[0].literal_len)
+
+    def _walk(self, node: _Node) -> Iterable[_Node]:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(n.static.values())
+            stack.extend(child for _, child in n.dynamic)
+            if n.catch_all:
+                stack.append(n.catch_all[1])
+
+    def _insert(self, template: str) -> _Node:
+        node = self._root
+        for seg in _split_template(template):
+            m = _PLACEHOLDER.fullmatch(seg)
+            if m and m.group(2) == "path":
+                if node.catch_all is None:
+                    node.catch_all = (m.group(1), _Node())
+                node = node.catch_all[1]
+                break
+            if "{" not in seg:
+                node = node.static.setdefault(seg, _Node())
+                continue
+            compiled = _Segment(seg)
+            for existing, child in node.dynamic:
+                if existing.key == compiled.key:
+                    node = child
+                    break
+            else:
+                child = _Node()
+                node.dynamic.append((compiled, child))
+                node = child
+        return node
+
+    def match(self, path: str) -> Match | None:
+        """Find the endpoint for a canonical path, or ``None`` (404)."""
+        params: dict[str, str] = {}
+        node = self._find(self._root, path.split("/")[1:], 0, params)
+        if node is None:
+            return None
+        return Match(self._endpoints[id(node)], params)
+
+    def _find(self, node: _Node, segs: list[str], i: int, params: dict[str, str]) -> _Node | None:
+        if i == len(segs):
+            return node if node.endpoint is not None else None
+        seg = segs[i]
+        child = node.static.get(seg)
+        if child is not None:
+            found = self._find(child, segs, i + 1, params)
+            if found is not None:
+                return found
+        for compiled, child in node.dynamic:
+            if not seg:
+                break
+            m = compiled.regex.fullmatch(seg)
+            if m is None:
+                continue
+            found = self._find(child, segs, i + 1, params)
+            if found is not None:
+                params.update(m.groupdict())
+                return found
+        if node.catch_all is not None:
+            name, leaf = node.catch_all
+            if leaf.endpoint is not None:
+                params[name] = "/".join(segs[i:])
+                return leaf
+        return None

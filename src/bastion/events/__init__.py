@@ -1,0 +1,1 @@
+"""Events: the batching writer behind the ``EventSink`` port, and Monitor API queries."""

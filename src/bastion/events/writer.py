@@ -1,0 +1,157 @@
+"""The batching event writer: a bounded queue in front of the database.
+
+Theory of operation: ``emit`` is called on the request path, so it only appends to a deque (O(1), no
+lock, no I/O) and, when a batch is full, sets a threading event. One writer thread wakes on that event
+or every ``flush_interval``, swaps the queue out, serialises the batch to JSON (off the event loop, so
+a big batch cannot stall requests) and inserts it in one transaction.
+
+Nothing is silent: when the queue is full the event is counted, not queued, and the next flush writes an
+``events.dropped`` event with the count. When the database refuses a batch the batch is kept and
+retried with backoff; new events keep queueing (and overflowing, counted) meanwhile. ``close`` flushes
+everything that is queued before it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+
+from sqlalchemy import Engine, insert
+
+from ..core.events import Event, make_event_id
+from ..store.schema import events_table
+
+__all__ = ["EventWriter", "new_event"]
+
+log = logging.getLogger("bastion.events")
+
+
+def new_event(type: str, *, now: float | None = None, **fields: object) -> Event:
+    """Build an event with a fresh ULID (the runtime's source of time and randomness)."""
+    t = time.time() if now is None else now
+    return Event(id=make_event_id(int(t * 1000), os.urandom(10)), time=t, type=type, **fields)  # type: ignore[arg-type]
+
+
+class EventWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._queue: deque[Event] = deque()
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.dropped = 0  # events refused because the queue was full (since start)
+        self._dropped_reported = 0
+        self.written = 0
+        self.failures = 0
+
+    # -- the EventSink port ------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        if len(self._queue) >= self._queue_size:
+            self.dropped += 1
+            return
+        self._queue.append(event)
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bastion-event-writer", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread after writing everything queued (or until ``timeout``)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        else:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is queued now, in batches; returns the number written. Thread-safe enough:
+        only the writer thread (or the caller, when no thread runs) calls it."""
+        total = 0
+        while True:
+            batch = self._take()
+            if not batch:
+                return total
+            self._write(batch)
+            total += len(batch)
+
+    def _take(self) -> list[Event]:
+        batch: list[Event] = []
+        q = self._queue
+        while q and len(batch) < self._batch_size:
+            batch.append(q.popleft())
+        pending_drops = self.dropped - self._dropped_reported
+        if pending_drops:
+            self._dropped_reported = self.dropped
+            batch.append(
+                new_event(
+                    "events.dropped",
+                    now=self._clock(),
+                    severity="error",
+                    actor="system",
+                    reason="event_queue_full",
+                    data={"count": pending_drops, "queue_size": self._queue_size},
+                )
+            )
+        return batch
+
+    def _write(self, batch: list[Event]) -> None:
+        rows = [_row(e) for e in batch]
+        delay = 0.05
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(events_table), rows)
+                self.written += len(rows)
+                return
+            except Exception as exc:  # the database is down, locked or full: keep the batch, retry
+                self.failures += 1
+                log.error(
+                    "event batch of %d could not be written (%s); retrying", len(rows), type(exc).__name__
+                )
+                if self._stopping and delay > 1.0:
+                    log.error("giving up on %d events at shutdown", len(rows))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the writer die silently
+                log.exception("event writer failed")
+            if self._stopping:
+                self.flush()
+                return
+
+
+def _row(e: Event) -> dict[str, object]:
+    row = asdict(e)
+    row["data"] = json.dumps(dict(e.data), separators=(",", ":"), default=str)
+    return row

@@ -1,0 +1,938 @@
+"""Client connections and the listening server (see the theory of operation in ``bastion.proxy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections import deque
+from http import HTTPStatus
+from ipaddress import ip_address
+
+import httptools
+
+from ..runtime.gateway import Forward, Gateway, Respond, UpstreamSpec
+from .upstream import UpstreamClosed, UpstreamConnection, UpstreamError, UpstreamPool, UpstreamTimeout
+
+__all__ = ["ClientConnection", "Exchange", "GatewayServer", "serve"]
+
+log = logging.getLogger("bastion.proxy")
+
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_MAX_PIPELINED = 16
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_METHODS_WITH_BODY_SEMANTICS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _Reject(Exception):
+    """Raised inside llhttp callbacks to stop parsing with a status and code."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+class ClientBody:
+    """A request body as it arrives: a bounded queue the forwarder drains (the core ``Body`` port)."""
+
+    __slots__ = (
+        "_buffered",
+        "_cached",
+        "_chunks",
+        "_waiter",
+        "chunked",
+        "complete",
+        "conn",
+        "consumed",
+        "declared_length",
+        "error",
+        "expect_continue",
+        "limit",
+        "received",
+    )
+
+    def __init__(self, conn: ClientConnection, declared_length: int | None, chunked: bool) -> None:
+        self.conn = conn
+        self.declared_length = declared_length
+        self.chunked = chunked
+        self.limit: int | None = None
+        self.received = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self.complete = not chunked and not declared_length
+        self._waiter: asyncio.Future[None] | None = None
+        self.error: BodyError | None = None
+        self._cached: bytes | None = None
+        self.consumed = False
+        self.expect_continue = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.declared_length)
+
+    # producer side (llhttp callbacks)
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self.fail(BodyError(413, "body_too_large"))
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _HIGH_WATER:
+            self.conn.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, err: BodyError) -> None:
+        if self.error is None:
+            self.error = err
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # consumer side
+    async def next_chunk(self) -> bytes | None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < _LOW_WATER:
+                    self.conn.resume_reading()
+                return chunk
+            if self.complete:
+                self.consumed = True
+                return None
+            if self.expect_continue:
+                self.expect_continue = False
+                self.conn.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.conn.resume_reading()
+            self.conn.arm_body_timer()
+            self._waiter = self.conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self.conn.disarm_body_timer()
+
+    async def read(self) -> bytes:
+        """The whole body (bounded by the route's ``max_body``); later forwarding replays it."""
+        if self._cached is None:
+            parts = []
+            while (chunk := await self.next_chunk()) is not None:
+                parts.append(chunk)
+            self._cached = b"".join(parts)
+        return self._cached
+
+    @property
+    def cached(self) -> bytes | None:
+        return self._cached
+
+
+class Exchange:
+    __slots__ = (
+        "body",
+        "framing_error",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        raw_target: str,
+        version: str,
+        headers: list[tuple[str, str]],
+        keep_alive: bool,
+        body: ClientBody,
+        framing_error: tuple[int, str] | None,
+    ) -> None:
+        self.method = method
+        self.raw_target = raw_target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
+        self.framing_error = framing_error
+        self.upgrade = False
+
+
+def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, tuple[int, str] | None]:
+    """(content_length, chunked, error) from the raw header list: strict RFC 9112 §6 framing."""
+    cl_values = [v for n, v in headers if n == "content-length"]
+    te_values = [v for n, v in headers if n == "transfer-encoding"]
+    if cl_values and te_values:
+        return None, False, (400, "content_length_with_transfer_encoding")
+    if te_values:
+        if len(te_values) != 1 or te_values[0].strip().lower() != "chunked":
+            return None, False, (400, "transfer_encoding_unsupported")
+        return None, True, None
+    if cl_values:
+        v = cl_values[0].strip()
+        if len(cl_values) != 1 or not v.isdigit() or not v.isascii() or len(v) > 18:
+            return None, False, (400, "content_length_invalid")
+        return int(v), False, None
+    return 0, False, None
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.gateway = server.gateway
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = ip_address("0.0.0.0")
+        self.parser = httptools.HttpRequestParser(self)
+        self.exchanges: deque[Exchange] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.busy = False  # an exchange is being handled
+        self.closing = False  # finish the current exchange, then close
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._current: Exchange | None = None
+        self._parse_broken = False
+        # request head being parsed
+        self._url = bytearray()
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        limits = self.gateway.limits
+        self._max_url = limits.max_url
+        self._max_head = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        # timer: one handle, re-armed lazily
+        t = self.gateway.timeouts
+        self._header_timeout = t.header
+        self._body_timeout = t.body
+        self._idle_timeout = t.keepalive
+        self._phase = "idle"  # idle | head | body | busy
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername")
+        if peer:
+            with contextlib.suppress(ValueError):
+                self.peer = ip_address(peer[0].split("%", 1)[0])
+        self.server.connections.add(self)
+        if len(self.server.connections) > self.gateway.limits.max_connections:
+            self.server.rejected_connections += 1
+            resp = self.gateway.deny(
+                503,
+                "too_many_connections",
+                detail="The gateway is busy; retry later.",
+                source_ip=self.peer,
+                headers=(("retry-after", "1"),),
+                close=True,
+            )
+            self._write_respond(resp, "HTTP/1.1", keep_alive=False)
+            self._close()
+            return
+        self._set_phase("idle")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cur = self._current
+        if cur is not None:
+            cur.body.fail(BodyError(400, "client_disconnected"))
+        for ex in self.exchanges:
+            ex.body.fail(BodyError(400, "client_disconnected"))
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionError("client gone"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parse_broken or self.closed:
+            return
+        if self._phase == "idle":
+            self._set_phase("head")
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # "Upgrade"/CONNECT: Bastion proxies neither. The head is already queued; answer it as a
+            # plain request and close, since llhttp stops parsing this connection here.
+            self._parse_broken = True
+            if self.exchanges:
+                self.exchanges[-1].upgrade = True
+                self.exchanges[-1].body.finish()
+            self.pause_reading()
+        except httptools.HttpParserError as exc:
+            self._parse_broken = True
+            reason = exc.__context__
+            if isinstance(reason, _Reject):
+                status, code = reason.status, reason.code
+            else:
+                status, code = 400, "malformed_request"
+            self._on_parse_error(status, code)
+
+    def _on_parse_error(self, status: int, code: str) -> None:
+        self.pause_reading()
+        cur = self._current
+        if cur is not None and not cur.body.complete:
+            cur.body.fail(BodyError(status, code))  # the forwarder answers (or aborts) and closes
+            return
+        for ex in self.exchanges:
+            if not ex.body.complete:
+                ex.body.fail(BodyError(status, code))
+                return
+        # Error in a new request head: answer it after whatever is in progress, then close.
+        self.exchanges.append(self._error_exchange(status, code))
+        self._start()
+
+    def _error_exchange(self, status: int, code: str) -> Exchange:
+        body = ClientBody(self, 0, False)
+        return Exchange("GET", "/", "1.1", [], False, body, (status, code))
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+        if self._phase == "idle":
+            self._set_phase("head")
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._max_url:
+            raise _Reject(414, "url_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise _Reject(431, "headers_too_large")
+        if len(self._headers) >= self._max_headers:
+            raise _Reject(431, "too_many_headers")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self.parser
+        method = p.get_method().decode("ascii")
+        version = p.get_http_version()
+        length, chunked, error = _framing(self._headers)
+        body = ClientBody(self, length, chunked)
+        ex = Exchange(
+            method, self._url.decode("latin-1"), version, self._headers, p.should_keep_alive(), body, error
+        )
+        self.exchanges.append(ex)
+        if len(self.exchanges) > _MAX_PIPELINED:
+            self.pause_reading()
+        self._set_phase("busy")
+        self._start()
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.exchanges[-1] if self.exchanges else self._current
+        if ex is not None:
+            ex.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchanges[-1] if self.exchanges else self._current
+        if ex is not None:
+            ex.body.finish()
+
+    # -- flow control and timers -----------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closed and not self._parse_broken:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        if phase == "busy":
+            return
+        timeout = {"idle": self._idle_timeout, "head": self._header_timeout, "body": self._body_timeout}[
+            phase
+        ]
+        self._deadline = self.loop.time() + timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def arm_body_timer(self) -> None:
+        self._set_phase("body")
+
+    def disarm_body_timer(self) -> None:
+        if self._phase == "body":
+            self._phase = "busy"
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or self._phase == "busy":
+            if not self.closed and self._phase == "busy":
+                # re-check later: the phase changes without touching the timer
+                self._timer = self.loop.call_at(self.loop.time() + 1.0, self._on_timer)
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._phase == "idle":
+            self._close()
+        elif self._phase == "head":
+            self._parse_broken = True
+            self.pause_reading()
+            if self.busy or self.exchanges:
+                self._close()  # a pipelined head stalled behind work: just drop the connection
+                return
+            resp = self.gateway.deny(
+                408,
+                "request_header_timeout",
+                detail="The request head took too long.",
+                source_ip=self.peer,
+                close=True,
+            )
+            self._write_respond(resp, "HTTP/1.1", keep_alive=False)
+            self._close()
+        elif self._phase == "body":
+            cur = self._current
+            if cur is not None:
+                cur.body.fail(BodyError(408, "request_body_timeout"))
+            self._phase = "busy"
+            self._timer = self.loop.call_at(self.loop.time() + 1.0, self._on_timer)
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionError("client gone")
+        if self._write_paused:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                async with asyncio.timeout(self._body_timeout):
+                    await self._drain_waiter
+            except TimeoutError:
+                raise ConnectionError("client stopped reading") from None
+
+    def _write_respond(self, resp: Respond, version: str, keep_alive: bool) -> None:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, _REASONS.get(resp.status, b"Unknown"))]
+        has_length = False
+        for name, value in resp.headers:
+            if name == "content-length":
+                has_length = True
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if not has_length:
+            lines.append(b"content-length: %d\r\n" % len(resp.body))
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(resp.body)
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(lines))
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # -- the per-connection task -------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = self.loop.create_task(self._run())
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _run(self) -> None:
+        try:
+            while not self.closed:
+                if not self.exchanges:
+                    if self.closing or self._parse_broken:
+                        self._close()
+                        return
+                    self._waiter = self.loop.create_future()
+                    await self._waiter
+                    continue
+                ex = self.exchanges.popleft()
+                if len(self.exchanges) < _MAX_PIPELINED // 2:
+                    self.resume_reading()
+                self._current = ex
+                self.busy = True
+                keep = await self._handle(ex)
+                self.busy = False
+                self._current = None
+                if not keep or self.closing:
+                    self._close()
+                    return
+                if not self.exchanges and not self._in_head:
+                    self._set_phase("idle")
+                elif self._in_head:
+                    self._set_phase("head")
+        except Exception:
+            log.exception("connection handler failed")
+            self._close()
+        finally:
+            self.server.on_connection_idle(self)
+
+    async def _handle(self, ex: Exchange) -> bool:
+        """Serve one exchange; returns whether the connection may be kept alive."""
+        gw = self.gateway
+        head = ex.method == "HEAD"
+        if ex.framing_error is not None:
+            status, code = ex.framing_error
+            resp = gw.deny(
+                status,
+                code,
+                detail="The request is malformed.",
+                method=ex.method,
+                path=_path_only(ex.raw_target),
+                source_ip=self.peer,
+                close=True,
+            )
+            self._write_respond(resp, ex.version, keep_alive=False)
+            return False
+        raw_path, _, query = ex.raw_target.partition("?")
+        expect = next((v for n, v in ex.headers if n == "expect"), None)
+        if expect is not None:
+            if expect.strip().lower() != "100-continue" or ex.version == "1.0":
+                resp = gw.deny(
+                    417,
+                    "expectation_unsupported",
+                    detail="Only Expect: 100-continue is supported.",
+                    method=ex.method,
+                    path=_path_only(raw_path),
+                    source_ip=self.peer,
+                    close=True,
+                )
+                self._write_respond(resp, ex.version, keep_alive=False)
+                return False
+            ex.body.expect_continue = ex.body.has_body
+        if gw.in_flight >= gw.limits.max_in_flight:
+            resp = gw.deny(
+                503,
+                "overloaded",
+                detail="The gateway is busy; retry later.",
+                method=ex.method,
+                path=_path_only(raw_path),
+                source_ip=self.peer,
+                headers=(("retry-after", "1"),),
+                head=head,
+            )
+            return self._respond(resp, ex)
+        gw.in_flight += 1
+        try:
+            decision = await gw.admit(ex.method, raw_path, query, ex.headers, self.peer, ex.body)
+            if isinstance(decision, Respond):
+                return self._respond(decision, ex)
+            return await self._forward(decision, ex)
+        finally:
+            gw.in_flight -= 1
+
+    def _respond(self, resp: Respond, ex: Exchange) -> bool:
+        # A body we did not read would be parsed as the next request: close instead (unless it
+        # already arrived in full and can simply be discarded).
+        keep = ex.keep_alive and not resp.close and not ex.upgrade and not self.closing
+        if ex.body.has_body and not ex.body.complete:
+            keep = False
+        self._write_respond(resp, ex.version, keep)
+        return keep
+
+    async def _forward(self, fwd: Forward, ex: Exchange) -> bool:
+        req = fwd.req
+        body = ex.body
+        body.limit = req.route.max_body
+        if body.received > body.limit:
+            body.fail(BodyError(413, "body_too_large"))
+        pool = self.server.pool_for(fwd.upstream)
+        no_body = ex.method == "HEAD"
+        head_bytes = self._upstream_head(fwd, ex)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                conn = await pool.acquire() if attempt == 1 else await pool.connect_fresh()
+            except UpstreamTimeout:
+                return self._upstream_failed(fwd, ex, 504, "upstream_timeout", "connect")
+            except UpstreamError:
+                return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "connect")
+            conn.start(no_body)
+            pump: asyncio.Task[None] | None = None
+            try:
+                conn.write(head_bytes)
+                if body.cached is not None:
+                    self._write_cached_body(conn, body)
+                elif body.has_body:
+                    pump = self.loop.create_task(self._pump(conn, body))
+                await conn.read_head(fwd.upstream.read_timeout)
+            except UpstreamClosed:
+                if pump is not None:
+                    pump.cancel()
+                conn.abort()
+                retryable = conn.reused and attempt == 1 and (not body.has_body or body.cached is not None)
+                if retryable:
+                    continue
+                return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "closed")
+            except UpstreamTimeout:
+                if pump is not None:
+                    pump.cancel()
+                conn.abort()
+                return self._upstream_failed(fwd, ex, 504, "upstream_timeout", "read")
+            except UpstreamError as exc:
+                if pump is not None:
+                    pump.cancel()
+                conn.abort()
+                return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", str(exc))
+            except BodyError as err:
+                conn.abort()
+                return self._body_failed(fwd, ex, err, pump)
+            break
+        # The response head is in; a failed body pump (client too slow, too large) still decides.
+        if pump is not None and pump.done() and pump.exception() is not None:
+            err = pump.exception()
+            conn.abort()
+            if isinstance(err, BodyError):
+                return self._body_failed(fwd, ex, err, None)
+            return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "write")
+        return await self._relay_response(fwd, ex, conn, pool, pump)
+
+    def _upstream_head(self, fwd: Forward, ex: Exchange) -> bytes:
+        parts = [f"{ex.method} {fwd.target} HTTP/1.1\r\n"]
+        for name, value in fwd.headers:
+            parts.append(f"{name}: {value}\r\n")
+        body = ex.body
+        if body.cached is not None:
+            parts.append(f"content-length: {len(body.cached)}\r\n")
+        elif body.chunked:
+            parts.append("transfer-encoding: chunked\r\n")
+        elif body.declared_length:
+            parts.append(f"content-length: {body.declared_length}\r\n")
+        elif ex.method in _METHODS_WITH_BODY_SEMANTICS:
+            parts.append("content-length: 0\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1")
+
+    def _write_cached_body(self, conn: UpstreamConnection, body: ClientBody) -> None:
+        if body.cached:
+            conn.write(body.cached)
+
+    async def _pump(self, conn: UpstreamConnection, body: ClientBody) -> None:
+        chunked = body.chunked
+        while (chunk := await body.next_chunk()) is not None:
+            if not chunk:
+                continue
+            if chunked:
+                conn.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+            else:
+                conn.write(chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    def _body_failed(
+        self, fwd: Forward, ex: Exchange, err: BodyError, pump: asyncio.Task[None] | None
+    ) -> bool:
+        if pump is not None:
+            pump.cancel()
+        if self.closed:
+            return False
+        detail = {
+            "body_too_large": "The request body is larger than this endpoint accepts.",
+            "request_body_timeout": "The request body took too long.",
+        }.get(err.code, "The request body is malformed.")
+        resp = self.gateway.deny(
+            err.status,
+            err.code,
+            detail=detail,
+            method=ex.method,
+            path=fwd.req.path,
+            source_ip=fwd.req.client_ip,
+            request_id=fwd.req.request_id,
+            route=fwd.req.route,
+            close=True,
+        )
+        self._write_respond(resp, ex.version, keep_alive=False)
+        return False
+
+    def _upstream_failed(self, fwd: Forward, ex: Exchange, status: int, code: str, why: str) -> bool:
+        req = fwd.req
+        detail = (
+            "The upstream service did not answer in time."
+            if status == 504
+            else "The upstream service is unavailable."
+        )
+        resp = self.gateway.deny(
+            status,
+            code,
+            detail=detail,
+            method=ex.method,
+            path=req.path,
+            source_ip=req.client_ip,
+            request_id=req.request_id,
+            route=req.route,
+            evidence={"service": fwd.upstream.name, "stage": why},
+            severity="error",
+            head=ex.method == "HEAD",
+        )
+        return self._respond(resp, ex)
+
+    async def _relay_response(
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
+    ) -> bool:
+        gw = self.gateway
+        status = conn.status
+        strip = gw.strip_response
+        nominated: set[bytes] = set()
+        for name, value in conn.headers:
+            if name.lower() == b"connection":
+                nominated.update(t.strip().lower() for t in value.split(b","))
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        for name, value in conn.headers:
+            lname = name.lower()
+            if lname in _HOP_BY_HOP_B or lname in nominated or lname == b"content-length":
+                continue
+            if lname.decode("latin-1") in strip:
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        for name, value in gw.security_headers:
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        for name, value in fwd.ctx.response_headers:
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(f"x-request-id: {fwd.req.request_id}\r\n".encode("latin-1"))
+        bodyless = ex.method == "HEAD" or status in (204, 304)
+        keep = ex.keep_alive and not ex.upgrade and not self.closing
+        chunked_out = False
+        if conn.content_length is not None and status not in (204, 304):
+            lines.append(b"content-length: %d\r\n" % conn.content_length)
+        elif not bodyless:
+            if ex.version == "1.1":
+                lines.append(b"transfer-encoding: chunked\r\n")
+                chunked_out = True
+            else:
+                keep = False  # HTTP/1.0: the end of the connection ends the body
+        if not keep:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # Small responses usually arrive whole: send head and body in one write.
+        if conn.message_done and not chunked_out and len(conn._chunks) <= 1:
+            first = conn._chunks.popleft() if conn._chunks else b""
+            self.write_raw(head + first)
+            conn._buffered = 0
+        else:
+            self.write_raw(head)
+            try:
+                while True:
+                    chunk = await conn.read_chunk(fwd.upstream.read_timeout)
+                    if chunk is None:
+                        break
+                    if bodyless or not chunk:
+                        continue
+                    if chunked_out:
+                        self.transport.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])  # type: ignore[union-attr]
+                    else:
+                        self.write_raw(chunk)
+                    if self._write_paused:
+                        await self.drain()
+            except (UpstreamError, ConnectionError) as exc:
+                # Headers are out: all we can do is cut the connection so the client sees the truncation.
+                conn.abort()
+                if pump is not None:
+                    pump.cancel()
+                if isinstance(exc, UpstreamError):
+                    gw.emit(
+                        "upstream.response_truncated",
+                        severity="error",
+                        request_id=fwd.req.request_id,
+                        route=fwd.req.route.id,
+                        method=ex.method,
+                        path=fwd.req.path,
+                        source_ip=str(fwd.req.client_ip),
+                        data={"service": fwd.upstream.name},
+                    )
+                return False
+            if chunked_out:
+                self.write_raw(b"0\r\n\r\n")
+        # The request side must be finished too before anything is reused.
+        if pump is not None:
+            if not pump.done():
+                # The upstream answered before reading the whole body; neither side can be reused.
+                pump.cancel()
+                conn.abort()
+                return False
+            if pump.exception() is not None:
+                conn.abort()
+                return False
+        if ex.body.has_body and not ex.body.complete:
+            keep = False
+        pool.release(conn)
+        return keep
+
+
+_HOP_BY_HOP_B = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+
+def _path_only(target: str) -> str:
+    return target.partition("?")[0][:512]
+
+
+class GatewayServer:
+    """The listening socket(s), the connections and the upstream pools of one process."""
+
+    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
+        self.gateway = gateway
+        self.loop = loop
+        self.connections: set[ClientConnection] = set()
+        self.pools: dict[UpstreamSpec, UpstreamPool] = {}
+        self.rejected_connections = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._idle_event = asyncio.Event()
+
+    def pool_for(self, spec: UpstreamSpec) -> UpstreamPool:
+        pool = self.pools.get(spec)
+        if pool is None:
+            pool = self.pools[spec] = UpstreamPool(spec, self.loop)
+        return pool
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.gateway.settings.tls
+        if tls is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    async def start(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        reuse_port: bool = False,
+        sock: object = None,
+    ) -> None:
+        listen = self.gateway.settings.listen
+        kwargs: dict[str, object] = {"ssl": self.ssl_context(), "backlog": 2048}
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, **kwargs)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self),
+                host if host is not None else listen.host,
+                port if port is not None else listen.port,
+                reuse_port=reuse_port or None,
+                **kwargs,
+            )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def on_connection_idle(self, conn: ClientConnection) -> None:
+        if not self.connections or all(not c.busy for c in self.connections):
+            self._idle_event.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (with ``Connection: close``), then close."""
+        timeout = self.gateway.timeouts.shutdown if timeout is None else timeout
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.closing = True
+            if not conn.busy and not conn.exchanges:
+                conn._close()
+        deadline = self.loop.time() + timeout
+        while any(c.busy or c.exchanges for c in self.connections) and self.loop.time() < deadline:
+            self._idle_event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(0.05, max(0.0, deadline - self.loop.time()))):
+                    await self._idle_event.wait()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for pool in self.pools.values():
+            pool.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
+
+
+async def serve(
+    gateway: Gateway,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Future[int] | None = None,
+    reuse_port: bool = False,
+    sock: object = None,
+    port: int | None = None,
+) -> None:
+    """Run the gateway until ``stop`` is set (or SIGTERM/SIGINT), then drain and return."""
+    loop = asyncio.get_running_loop()
+    server = GatewayServer(gateway, loop)
+    await server.start(port=port, reuse_port=reuse_port, sock=sock)
+    stop = stop or asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None and not ready.done():
+        ready.set_result(server.port)
+    await stop.wait()
+    await server.shutdown()

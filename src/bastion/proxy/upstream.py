@@ -1,0 +1,296 @@
+"""Upstream connections and their pools (see the theory of operation in ``bastion.proxy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+import httptools
+
+from ..runtime.gateway import UpstreamSpec
+
+__all__ = ["UpstreamClosed", "UpstreamConnection", "UpstreamError", "UpstreamPool", "UpstreamTimeout"]
+
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+MAX_RESPONSE_HEADERS = 200
+
+
+class UpstreamError(Exception):
+    """The upstream misbehaved or went away (→ 502)."""
+
+
+class UpstreamClosed(UpstreamError):
+    """The connection closed before a response byte arrived (safe to retry a bodiless request)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connect or read timeout (→ 504)."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One persistent HTTP/1.1 connection to an upstream; parses responses with llhttp."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._head_waiter: asyncio.Future[None] | None = None
+        self.head_done = False
+        self.message_done = False
+        self.keep_alive = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.no_body = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._read_paused = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.got_bytes = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_done and not self.message_done and self.content_length is None and not self.chunked:
+            # close-delimited body (RFC 9112 §6.3 rule 8): EOF is the end of the message
+            self.message_done = True
+        elif not self.message_done and self._error is None:
+            self._error = (
+                UpstreamClosed("closed") if not self.got_bytes else UpstreamError("closed mid-response")
+            )
+        self._wake_all()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(UpstreamError("closed"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            reason = exc.__context__ if isinstance(exc.__context__, UpstreamError) else None
+            self._fail(reason or UpstreamError("malformed response"))
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        pass
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_RESPONSE_HEADER_BYTES or len(self.headers) >= MAX_RESPONSE_HEADERS:
+            raise UpstreamError("response head too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100, 103) are not forwarded; 101 means the upstream switched
+            # protocols, which Bastion does not proxy.
+            if status == 101:
+                raise UpstreamError("upstream switched protocols")
+            self.headers = []
+            self._header_bytes = 0
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    raise UpstreamError("bad content-length") from None
+            elif lname == b"transfer-encoding":
+                self.chunked = True
+        self.head_done = True
+        if self.no_body or status in (204, 304):
+            # A response to HEAD has no body whatever its headers say; llhttp cannot be told, so the
+            # message ends here and the next response gets a fresh parser.
+            self.message_done = True
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.message_done:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake(self._body_waiter)
+
+    def on_message_complete(self) -> None:
+        if not self.head_done:  # an interim response ended
+            return
+        self.message_done = True
+        self._wake(self._body_waiter)
+
+    # -- used by the client side ----------------------------------------------------------------------
+    def _wake(self, fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        self._wake(self._head_waiter)
+        self._wake(self._body_waiter)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wake_all()
+        self.abort()
+
+    def start(self, no_body: bool) -> None:
+        self._reset()
+        self.no_body = no_body
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamError("closed")
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamError("closed")
+        self.transport.writelines(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise UpstreamError("closed")
+        if self._write_paused:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+
+    async def read_head(self, timeout: float) -> None:
+        while not self.head_done:
+            if self._error is not None:
+                raise self._error
+            self._head_waiter = self.loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._head_waiter
+            except TimeoutError:
+                raise UpstreamTimeout("read") from None
+        if self._error is not None and not self.head_done:
+            raise self._error
+
+    async def read_chunk(self, timeout: float) -> bytes | None:
+        """The next body chunk, or ``None`` at the end of the message."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._read_paused and self._buffered < _LOW_WATER and self.transport is not None:
+                    self._read_paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self.message_done:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._body_waiter = self.loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._body_waiter
+            except TimeoutError:
+                raise UpstreamTimeout("read") from None
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            not self.closed
+            and self.message_done
+            and self.keep_alive
+            and self._error is None
+            and not self._chunks
+        )
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _ssl_context(spec: UpstreamSpec) -> ssl.SSLContext | None:
+    if spec.scheme != "https":
+        return None
+    ctx = ssl.create_default_context(cafile=spec.ca_file)
+    if not spec.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream, most recently used first."""
+
+    def __init__(self, spec: UpstreamSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.loop = loop
+        self._idle: list[UpstreamConnection] = []
+        self._ssl = _ssl_context(spec)
+        self.opened = 0  # connections opened since start (tests use it to prove reuse)
+
+    async def acquire(self) -> UpstreamConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return await self._connect()
+
+    async def connect_fresh(self) -> UpstreamConnection:
+        return await self._connect()
+
+    async def _connect(self) -> UpstreamConnection:
+        spec = self.spec
+        try:
+            async with asyncio.timeout(spec.connect_timeout):
+                _, proto = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self.loop),
+                    spec.host,
+                    spec.port,
+                    ssl=self._ssl,
+                    server_hostname=spec.host if self._ssl else None,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout("connect") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError(f"connect failed: {type(exc).__name__}") from None
+        self.opened += 1
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.reusable and len(self._idle) < self.spec.max_idle:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.abort()
+        self._idle.clear()

@@ -1,0 +1,472 @@
+"""The engine: from a parsed request to a decision (forward or respond), with events.
+
+``Gateway.admit`` is the per-request entry point shared by every face (the proxy today, the ASGI
+middleware later). Everything it consults was compiled at load by :func:`build_gateway`: the router,
+each route's check tuple, CIDR sets, header sets, prebuilt responses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..checks.cors import Cors
+from ..checks.ip_access import IpAccess
+from ..checks.limits import BodyLimit
+from ..config.loader import LoadedConfig
+from ..config.models import GatewayConfig, ServiceSettings
+from ..core.chain import Check, run_checks
+from ..core.decision import Answer, Context, Deny
+from ..core.events import Event
+from ..core.forwarding import HOP_BY_HOP, NetworkSet, resolve_forwarded
+from ..core.headers import Headers
+from ..core.paths import PathRejected, canonicalize_path, validate_query
+from ..core.ports import EventSink
+from ..core.problem import problem_body
+from ..core.request import Body, IPAddress, RequestView
+from ..core.router import Route, RouteError, Router
+from ..events.writer import new_event
+
+__all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "build_gateway"]
+
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+# Never forwarded from the client as-is: Bastion writes its own values (or none).
+GATEWAY_OWNED = frozenset(
+    {
+        "host",
+        "content-length",
+        "expect",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-request-id",
+    }
+)
+# Upstream response headers that only leak implementation details (P7).
+STRIP_FROM_RESPONSES = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~!$&'()*+,;=%]+)(:\d{1,5})?$")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    name: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # prefix before the canonical path ("" for none)
+    host_header: str
+    preserve_host: bool
+    connect_timeout: float
+    read_timeout: float
+    max_idle: int
+    tls_verify: bool
+    ca_file: str | None
+
+
+@dataclass(slots=True)
+class Forward:
+    req: RequestView
+    ctx: Context
+    upstream: UpstreamSpec
+    target: str  # path?query for the upstream request line
+    headers: list[tuple[str, str]]  # upstream request headers, framing headers excluded
+
+
+@dataclass(slots=True)
+class Respond:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    close: bool = False
+    code: str = ""
+
+
+@dataclass(slots=True)
+class _Parsed:
+    upstream_headers: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Gateway:
+    def __init__(
+        self, settings: GatewayConfig, router: Router, events: EventSink, *, source: str = ""
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.events = events
+        self.source = source
+        self.trusted = NetworkSet(settings.trusted_proxies)
+        self.limits = settings.limits
+        self.timeouts = settings.timeouts
+        self.tls_on = settings.tls is not None
+        self.scheme = "https" if self.tls_on else "http"
+        self.reject_override = settings.method_override_headers == "reject"
+        self.underscores = settings.underscore_headers
+        base: list[tuple[str, str]] = [("x-content-type-options", "nosniff")]
+        if settings.tls is not None:
+            hsts = f"max-age={int(settings.tls.hsts_max_age)}"
+            if settings.tls.hsts_include_subdomains:
+                hsts += "; includeSubDomains"
+            base.append(("strict-transport-security", hsts))
+        base.extend((k.lower(), v) for k, v in settings.response_headers.items())
+        self.security_headers: tuple[tuple[str, str], ...] = tuple(base)
+        self.strip_response = STRIP_FROM_RESPONSES
+        self.in_flight = 0
+
+    # -- events ------------------------------------------------------------------------------------
+    def emit(self, type: str, **fields: Any) -> None:
+        with contextlib.suppress(Exception):  # an event must never break a request
+            self.events.emit(new_event(type, **fields))
+
+    def deny(
+        self,
+        status: int,
+        code: str,
+        *,
+        detail: str = "",
+        method: str | None = None,
+        path: str | None = None,
+        source_ip: IPAddress | str | None = None,
+        request_id: str | None = None,
+        route: Route | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        evidence: Any = None,
+        severity: str = "warning",
+        close: bool = False,
+        head: bool = False,
+    ) -> Respond:
+        """Build the problem+json response for a deny and record the event."""
+        data = {"status": status}
+        if evidence:
+            data.update(evidence)
+        self.emit(
+            "request.denied",
+            severity=severity,
+            request_id=request_id,
+            route=route.id if route else None,
+            method=method,
+            path=_safe_path(path),
+            source_ip=str(source_ip) if source_ip is not None else None,
+            actor=None,
+            reason=code,
+            data=data,
+        )
+        return self.problem(status, code, detail, request_id, headers, close=close, head=head)
+
+    def problem(
+        self,
+        status: int,
+        code: str,
+        detail: str = "",
+        request_id: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        close: bool = False,
+        head: bool = False,
+    ) -> Respond:
+        body = problem_body(status, code, detail, request_id)
+        out = [
+            ("content-type", "application/problem+json"),
+            ("cache-control", "no-store"),
+            *self.security_headers,
+            *headers,
+        ]
+        if request_id:
+            out.append(("x-request-id", request_id))
+        if head:
+            out.append(("content-length", str(len(body))))
+            body = b""
+        return Respond(status, out, body, close, code)
+
+    # -- the per-request path ----------------------------------------------------------------------
+    async def admit(
+        self,
+        method: str,
+        raw_path: str,
+        query: str,
+        raw_headers: list[tuple[str, str]],
+        peer: IPAddress,
+        body: Body,
+    ) -> Forward | Respond:
+        head = method == "HEAD"
+        headers = Headers(raw_headers)
+        fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
+        trusted_id = fwd.request_id
+        request_id = trusted_id if trusted_id and _REQUEST_ID.match(trusted_id) else os.urandom(12).hex()
+        client = fwd.client_ip
+
+        try:
+            path = canonicalize_path(raw_path)
+            if query:
+                validate_query(query)
+        except PathRejected as exc:
+            return self.deny(
+                400,
+                exc.code,
+                detail="The request path is not allowed.",
+                method=method,
+                path=raw_path,
+                source_ip=client,
+                request_id=request_id,
+                head=head,
+            )
+
+        hosts = headers.getall("host")
+        if len(hosts) != 1 or not _HOST.match(hosts[0]):
+            code = "host_missing" if not hosts else ("host_duplicate" if len(hosts) > 1 else "host_invalid")
+            return self.deny(
+                400,
+                code,
+                detail="A single valid Host header is required.",
+                method=method,
+                path=path,
+                source_ip=client,
+                request_id=request_id,
+                head=head,
+            )
+
+        parsed = self._split_headers(raw_headers, headers)
+        if isinstance(parsed, str):
+            return self.deny(
+                400,
+                parsed,
+                detail="A request header is not allowed.",
+                method=method,
+                path=path,
+                source_ip=client,
+                request_id=request_id,
+                head=head,
+            )
+
+        preflight = method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+        match = self.router.match(path)
+        if match is None:
+            return self.deny(
+                404,
+                "route_not_found",
+                detail="No such endpoint.",
+                method=method,
+                path=path,
+                source_ip=client,
+                request_id=request_id,
+                severity="notice",
+                head=head,
+            )
+        lookup = method
+        if preflight:
+            lookup = (headers.get("access-control-request-method") or "").strip()
+        route = match.endpoint.route_for(lookup)
+        if route is None or (preflight and not route.options.get("cors")):
+            return self.deny(
+                405,
+                "method_not_allowed",
+                detail="This method is not allowed here.",
+                method=method,
+                path=path,
+                source_ip=client,
+                request_id=request_id,
+                headers=(("allow", match.endpoint.allow),),
+                head=head,
+            )
+
+        req = RequestView(
+            method,
+            path,
+            query,
+            Headers(parsed.kept),
+            client,
+            peer,
+            fwd.scheme,
+            fwd.host or hosts[0],
+            route,
+            match.params,
+            body,
+            request_id,
+        )
+        ctx = Context(request_id)
+        verdict = await run_checks(route.checks, req, ctx)
+        if verdict is not None:
+            if isinstance(verdict, Deny):
+                return self.deny(
+                    verdict.status,
+                    verdict.code,
+                    detail=verdict.detail,
+                    method=method,
+                    path=path,
+                    source_ip=client,
+                    request_id=request_id,
+                    route=route,
+                    headers=(*verdict.headers, *ctx.response_headers),
+                    evidence=verdict.evidence,
+                    severity=verdict.severity,
+                    head=head,
+                )
+            assert isinstance(verdict, Answer)
+            out = [*verdict.headers, *self.security_headers, ("x-request-id", request_id)]
+            if not any(n == "content-length" for n, _ in out):
+                out.append(("content-length", str(len(verdict.body))))
+            return Respond(verdict.status, out, verdict.body)
+
+        upstream: UpstreamSpec = route.target  # type: ignore[assignment]
+        up_headers = parsed.upstream_headers
+        host_header = (fwd.host or hosts[0]) if upstream.preserve_host else upstream.host_header
+        up_headers.append(("host", host_header))
+        up_headers.append(("x-forwarded-for", fwd.forwarded_for))
+        up_headers.append(("x-forwarded-proto", fwd.scheme))
+        up_headers.append(("x-forwarded-host", fwd.host or hosts[0]))
+        up_headers.append(("x-request-id", request_id))
+        target = upstream.base_path + path
+        if query:
+            target += "?" + query
+        return Forward(req, ctx, upstream, target, up_headers)
+
+    def _split_headers(self, raw: list[tuple[str, str]], headers: Headers) -> _Parsed | str:
+        """One pass: the headers policies see, and the ones forwarded upstream."""
+        nominated: frozenset[str] = frozenset()
+        conn = headers.getall("connection")
+        if conn:
+            nominated = (
+                frozenset(t.strip().lower() for v in conn for t in v.split(",") if t.strip()) - GATEWAY_OWNED
+            )  # "Connection: X-Forwarded-For" must not remove ours (CVE-2022-31813)
+        out = _Parsed()
+        up = out.upstream_headers
+        kept = out.kept
+        for name, value in raw:
+            if "_" in name:
+                if self.underscores == "reject":
+                    return "header_name_underscore"
+                if self.underscores == "drop":
+                    continue
+            if name in METHOD_OVERRIDE_HEADERS:
+                if self.reject_override:
+                    return "method_override_rejected"
+                continue
+            kept.append((name, value))
+            if name in HOP_BY_HOP or name in GATEWAY_OWNED or name in nominated:
+                continue
+            up.append((name, value))
+        return out
+
+
+def _safe_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    clipped = path[:512]
+    return clipped.encode("ascii", "backslashreplace").decode("ascii") if not clipped.isascii() else clipped
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+def _upstream_spec(svc: ServiceSettings) -> UpstreamSpec:
+    parts = urlsplit(svc.upstream)
+    scheme = parts.scheme
+    port = parts.port or (443 if scheme == "https" else 80)
+    host = parts.hostname or ""
+    default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+    host_for_header = f"[{host}]" if ":" in host else host
+    host_header = host_for_header if default_port else f"{host_for_header}:{port}"
+    return UpstreamSpec(
+        name=svc.name,
+        scheme=scheme,
+        host=host,
+        port=port,
+        base_path=parts.path.rstrip("/"),
+        host_header=host_header,
+        preserve_host=svc.preserve_host,
+        connect_timeout=svc.timeouts.connect,
+        read_timeout=svc.timeouts.read,
+        max_idle=svc.max_idle_connections,
+        tls_verify=svc.tls_verify,
+        ca_file=str(svc.ca_file) if svc.ca_file else None,
+    )
+
+
+def compile_routes(settings: GatewayConfig) -> list[Route]:
+    """Each route's chain, cheap checks first: ip → size → cors (→ authn → authz → rate → … later)."""
+    routes: list[Route] = []
+    for s_index, svc in enumerate(settings.services):
+        spec = _upstream_spec(svc)
+        service_ip = IpAccess(svc.ip_allow, svc.ip_deny, scope="service")
+        for r_index, rs in enumerate(svc.routes):
+            methods = frozenset(rs.methods)
+            checks: list[Check] = []
+            if service_ip:
+                checks.append(service_ip)
+            route_ip = IpAccess(rs.ip_allow, rs.ip_deny, scope="route")
+            if route_ip:
+                checks.append(route_ip)
+            max_body = rs.max_body if rs.max_body is not None else settings.limits.max_body
+            checks.append(BodyLimit(max_body))
+            if rs.cors is not None:
+                cors_methods = rs.cors.allow_methods or sorted(methods)
+                checks.append(
+                    Cors(
+                        allow_origins=rs.cors.allow_origins,
+                        allow_methods=cors_methods,
+                        allow_headers=rs.cors.allow_headers,
+                        expose_headers=rs.cors.expose_headers,
+                        allow_credentials=rs.cors.allow_credentials,
+                        max_age=rs.cors.max_age,
+                    )
+                )
+            routes.append(
+                Route(
+                    id=f"{svc.name}:{' '.join(sorted(methods))} {rs.path}",
+                    service=svc.name,
+                    template=rs.path,
+                    methods=methods,
+                    checks=tuple(checks),
+                    max_body=max_body,
+                    target=spec,
+                    trailing_slash_either=rs.trailing_slash == "either",
+                    options={
+                        "cors": rs.cors is not None,
+                        "location": ("services", s_index, "routes", r_index),
+                    },
+                )
+            )
+    return routes
+
+
+class _NullSink:
+    def emit(self, event: Event) -> None:
+        return None
+
+
+def build_gateway(loaded: LoadedConfig, events: EventSink | None = None) -> Gateway:
+    """Compile a loaded config; route table problems become ConfigErrors with the route's line."""
+    from ..config.errors import ConfigError, ConfigIssue
+
+    settings = loaded.settings
+    routes = compile_routes(settings)
+    issues: list[ConfigIssue] = []
+    for route in routes:
+        try:
+            Router([route])
+        except RouteError as exc:
+            loc = route.options["location"]
+            issues.append(
+                ConfigIssue(
+                    loaded.source,
+                    loaded.lines.get((*loc, "path")),
+                    f"services[{loc[1]}].routes[{loc[3]}].path",
+                    str(exc),
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+    try:
+        router = Router(routes)
+    except RouteError as exc:
+        raise ConfigError([ConfigIssue(loaded.source, None, "services", str(exc))]) from None
+    return Gateway(settings, router, events or _NullSink(), source=loaded.source)
