@@ -269,7 +269,9 @@ def wait_ready(server: Server, path: str = "/", timeout: float = 30.0) -> float:
     last_err = "no attempt"
     while time.monotonic() < deadline:
         if not server.alive():
-            raise StartError(f"{server.name} exited with code {server.proc.returncode}:\n{server.log_tail()}")
+            tail = server.log_tail()
+            last = tail.splitlines()[-1] if tail else "(no output)"
+            raise StartError(f"{server.name} exited with code {server.proc.returncode}: {last}\n{tail}")
         try:
             with socket.create_connection((HOST, server.port), timeout=1.0):
                 pass

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ KIB, MIB = 1024, 1024 * 1024
 BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
 ROUTE_COUNTS = (10, 10_000)
 CONN_COUNTS = (32, 1000)
+BASTION_CMD_ENV = "BENCH_BASTION_CMD"
 # A proxy whose peak RSS grows by more than this between 1 KiB and 100 MiB transfers is holding the body.
 RSS_GROWTH_LIMIT_KIB = 32 * 1024
 
@@ -180,50 +182,54 @@ class Bench:
         if self._bastion_checked:
             return self._bastion_reason
         reason = None
-        probe = subprocess.run([sys.executable, "-c", "import bastion.proxy"], capture_output=True, text=True,
-                               timeout=60)
-        if probe.returncode != 0:
-            reason = f"`import bastion.proxy` failed: {_last_line(probe.stderr)}"
-        else:
-            exe = bastion_cli()
-            if exe is None:
-                reason = "no `bastion` executable next to this Python or on PATH"
-            else:
-                helped = subprocess.run([*exe, "serve", "--help"], capture_output=True, text=True, timeout=60)
-                if helped.returncode != 0:
-                    reason = f"`bastion serve --help` exited {helped.returncode}: " \
-                             f"{_last_line(helped.stderr or helped.stdout)}"
+        exe = bastion_cli()
+        if not os.environ.get(BASTION_CMD_ENV):  # an explicit command may live in another environment
+            probe = subprocess.run([sys.executable, "-c", "import bastion.proxy"], capture_output=True,
+                                   text=True, timeout=60)
+            if probe.returncode != 0:
+                reason = f"`import bastion.proxy` failed: {_last_line(probe.stderr)}"
+        if reason is None and exe is None:
+            reason = "no `bastion` executable next to this Python or on PATH"
+        if reason is None and exe is not None:
+            helped = subprocess.run([*exe, "serve", "--help"], capture_output=True, text=True, timeout=60)
+            if helped.returncode != 0:
+                reason = (f"`{' '.join(exe)} serve --help` exited {helped.returncode}: "
+                          f"{_last_line(helped.stderr or helped.stdout)}")
         self._bastion_checked, self._bastion_reason = True, reason
         if reason:
             self.notes.append(f"Bastion rows skipped: {reason}")
         return reason
 
-    def bastion(self, key: str, conf: str, ready_timeout: float = 60.0) -> Server:
-        """Start `bastion serve -c <conf>` on core 0; raises StartError with the reason and log tail."""
+    def bastion(self, key: str, make_conf: Callable[[int], str], ready_timeout: float = 60.0) -> Server:
+        """Start `bastion serve -c <conf>` on core 0; raises StartError with the reason and log tail.
+
+        `make_conf(port)` renders the config for the port Bastion must listen on.
+        """
         def start() -> Server:
             reason = self.bastion_unavailable()
-            if reason:
-                raise StartError(reason)
+            exe = bastion_cli()
+            if reason or exe is None:
+                raise StartError(reason or "no bastion command")
+            port = harness.free_port()
             cfg_path = self.tmp / f"{key}.yaml"
-            cfg_path.write_text(conf)
-            port = int(conf.split("listen: 127.0.0.1:", 1)[1].split()[0])
-            server = self.procs.start(key, [*bastion_cli(), "serve", "-c", str(cfg_path)],  # type: ignore[misc]
-                                      cpu=SUT_CPU, port=port)
+            cfg_path.write_text(make_conf(port))
+            server = self.procs.start(key, [*exe, "serve", "-c", str(cfg_path)], cpu=SUT_CPU, port=port)
             harness.wait_ready(server, path=configs.PATH_ITEM, timeout=ready_timeout)
             log(f"{key} ready after {server.ready_after:.2f} s")
             return server
         return self._get(key, start)
 
     def bastion_main(self) -> Server:
-        def conf() -> str:
-            return configs.bastion_conf(self.tmp, harness.free_port(), self.origin().port,
-                                        name="bastion-main")
-        return self.bastion("bastion-main", conf())
+        return self.bastion("bastion-main", lambda port: configs.bastion_conf(
+            self.tmp, port, self.origin().port, name="bastion-main"))
 
 
 def bastion_cli() -> list[str] | None:
-    # Prefer the script installed beside this interpreter (pip install -e puts it there); a shim on PATH
-    # might belong to another Python.
+    """The command that runs Bastion's CLI: $BENCH_BASTION_CMD, else the script beside this Python."""
+    override = os.environ.get(BASTION_CMD_ENV)
+    if override:
+        return shlex.split(override)
+    # A `bastion` shim on PATH may belong to another Python; `pip install -e` puts ours beside sys.executable.
     beside = Path(sys.executable).parent / "bastion"
     if beside.exists():
         return [str(beside)]
@@ -287,6 +293,12 @@ def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> Non
                 row.failures.append(f"round {rnd + 1}: {type(exc).__name__}: {exc}")
                 row.samples.append(None)
                 continue
+            if not row.server.alive() or result.requests == 0:
+                # A run that ended with the server gone measured the crash, not the server: keep it out.
+                row.failures.append(f"round {rnd + 1}: server exited or answered nothing; wrk saw "
+                                    f"{result.requests} requests, socket errors {result.socket_errors}")
+                row.samples.append(None)
+                continue
             if result.errors:
                 row.failures.append(f"round {rnd + 1}: {result.non_2xx} non-2xx, socket errors "
                                     f"{result.socket_errors}")
@@ -340,8 +352,9 @@ def section_routes(bench: Bench) -> dict:
         key = f"bastion-routes-{count}"
 
         def start(key: str = key, count: int = count) -> Server:
-            conf = configs.bastion_conf(bench.tmp, harness.free_port(), bench.origin().port,
-                                        filler_routes=count - configs.EXAMPLE_ROUTE_COUNT, name=key)
+            def conf(port: int) -> str:
+                return configs.bastion_conf(bench.tmp, port, bench.origin().port,
+                                            filler_routes=count - configs.EXAMPLE_ROUTE_COUNT, name=key)
             # Compiling thousands of routes is allowed to take a while, but it is measured and reported.
             return bench.bastion(key, conf, ready_timeout=300.0)
 
@@ -416,15 +429,14 @@ def section_bodies(bench: Bench) -> dict:
     except StartError as exc:
         targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy", skip=str(exc)))
     try:
-        conf = configs.bastion_conf(bench.tmp, harness.free_port(), origin.port, sink_port=sink.port,
-                                    name="bastion-bodies")
-        server = bench.bastion("bastion-bodies", conf)
+        server = bench.bastion("bastion-bodies", lambda port: configs.bastion_conf(
+            bench.tmp, port, origin.port, sink_port=sink.port, name="bastion-bodies"))
         targets.append(BodyTarget("bastion", "Bastion", server.port, server.port, server))
     except StartError as exc:
         targets.append(BodyTarget("bastion", "Bastion", skip=f"did not start: {exc}"))
 
     samples: dict[tuple[str, str, str], list[dict]] = {}
-    failures: dict[str, list[str]] = {t.key: [] for t in targets}
+    failures: dict[tuple[str, str, str], list[str]] = {}
     for rnd in range(bench.args.rounds):
         live = [t for t in targets if not t.skip]
         shift = rnd % len(live) if live else 0
@@ -437,8 +449,8 @@ def section_bodies(bench: Bench) -> dict:
                     try:
                         sample = _one_transfer(bench, t, direction, files[label], size)
                     except Exception as exc:  # report it and carry on with the other rows
-                        failures[t.key].append(f"round {rnd + 1} {direction} {label}: "
-                                               f"{type(exc).__name__}: {exc}")
+                        failures.setdefault((t.key, direction, label), []).append(
+                            f"round {rnd + 1}: {type(exc).__name__}: {exc}")
                         if t.server is not None and not t.server.alive():
                             t.skip = (f"server exited (code {t.server.proc.returncode}):\n"
                                       f"{t.server.log_tail()}")
@@ -453,8 +465,9 @@ def section_bodies(bench: Bench) -> dict:
                 peak = max((s["peak_rss_kib"] for s in got if s["peak_rss_kib"] is not None), default=None)
                 peaks[label] = peak
                 rows.append({
-                    "key": t.key, "label": t.label, "direction": direction, "size": label, "skip": t.skip,
-                    "samples": got,
+                    "key": t.key, "label": f"{t.label} {direction} {label}", "target": t.label,
+                    "direction": direction, "size": label, "skip": t.skip, "samples": got,
+                    "failures": failures.get((t.key, direction, label), []),
                     "seconds": median([s["seconds"] for s in got]),
                     "mb_per_s": median([s["mb_per_s"] for s in got]),
                     "peak_rss_kib": peak,
@@ -462,7 +475,7 @@ def section_bodies(bench: Bench) -> dict:
             small, large = peaks[BODY_SIZES[0][0]], peaks[BODY_SIZES[-1][0]]
             if small is not None and large is not None:
                 rows[-1]["rss_growth_kib"] = large - small
-    return {"rows": rows, "failures": failures}
+    return {"rows": rows}
 
 
 def _one_transfer(bench: Bench, t: BodyTarget, direction: str, path: Path, size: int) -> dict:
@@ -495,7 +508,7 @@ def _num(v: float | None, fmt: str = ",.0f", suffix: str = "") -> str:
 def _ratio(r: dict | None) -> str:
     if not r:
         return "—"
-    if r["n"] == 1:
+    if r["n"] == 1 or r["min"] == r["max"]:
         return f"{r['median']:.2f}"
     return f"{r['median']:.2f} ({r['min']:.2f} to {r['max']:.2f})"
 
@@ -555,18 +568,15 @@ def render_report(results: dict) -> str:
         out += ["## Bodies: 1 KiB vs 100 MiB, streamed through the proxy (curl, one transfer at a time)", "",
                 "| row | transfer | size | time | MB/s | proxy peak RSS | RSS growth vs 1 KiB | notes |",
                 "|---|---|---|---|---|---|---|---|"]
-        fails = sec["bodies"]["failures"]
         for r in sec["bodies"]["rows"]:
             rss = _num(r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] is not None else None, ".0f", " MiB")
             growth = r.get("rss_growth_kib")
             growth_cell = "—" if growth is None else f"{growth / 1024:+.0f} MiB" + (
                 " **(buffers the body?)**" if growth > RSS_GROWTH_LIMIT_KIB else "")
-            note = _skip_cell({"skip": r["skip"]}) or (f"{len(fails[r['key']])} problem(s), see notes"
-                                                        if fails[r["key"]] else "")
             mbps = _num(r["mb_per_s"], ",.0f") if r["size"] != BODY_SIZES[0][0] else "n/a"
-            out.append(f"| {r['label']} | {r['direction']} | {r['size']} | "
+            out.append(f"| {r['target']} | {r['direction']} | {r['size']} | "
                        f"{_num(r['seconds'] and r['seconds'] * 1e3, ',.1f', ' ms')} | {mbps} | {rss} | "
-                       f"{growth_cell} | {note} |")
+                       f"{growth_cell} | {_skip_cell(r)} |")
         out.append("")
     if "conns" in sec:
         out += ["## Connections: 32 vs 1,000 concurrent (wrk -c32 / -c1000, GET /v1/orders/123)", "",
@@ -588,8 +598,6 @@ def render_report(results: dict) -> str:
                 notes.append(f"{name} / {r['label']}: skipped:\n```\n{r['skip']}\n```")
             for f in r.get("failures", []):
                 notes.append(f"{name} / {r['label']}: {f}")
-        for key, fl in data.get("failures", {}).items():
-            notes += [f"{name} / {key}: {f}" for f in fl]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
     return "\n".join(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from .headers import Headers
 from .request import IPAddress
@@ -48,15 +48,15 @@ class NetworkSet:
         return bool(self._nets4 or self._nets6)
 
     def __contains__(self, addr: object) -> bool:
-        hit = self._cache.get(addr)  # type: ignore[call-overload]
+        if not isinstance(addr, IPv4Address | IPv6Address):
+            return False
+        hit = self._cache.get(addr)
         if hit is not None:
             return hit
-        if not isinstance(addr, IPAddress):
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr4 = addr.ipv4_mapped
-            result = any(addr4 in n for n in self._nets4)
-        elif addr.version == 4:
+        if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+            mapped = addr.ipv4_mapped
+            result = any(mapped in n for n in self._nets4)
+        elif isinstance(addr, IPv4Address):
             result = any(addr in n for n in self._nets4)
         else:
             result = any(addr in n for n in self._nets6)

@@ -460,6 +460,8 @@ class ClientConnection(asyncio.Protocol):
             lines.append(b"content-length: %d\r\n" % len(resp.body))
         if not keep_alive:
             lines.append(b"connection: close\r\n")
+        elif version == "1.0":
+            lines.append(b"connection: keep-alive\r\n")  # HTTP/1.0 closes unless told otherwise
         lines.append(b"\r\n")
         lines.append(resp.body)
         if self.transport is not None and not self.closed:
@@ -755,6 +757,8 @@ class ClientConnection(asyncio.Protocol):
                 keep = False  # HTTP/1.0: the end of the connection ends the body
         if not keep:
             lines.append(b"connection: close\r\n")
+        elif ex.version == "1.0":
+            lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
         # Small responses usually arrive whole: send head and body in one write.
