@@ -209,6 +209,17 @@ class Processes:
         self._servers.append(server)
         return server
 
+    def launch(self, name: str, argv: list[str], *, cpu: int, port: int, ready_path: str = "/",
+               ready_timeout: float = 30.0, env: dict[str, str] | None = None) -> Server:
+        """Start a server and wait until it answers; one that never does is stopped, not left on a core."""
+        server = self.start(name, argv, cpu=cpu, port=port, env=env)
+        try:
+            wait_ready(server, ready_path, ready_timeout)
+        except BaseException:
+            self.stop(server)
+            raise
+        return server
+
     def stop(self, server: Server, grace: float = 5.0) -> None:
         pgid = server.pid
         # Only signal the group while it still has members: a vanished group's id could be reused.

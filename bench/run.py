@@ -127,10 +127,8 @@ class Bench:
         path.write_text(conf)
         nginx = harness.nginx_binary() or "nginx"
         # -g 'daemon off;' keeps the master as our child, so killing its process group takes the worker too.
-        server = self.procs.start(name, [nginx, "-p", str(self.tmp), "-c", str(path), "-g", "daemon off;"],
-                                  cpu=cpu, port=port)
-        harness.wait_ready(server, timeout=15)
-        return server
+        return self.procs.launch(name, [nginx, "-p", str(self.tmp), "-c", str(path), "-g", "daemon off;"],
+                                 cpu=cpu, port=port, ready_timeout=15)
 
     # ------------------------------------------------------------------------------------------ servers
 
@@ -159,10 +157,9 @@ class Bench:
 
     def sink(self) -> Server:
         def start() -> Server:
-            server = self.procs.start("sink", [sys.executable, str(BENCH_DIR / "sink_origin.py"),
-                                               str(self.sink_port)], cpu=LOAD_CPU, port=self.sink_port)
-            harness.wait_ready(server, timeout=15)
-            return server
+            return self.procs.launch("sink", [sys.executable, str(BENCH_DIR / "sink_origin.py"),
+                                              str(self.sink_port)], cpu=LOAD_CPU, port=self.sink_port,
+                                     ready_timeout=15)
         return self._get("sink", start)
 
     def bare_proxy(self) -> Server:
@@ -171,10 +168,9 @@ class Bench:
             argv = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--app-dir", str(BENCH_DIR),
                     "--host", harness.HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
                     "--no-access-log", "--log-level", "warning", "--lifespan", "on", "--backlog", "4096"]
-            server = self.procs.start("bare-proxy", argv, cpu=SUT_CPU, port=port,
-                                      env={"BARE_PROXY_UPSTREAM": f"http://{harness.HOST}:{self.origin().port}"})
-            harness.wait_ready(server, timeout=30)
-            return server
+            upstream = f"http://{harness.HOST}:{self.origin().port}"
+            return self.procs.launch("bare-proxy", argv, cpu=SUT_CPU, port=port,
+                                     env={"BARE_PROXY_UPSTREAM": upstream})
         return self._get("bare-proxy", start)
 
     def bastion_unavailable(self) -> str | None:
@@ -213,8 +209,8 @@ class Bench:
             port = harness.free_port()
             cfg_path = self.tmp / f"{key}.yaml"
             cfg_path.write_text(make_conf(port))
-            server = self.procs.start(key, [*exe, "serve", "-c", str(cfg_path)], cpu=SUT_CPU, port=port)
-            harness.wait_ready(server, path=configs.PATH_ITEM, timeout=ready_timeout)
+            server = self.procs.launch(key, [*exe, "serve", "-c", str(cfg_path)], cpu=SUT_CPU, port=port,
+                                       ready_path=configs.PATH_ITEM, ready_timeout=ready_timeout)
             log(f"{key} ready after {server.ready_after:.2f} s")
             return server
         return self._get(key, start)
@@ -277,8 +273,7 @@ def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> Non
                 row.samples.append(None)
                 continue
             if not row.server.alive():
-                row.skip = f"server exited (code {row.server.proc.returncode}) during round {rnd + 1}:\n" \
-                           f"{row.server.log_tail()}"
+                row.skip = _exit_reason(row.server, f" during round {rnd + 1}")
                 log(f"{row.label}: {row.skip.splitlines()[0]}")
                 row.samples.append(None)
                 continue
@@ -303,6 +298,11 @@ def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> Non
                 row.failures.append(f"round {rnd + 1}: {result.non_2xx} non-2xx, socket errors "
                                     f"{result.socket_errors}")
             row.samples.append(result)
+
+
+def _exit_reason(server: Server, when: str) -> str:
+    tail = server.log_tail()
+    return (f"server exited (code {server.proc.returncode}){when}: {_last_line(tail)}\n{tail}").rstrip()
 
 
 def valid(row: Row) -> list[WrkResult]:
@@ -452,8 +452,7 @@ def section_bodies(bench: Bench) -> dict:
                         failures.setdefault((t.key, direction, label), []).append(
                             f"round {rnd + 1}: {type(exc).__name__}: {exc}")
                         if t.server is not None and not t.server.alive():
-                            t.skip = (f"server exited (code {t.server.proc.returncode}):\n"
-                                      f"{t.server.log_tail()}")
+                            t.skip = _exit_reason(t.server, f" during round {rnd + 1}")
                         continue
                     samples.setdefault((t.key, direction, label), []).append(sample)
     rows = []
@@ -591,13 +590,14 @@ def render_report(results: dict) -> str:
         out.append("")
 
     notes = list(results["notes"])
+    # Rows sharing a server share its skip reason (and log tail): show each reason once, naming its rows.
+    skipped: dict[str, list[str]] = {}
     for name, data in sec.items():
-        rows = data["rows"]
-        for r in rows:
+        for r in data["rows"]:
             if r.get("skip") and "\n" in r["skip"]:
-                notes.append(f"{name} / {r['label']}: skipped:\n```\n{r['skip']}\n```")
-            for f in r.get("failures", []):
-                notes.append(f"{name} / {r['label']}: {f}")
+                skipped.setdefault(r["skip"], []).append(f"{name} / {r['label']}")
+            notes += [f"{name} / {r['label']}: {f}" for f in r.get("failures", [])]
+    notes += [f"{'; '.join(rows)}: skipped:\n```\n{reason}\n```" for reason, rows in skipped.items()]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
     return "\n".join(out)

@@ -338,8 +338,9 @@ class GatewayProcess:
 
 def listen_on(config: str, port: int) -> str:
     """Turn a ``config_text`` (which listens on port 0) into one on a fixed port."""
-    assert "listen: 127.0.0.1:0\ntrusted_proxies" in config
-    return config.replace("listen: 127.0.0.1:0\ntrusted_proxies", f"listen: 127.0.0.1:{port}\ntrusted_proxies", 1)
+    marker = "listen: 127.0.0.1:0\ntrusted_proxies"
+    assert marker in config
+    return config.replace(marker, f"listen: 127.0.0.1:{port}\ntrusted_proxies", 1)
 
 
 # -- an upstream with scripted connection behaviour ----------------------------------------------------

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import EchoUpstream, GatewayThread, config_text, load_text
+from tests.support import EchoUpstream, GatewayThread, _Handler, config_text, load_text
 
 __all__ = [
     "Outcome",
     "RawResponse",
+    "RecordingUpstream",
     "exchange",
     "gateway_with",
     "open_conn",
@@ -29,6 +30,36 @@ __all__ = [
     "wait_closed",
     "wait_until",
 ]
+
+
+class _RecordingHandler(_Handler):
+    """The echo handler, plus a record of every request whose body arrived *complete*."""
+
+    server: RecordingUpstream
+
+    def _read_body(self) -> tuple[int, str]:
+        length, sha = super()._read_body()
+        self.server.completed.append((self.command, self.path, length, sha))
+        return length, sha
+
+
+class RecordingUpstream(EchoUpstream):
+    """``EchoUpstream`` that also tells a request head it saw from a request it received in full.
+
+    ``requests`` is appended when a head arrives (the gateway streams bodies, so a head can reach the
+    upstream before the body turns out bad); ``completed`` only when the whole body was read, so "the
+    upstream never saw a complete request" is ``completed`` staying unchanged. A handler that dies on a
+    truncated body is counted in ``errors`` instead of printing a traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.RequestHandlerClass = _RecordingHandler
+        self.completed: list[tuple[str, str, int, str]] = []
+        self.errors = 0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.errors += 1
 
 
 @dataclass

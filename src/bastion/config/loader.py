@@ -212,8 +212,10 @@ def load_config_text(
     try:
         settings = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_input=False, include_url=False):
+        for err in exc.errors(include_input=False, include_url=False, include_context=True):
             loc = tuple(err["loc"])
+            if err["type"] == "duplicate_service":
+                loc = (*loc, err["ctx"]["index"], "name")
             if loc in composer.failed:
                 continue  # already reported, more precisely, while resolving a reference
             issues.append(ConfigIssue(source, _line_for(composer.lines, loc), _dotted(loc), _message(err)))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .units import parse_duration, parse_size
 
@@ -313,12 +314,23 @@ class GatewayConfig(_Model):
                 raise ValueError(f"the value of {name} contains a line break")
         return v
 
+    @field_validator("services")
+    @classmethod
+    def _unique_names(cls, v: list[ServiceSettings]) -> list[ServiceSettings]:
+        seen: set[str] = set()
+        for i, svc in enumerate(v):
+            if svc.name in seen:
+                # A custom error type so the loader can point at the repeated service's name.
+                raise PydanticCustomError(
+                    "duplicate_service",
+                    "service names must be unique; '{name}' is used twice",
+                    {"name": svc.name, "index": i},
+                )
+            seen.add(svc.name)
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> GatewayConfig:
-        names = [s.name for s in self.services]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"service names must be unique; repeated: {', '.join(dupes)}")
         if (
             self.admin is not None
             and (self.admin.listen.host, self.admin.listen.port)

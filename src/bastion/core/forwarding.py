@@ -98,12 +98,13 @@ def resolve_forwarded(peer: IPAddress, scheme: str, headers: Headers, trusted: N
         client = addr
         if addr not in trusted:
             break
-    proto = headers.get("x-forwarded-proto")
-    if proto is not None:
-        last = proto.split(",")[-1].strip().lower()
+    # The nearest proxy appends last: with several lines or a list, the last value is the trusted one.
+    protos = headers.getall("x-forwarded-proto")
+    if protos:
+        last = protos[-1].split(",")[-1].strip().lower()
         if last in ("http", "https"):
             scheme = last
-    fwd_host = headers.get("x-forwarded-host")
-    host = fwd_host.split(",")[-1].strip() if fwd_host else None
+    hosts = headers.getall("x-forwarded-host")
+    host = hosts[-1].split(",")[-1].strip() if hosts else None
     xff = ", ".join([p.strip() for p in chain] + [str(peer)])
     return ForwardedInfo(client, scheme, host or None, xff, headers.get("x-request-id"))

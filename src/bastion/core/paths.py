@@ -37,6 +37,7 @@ This module is pure: it takes a string and returns a string or raises :class:`Pa
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -58,6 +59,7 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _ALLOWED_RAW = _UNRESERVED | frozenset("!$&'()*+,=:@/%")
 _REJECTED_UNICODE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cs", "Cn"})
 _SEPARATORS = ("/", "\\")
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 
 
 def _classify_raw(ch: str) -> str:
@@ -109,8 +111,6 @@ def _decode_segment(segment: str) -> tuple[str, str]:
             elif c == "\\":
                 raise PathRejected("path_backslash")
             elif c == "%":
-                if segment[i + 3 : i + 4] in _HEX and segment[i + 4 : i + 5] in _HEX:
-                    raise PathRejected("path_double_encoding")
                 out.append("%25")
                 decoded.append("%")
             else:
@@ -164,6 +164,9 @@ def canonicalize_path(raw: str) -> str:
         if part == "" and index != last:
             continue
         canonical, decoded = _decode_segment(part)
+        if "%25" in canonical and _DOUBLE_ENCODED.search(canonical):
+            # "%25" then two hex digits, whether they were raw or decoded from "%32%65"
+            raise PathRejected("path_double_encoding")
         if decoded not in (".", "..") and not decoded.isascii():
             normal = unicodedata.normalize("NFKC", decoded)
             if normal in (".", ".."):

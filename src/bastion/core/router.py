@@ -34,7 +34,14 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 
 
 class RouteError(ValueError):
-    """A route template or route table that cannot work; the config layer reports it with a location."""
+    """A route template or route table that cannot work; the config layer reports it with a location.
+
+    ``route`` is the route that could not be added, when there is one.
+    """
+
+    def __init__(self, message: str, route: Route | None = None) -> None:
+        super().__init__(message)
+        self.route = route
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -66,8 +73,21 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Match:
+    """A matched path. Placeholder values are positional, because routes that share a path shape may
+    name their placeholders differently (``/a/{id}`` for GET, ``/a/{order}`` for DELETE)."""
+
     endpoint: Endpoint
-    params: Mapping[str, str]
+    values: tuple[str, ...]
+    names: Mapping[int, tuple[str, ...]]  # id(route) -> that route's placeholder names, in order
+
+    def params_for(self, route: Route) -> dict[str, str]:
+        return dict(zip(self.names.get(id(route), ()), self.values, strict=False))
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Values named as in the first route registered under this path."""
+        first = next(iter(self.endpoint.by_method.values()))
+        return self.params_for(first)
 
 
 class _Segment:
@@ -113,6 +133,10 @@ def _split_template(template: str) -> list[str]:
     if "?" in template or "#" in template:
         raise RouteError("a route path cannot contain a query or fragment")
     segments = template.split("/")[1:]
+    names = [m.group(1) for m in _PLACEHOLDER.finditer(template)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RouteError(f"placeholder {{{repeated[0]}}} appears twice")
     for i, seg in enumerate(segments):
         stripped = _PLACEHOLDER.sub("", seg)
         if "{" in stripped or "}" in stripped:
@@ -137,12 +161,14 @@ class Router:
     def __init__(self, routes: Iterable[Route]) -> None:
         self._root = _Node()
         self._endpoints: dict[int, Endpoint] = {}
+        self._names: dict[int, tuple[str, ...]] = {}
         nodes: list[tuple[_Node, str]] = []
         for route in routes:
             templates = [route.template]
             if route.trailing_slash_either and route.template != "/":
                 alt = route.template[:-1] if route.template.endswith("/") else route.template + "/"
                 templates.append(alt)
+            self._names[id(route)] = tuple(m.group(1) for m in _PLACEHOLDER.finditer(route.template))
             for template in templates:
                 node = self._insert(template)
                 if node.endpoint is None:
@@ -152,7 +178,8 @@ class Router:
                     other = node.endpoint.get(method)
                     if other is not None and other is not route:
                         raise RouteError(
-                            f"{method} {template} is declared twice (routes {other.id!r} and {route.id!r})"
+                            f"{method} {template} is declared twice (routes {other.id!r} and {route.id!r})",
+                            route,
                         )
                     node.endpoint[method] = route
         for node, template in nodes:
@@ -199,19 +226,19 @@ class Router:
 
     def match(self, path: str) -> Match | None:
         """Find the endpoint for a canonical path, or ``None`` (404)."""
-        params: dict[str, str] = {}
-        node = self._find(self._root, path.split("/")[1:], 0, params)
+        values: list[str] = []
+        node = self._find(self._root, path.split("/")[1:], 0, values)
         if node is None:
             return None
-        return Match(self._endpoints[id(node)], params)
+        return Match(self._endpoints[id(node)], tuple(values), self._names)
 
-    def _find(self, node: _Node, segs: list[str], i: int, params: dict[str, str]) -> _Node | None:
+    def _find(self, node: _Node, segs: list[str], i: int, values: list[str]) -> _Node | None:
         if i == len(segs):
             return node if node.endpoint is not None else None
         seg = segs[i]
         child = node.static.get(seg)
         if child is not None:
-            found = self._find(child, segs, i + 1, params)
+            found = self._find(child, segs, i + 1, values)
             if found is not None:
                 return found
         for compiled, child in node.dynamic:
@@ -220,13 +247,15 @@ class Router:
             m = compiled.regex.fullmatch(seg)
             if m is None:
                 continue
-            found = self._find(child, segs, i + 1, params)
+            mark = len(values)
+            values.extend(m.groups())
+            found = self._find(child, segs, i + 1, values)
             if found is not None:
-                params.update(m.groupdict())
                 return found
+            del values[mark:]
         if node.catch_all is not None:
-            name, leaf = node.catch_all
+            leaf = node.catch_all[1]
             if leaf.endpoint is not None:
-                params[name] = "/".join(segs[i:])
+                values.append("/".join(segs[i:]))
                 return leaf
         return None

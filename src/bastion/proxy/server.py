@@ -239,7 +239,11 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             with contextlib.suppress(ValueError):
-                self.peer = ip_address(peer[0].split("%", 1)[0])
+                addr = ip_address(peer[0].split("%", 1)[0])
+                # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; policy and events
+                # speak of the IPv4 address.
+                mapped = getattr(addr, "ipv4_mapped", None)
+                self.peer = mapped or addr
         self.server.connections.add(self)
         if len(self.server.connections) > self.gateway.limits.max_connections:
             self.server.rejected_connections += 1

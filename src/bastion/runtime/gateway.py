@@ -8,6 +8,7 @@ each route's check tuple, CIDR sets, header sets, prebuilt responses.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -121,6 +122,13 @@ class Gateway:
         self.security_headers: tuple[tuple[str, str], ...] = tuple(base)
         self.strip_response = STRIP_FROM_RESPONSES
         self.in_flight = 0
+        # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
+        # they identify, they do not authenticate.
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count(1)
+
+    def _next_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, type: str, **fields: Any) -> None:
@@ -201,7 +209,7 @@ class Gateway:
         headers = Headers(raw_headers)
         fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
         trusted_id = fwd.request_id
-        request_id = trusted_id if trusted_id and _REQUEST_ID.match(trusted_id) else os.urandom(12).hex()
+        request_id = trusted_id if trusted_id and _REQUEST_ID.match(trusted_id) else self._next_request_id()
         client = fwd.client_ip
 
         try:
@@ -278,17 +286,18 @@ class Gateway:
                 head=head,
             )
 
+        seen = headers if len(parsed.kept) == len(raw_headers) else Headers(parsed.kept)
         req = RequestView(
             method,
             path,
             query,
-            Headers(parsed.kept),
+            seen,
             client,
             peer,
             fwd.scheme,
             fwd.host or hosts[0],
             route,
-            match.params,
+            match.params_for(route),
             body,
             request_id,
         )
@@ -468,5 +477,11 @@ def build_gateway(loaded: LoadedConfig, events: EventSink | None = None) -> Gate
     try:
         router = Router(routes)
     except RouteError as exc:
-        raise ConfigError([ConfigIssue(loaded.source, None, "services", str(exc))]) from None
+        if exc.route is None:
+            raise ConfigError([ConfigIssue(loaded.source, None, "services", str(exc))]) from None
+        loc = exc.route.options["location"]
+        dotted = f"services[{loc[1]}].routes[{loc[3]}].path"
+        raise ConfigError(
+            [ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), dotted, str(exc))]
+        ) from None
     return Gateway(settings, router, events or _NullSink(), source=loaded.source)
