@@ -427,7 +427,7 @@ def section_bodies(bench: Bench) -> dict:
         targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy (bounded buffers)", proxy.port,
                                   proxy.port, proxy))
     except StartError as exc:
-        targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy", skip=str(exc)))
+        targets.append(BodyTarget("nginx-proxy", "nginx reverse proxy", skip=f"did not start: {exc}"))
     try:
         server = bench.bastion("bastion-bodies", lambda port: configs.bastion_conf(
             bench.tmp, port, origin.port, sink_port=sink.port, name="bastion-bodies"))

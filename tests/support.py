@@ -21,7 +21,7 @@ from typing import Any
 from bastion.adapters.serve import Running, _new_loop, run_process
 from bastion.config.loader import LoadedConfig, load_config_text
 
-ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - a test fixture, not a secret
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # a test fixture, not a secret
 
 
 # -- the upstream ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -270,6 +271,8 @@ class GatewayProcess:
         self.env = {**os.environ, "BASTION_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self._out: Any = None
+        self._err: Any = None
         self.stderr = b""
         self.stdout = b""
 
@@ -279,17 +282,20 @@ class GatewayProcess:
         return self.proc.pid
 
     def start(self) -> GatewayProcess:
+        # Output goes to files, not pipes: a chatty process must never block on a full pipe.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _collect
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _collect
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bastion", "serve", "-c", str(self.config), "--log-level", "warning",
              *self.args],
             env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=self._out,
+            stderr=self._err,
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
-                self.stdout, self.stderr = self.proc.communicate()
+                self._collect()
                 raise AssertionError(
                     f"bastion serve exited with {self.proc.returncode} during start-up: "
                     f"{self.stderr.decode(errors='replace')}"
@@ -304,36 +310,47 @@ class GatewayProcess:
                 time.sleep(0.05)
         return self
 
+    def _collect(self) -> None:
+        for attr, fh in (("stdout", self._out), ("stderr", self._err)):
+            if fh is not None and not fh.closed:
+                fh.seek(0)
+                setattr(self, attr, fh.read())
+                fh.close()
+
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM, then wait for the exit status (killing and failing past ``timeout``)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status, once the process ends (killing it and failing past ``timeout``)."""
+        assert self.proc is not None
         try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"bastion serve did not exit within {timeout}s of SIGTERM") from None
+            raise AssertionError(f"bastion serve did not exit within {timeout}s") from None
+        self._collect()
         return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.stdout, self.stderr = self.proc.communicate()
+            self.proc.wait()
+        self._collect()
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
+            try:
+                if self.proc.poll() is None:
                     self.terminate()
-                finally:
-                    self.kill()
-            else:
-                # reap and close the pipes
-                self.proc.communicate()
+            finally:
+                self.kill()
 
 
 def listen_on(config: str, port: int) -> str:

@@ -106,7 +106,6 @@ class Streaming:
 
     def assert_flat_memory(self) -> None:
         growth = self.hwm() - self.baseline_hwm
-        print("DBG growth", growth, "baseline", self.baseline_hwm)
         assert growth < MAX_GROWTH_KIB, (
             f"the gateway's peak RSS grew by {growth} KiB over its baseline {self.baseline_hwm} KiB"
         )
@@ -245,7 +244,6 @@ class TestBackpressure:
             # while, bounded. Without backpressure the gateway would pull all 200 MB into memory.
             stalled_at = _wait_for_stall(lambda: origin.sent, quiet=0.5, timeout=20)
             assert not origin.finished.is_set()
-            print("DBG stalled", stalled_at, "rss growth", streaming.rss() - rss_before)
             assert stalled_at < 64 * 1024 * 1024, f"the origin got {stalled_at} bytes out to a stalled reader"
             growth = streaming.rss() - rss_before
             assert growth < 30 * 1024, f"the gateway's RSS grew by {growth} KiB while the client read {read} B"

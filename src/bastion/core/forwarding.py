@@ -9,8 +9,9 @@ not trusted is the client, whatever the headers say, and those headers are dropp
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import NamedTuple
 
 from .headers import Headers
 from .request import IPAddress
@@ -65,8 +66,7 @@ class NetworkSet:
         return result
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardedInfo:
+class ForwardedInfo(NamedTuple):
     client_ip: IPAddress
     scheme: str
     host: str | None
@@ -86,9 +86,15 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
+@lru_cache(maxsize=4096)
+def ip_text(addr: IPAddress) -> str:
+    """``str()`` of an address is slow in ``ipaddress``; clients repeat, so cache it."""
+    return str(addr)
+
+
 def resolve_forwarded(peer: IPAddress, scheme: str, headers: Headers, trusted: NetworkSet) -> ForwardedInfo:
     if not trusted or peer not in trusted:
-        return ForwardedInfo(peer, scheme, None, str(peer), None)
+        return ForwardedInfo(peer, scheme, None, ip_text(peer), None)
     chain = [p for v in headers.getall("x-forwarded-for") for p in v.split(",") if p.strip()]
     client: IPAddress = peer
     for entry in reversed(chain):
@@ -106,5 +112,5 @@ def resolve_forwarded(peer: IPAddress, scheme: str, headers: Headers, trusted: N
             scheme = last
     hosts = headers.getall("x-forwarded-host")
     host = hosts[-1].split(",")[-1].strip() if hosts else None
-    xff = ", ".join([p.strip() for p in chain] + [str(peer)])
+    xff = ", ".join([p.strip() for p in chain] + [ip_text(peer)])
     return ForwardedInfo(client, scheme, host or None, xff, headers.get("x-request-id"))
