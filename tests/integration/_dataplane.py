@@ -382,6 +382,9 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append((self.command, self.path))
         self.served_on_connection += 1
+        if self.path.startswith("/status/"):
+            self._bodiless(int(self.path.rsplit("/", 1)[1]))
+            return
         if srv.mode == "drop_second" and self.served_on_connection >= 2:
             # The request arrived on a kept-alive connection: close it without a byte of answer, as an
             # origin does when its idle timer fires just as a request comes in.
@@ -404,12 +407,22 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
             with srv.lock:
                 srv.idle_closed += 1
 
+    def _bodiless(self, code: int) -> None:
+        """A compliant 204 or 304 (RFC 9110 §15.3.5, §15.4.5): no body; a 304 may state the length
+        the 200 would have had."""
+        self.send_response(code)
+        if code == 304:
+            self.send_header("etag", '"v1"')
+            self.send_header("content-length", "42")
+        self.end_headers()
+
     do_GET = do_POST = do_HEAD = _handle
 
 
 class ScriptedUpstream(ThreadingHTTPServer):
-    """``mode``: ``close_idle`` (answer, then close the kept-alive connection) or ``drop_second``
-    (answer the first request of each connection; close on the second without answering)."""
+    """``mode``: ``plain`` (a keep-alive origin), ``close_idle`` (answer, then close the kept-alive
+    connection) or ``drop_second`` (answer the first request of each connection; close on the second
+    without answering). In every mode ``/status/204`` and ``/status/304`` answer without a body."""
 
     daemon_threads = True
     allow_reuse_address = True

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, EchoUpstream, config_text, request
+from tests.support import EchoUpstream, config_text, request
 
 from ._dataplane import GatewayProcess, RawClient, free_port, get, listen_on, wait_until
 
@@ -320,6 +320,3 @@ class TestWorkers:
         assert set(workers) <= started
         assert set(workers) <= stopped  # each worker flushed its own events on the way out
 
-    def test_admin_token_used_by_fixture(self) -> None:
-        # The workers test runs the parent's admin listener with the support token from the env.
-        assert ADMIN_TOKEN

@@ -247,22 +247,25 @@ class TestHead:
 
 class TestBodilessStatuses:
     @pytest.mark.parametrize("code", [204, 304])
-    def test_bodiless_status_is_relayed_without_a_body(
-        self, gateway: GatewayThread, upstream: EchoUpstream, code: int
-    ) -> None:
-        with RawClient(gateway.port) as c:
-            c.send(get(f"/status/{code}"))
-            resp = c.read_response()
-            c.send(get("/v1/orders/2"))
-            nxt = c.read_response()
+    def test_bodiless_status_is_relayed_without_a_body(self, tmp_path: Path, code: int) -> None:
+        # A compliant origin (tests.support's echo upstream writes a body even after 204/304).
+        with ScriptedUpstream("plain") as origin, serving(origin.port, tmp_path) as gw:
+            with RawClient(gw.port) as c:
+                c.send(get(f"/status/{code}"))
+                resp = c.read_response()
+                c.send(get("/v1/orders/2"))
+                nxt = c.read_response()
+            assert origin.connections == 1  # the upstream connection was reused: no body awaited
         assert resp.status == code
         assert bytes(resp.body) == b""
         assert resp.header("transfer-encoding") is None
         if code == 204:
             assert resp.header("content-length") is None  # RFC 9110 §8.6: never on 204
-        # the connection was left in a clean state for the next exchange
+        else:
+            assert resp.header("etag") == '"v1"'
+        # the client connection was left in a clean state for the next exchange
         assert nxt.status == 200
-        assert echoed(nxt.body)["path"] == "/v1/orders/2"
+        assert json.loads(nxt.body) == {"ok": True}
 
 
 class TestHttp10Clients:
@@ -332,6 +335,15 @@ class TestConnectionReuse:
         assert [echoed(r.body)["path"] for r in responses] == paths
         assert len({r.header("x-request-id") for r in responses}) == 5
 
+    def test_a_slow_first_pipelined_request_does_not_let_later_ones_overtake_it(
+        self, gateway: GatewayThread, upstream: EchoUpstream
+    ) -> None:
+        with RawClient(gateway.port) as c:
+            c.send(get("/slow/0.3") + get("/v1/orders/after"))
+            first, second = c.read_responses(2)
+        assert echoed(first.body)["path"] == "/slow/0.3"
+        assert echoed(second.body)["path"] == "/v1/orders/after"
+
     def test_pipelined_requests_with_bodies_stay_in_order(
         self, gateway: GatewayThread, upstream: EchoUpstream
     ) -> None:
@@ -382,6 +394,23 @@ class TestExpectContinue:
             final = c.read_response()
         assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         assert final.status == 200
+
+    def test_a_refused_request_gets_its_final_answer_instead_of_100(
+        self, gateway: GatewayThread, upstream: EchoUpstream
+    ) -> None:
+        # /v1/orders takes 16 KiB: the client is told 413 before it sends a byte of the body.
+        with RawClient(gateway.port) as c:
+            c.send(
+                b"POST /v1/orders HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            resp = c.read_response()
+            closed = c.peer_closed_within(5)
+        assert resp.status == 413
+        assert problem(resp.body)["code"] == "body_too_large"
+        assert resp.header("connection") == "close"  # the unsent body must not be read as a request
+        assert closed
+        assert upstream.requests == []
 
     def test_unsupported_expectation_is_417(self, gateway: GatewayThread, upstream: EchoUpstream) -> None:
         with RawClient(gateway.port) as c:

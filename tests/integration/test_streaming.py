@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,7 +245,7 @@ class TestBackpressure:
             assert not origin.finished.is_set()
             assert stalled_at < 64 * 1024 * 1024, f"the origin got {stalled_at} bytes out to a stalled reader"
             growth = streaming.rss() - rss_before
-            assert growth < 30 * 1024, f"the gateway's RSS grew by {growth} KiB while the client read {read} B"
+            assert growth < 30 * 1024, f"the gateway's RSS grew by {growth} KiB; the client read {read} B"
 
             # Now read the rest: everything arrives, and the origin finishes.
             while read < SIZE:

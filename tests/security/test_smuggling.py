@@ -352,7 +352,6 @@ _REQUEST_LINES = [
     ("tab-separator", b"GET\t/v1/orders HTTP/1.1" + _HOST, 400, "malformed_request", True),
     ("TLS-hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "malformed_request", True),
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "malformed_request", True),
-    ("blank-lines-only", b"\r\n\r\n\r\n", 400, "malformed_request", True),
 ]
 
 

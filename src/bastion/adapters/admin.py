@@ -17,6 +17,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -153,6 +154,18 @@ def build_admin_app(
         return JSONResponse(
             json.loads(problem_body(exc.status_code, code, str(exc.detail))),
             status_code=exc.status_code,
+            media_type="application/problem+json",
+            headers={"cache-control": "no-store"},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        # Name the parameters that are wrong, never echo their values.
+        names = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) for err in exc.errors()})
+        detail = "Invalid parameter(s): " + ", ".join(n for n in names if n)
+        return JSONResponse(
+            json.loads(problem_body(400, "invalid_query", detail)),
+            status_code=400,
             media_type="application/problem+json",
             headers={"cache-control": "no-store"},
         )

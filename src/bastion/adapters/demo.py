@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -113,6 +114,7 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
         pass
     finally:
         loop.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _instructions(port: int, admin_port: int, token: str, config_file: Path) -> str:

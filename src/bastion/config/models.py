@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .units import parse_duration, parse_size
@@ -110,7 +118,7 @@ def _cidr(value: object) -> IPv4Network | IPv6Network:
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-SecretStr = Annotated[Secret, BeforeValidator(_secret)]
+SecretStr = Annotated[Secret, BeforeValidator(_secret), PlainSerializer(lambda _s: "***", return_type=str)]
 ListenAddr = Annotated[Listen, BeforeValidator(_listen)]
 Cidr = Annotated[IPv4Network | IPv6Network, BeforeValidator(_cidr)]
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -32,10 +32,33 @@ __all__ = ["EventWriter", "new_event"]
 log = logging.getLogger("bastion.events")
 
 
+class _Ids:
+    """Monotonic ULIDs within this process: in the same millisecond the random part is incremented,
+    so events sort in the order they were created (a ULID alone only orders by millisecond)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = -1
+        self._rand = 0
+
+    def next(self, ms: int) -> str:
+        with self._lock:
+            if ms == self._ms:
+                self._rand = (self._rand + 1) & ((1 << 80) - 1)
+            else:
+                self._ms = ms
+                # leave headroom so increments within one millisecond never wrap
+                self._rand = int.from_bytes(os.urandom(10), "big") >> 1
+            return make_event_id(ms, self._rand.to_bytes(10, "big"))
+
+
+_ids = _Ids()
+
+
 def new_event(type: str, *, now: float | None = None, **fields: object) -> Event:
     """Build an event with a fresh ULID (the runtime's source of time and randomness)."""
     t = time.time() if now is None else now
-    return Event(id=make_event_id(int(t * 1000), os.urandom(10)), time=t, type=type, **fields)  # type: ignore[arg-type]
+    return Event(id=_ids.next(int(t * 1000)), time=t, type=type, **fields)  # type: ignore[arg-type]
 
 
 class EventWriter:
@@ -47,6 +70,7 @@ class EventWriter:
         batch_size: int = 500,
         flush_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
+        dead_letter_path: str | None = None,
     ) -> None:
         self._engine = engine
         self._queue: deque[Event] = deque()
@@ -61,6 +85,8 @@ class EventWriter:
         self._dropped_reported = 0
         self.written = 0
         self.failures = 0
+        self.dead_lettered = 0
+        self.dead_letter_path = dead_letter_path or _default_dead_letter(engine)
 
     # -- the EventSink port ------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -133,10 +159,28 @@ class EventWriter:
                     "event batch of %d could not be written (%s); retrying", len(rows), type(exc).__name__
                 )
                 if self._stopping and delay > 1.0:
-                    log.error("giving up on %d events at shutdown", len(rows))
+                    self._dead_letter(rows)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _dead_letter(self, rows: list[dict[str, object]]) -> None:
+        """At shutdown with the database gone, keep the events in a JSON-lines file beside it rather
+        than lose them."""
+        path = self.dead_letter_path
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, separators=(",", ":"), default=str) + "\n")
+            self.dead_lettered += len(rows)
+            log.error("database unavailable at shutdown: %d events saved to %s", len(rows), path)
+        except OSError as exc:
+            log.error(
+                "database unavailable at shutdown and %s is not writable (%s): %d events lost",
+                path,
+                exc.strerror,
+                len(rows),
+            )
 
     def _run(self) -> None:
         while True:
@@ -149,6 +193,12 @@ class EventWriter:
             if self._stopping:
                 self.flush()
                 return
+
+
+def _default_dead_letter(engine: Engine) -> str:
+    db = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    base = os.path.dirname(os.path.abspath(db)) if db and db != ":memory:" else os.getcwd()
+    return os.path.join(base, "bastion-events.unwritten.jsonl")
 
 
 def _row(e: Event) -> dict[str, object]:
