@@ -35,6 +35,8 @@ __all__ = [
     "RawResponse",
     "ScriptedUpstream",
     "free_port",
+    "get",
+    "listen_on",
     "proc_status_kib",
     "wait_until",
 ]

@@ -40,6 +40,10 @@ def upstream_header(doc: dict, name: str) -> list[str]:
     return [v for n, v in doc["headers"] if n == name]
 
 
+def status_line_code(head: bytes) -> int:
+    return int(head.split(b"\r\n", 1)[0].split(b" ")[1])
+
+
 def problem(body: bytes) -> dict:
     doc = json.loads(body)
     assert set(doc) >= {"type", "title", "status", "code"}
@@ -294,10 +298,6 @@ class TestHttp10Clients:
         assert body == b"y" * size
 
 
-def status_line_code(head: bytes) -> int:
-    return int(head.split(b"\r\n", 1)[0].split(b" ")[1])
-
-
 # -- connections --------------------------------------------------------------------------------------
 
 
@@ -461,7 +461,7 @@ class TestUpstreamFailures:
         status, _, data = request(gateway.port, "GET", "/close")
         assert status == 502
         assert problem(data)["code"] == "upstream_unavailable"
-        # the same client connection/gateway keeps working
+        # the gateway and its pool are fine afterwards
         assert request(gateway.port, "GET", "/v1/orders/1")[0] == 200
 
     def test_close_without_answer_on_a_reused_connection_is_still_502(

@@ -64,7 +64,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def tls_gateway(upstream: EchoUpstream, tmp_path: Path, cert: tuple[Path, Path], min_version: str = ""):
+def tls_gateway(
+    upstream: EchoUpstream, tmp_path: Path, cert: tuple[Path, Path], min_version: str = ""
+) -> GatewayThread:
     extra = f"tls: {{cert_file: {cert[0]}, key_file: {cert[1]}"
     extra += f", min_version: '{min_version}'}}" if min_version else "}"
     loaded = load_text(config_text(upstream.port, tmp_path / "bastion.db", extra=extra))
@@ -92,7 +94,9 @@ def client_context(cert_file: Path, *, lo: ssl.TLSVersion | None = None,
     return ctx
 
 
-def https(port: int, ctx: ssl.SSLContext, method: str = "GET", path: str = "/v1/orders/1"):
+def https(
+    port: int, ctx: ssl.SSLContext, method: str = "GET", path: str = "/v1/orders/1"
+) -> tuple[int, dict[str, str], bytes, str | None]:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
     try:
         conn.request(method, path)

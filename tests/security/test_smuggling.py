@@ -30,9 +30,12 @@ def origin() -> Iterator[RecordingUpstream]:
 @pytest.fixture(scope="module")
 def gw(origin: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
     # One gateway for the module (starting one costs ~0.5 s); tests compare upstream counts before and
-    # after.  A short shutdown grace keeps teardown bounded even if a test leaves a request stuck.
+    # after.  The short shutdown grace and upstream read timeout keep a request that a bug leaves stuck
+    # from hanging everything after it (it ends as a visible 504 in its own test instead).
     tmp: Path = tmp_path_factory.mktemp("smuggling")
-    with gateway_with(origin, tmp, extra="timeouts: {shutdown: 1s}") as gateway:
+    with gateway_with(
+        origin, tmp, extra="timeouts: {shutdown: 1s}", service_extra="    timeouts: {read: 2s}"
+    ) as gateway:
         yield gateway
 
 

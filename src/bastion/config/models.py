@@ -279,7 +279,7 @@ class ServiceSettings(_Model):
     ip_deny: list[Cidr] = Field(default_factory=list)
     preserve_host: bool = False
     timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
-    max_idle_connections: int = Field(64, ge=0, le=10_000)
+    max_idle_connections: int = Field(1024, ge=0, le=100_000)
     tls_verify: bool = True
     ca_file: Path | None = None
 

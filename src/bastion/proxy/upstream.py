@@ -40,10 +40,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._waiting: asyncio.Future[None] | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._parser_clean = True
         self._reset()
 
     def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+        if not self._parser_clean:
+            # After a HEAD response (body skipped by us, not by llhttp) the parser state is stale.
+            self.parser = httptools.HttpResponseParser(self)
+            self._parser_clean = True
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -67,6 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.head_done and not self.message_done and self.content_length is None and not self.chunked:
             # close-delimited body (RFC 9112 §6.3 rule 8): EOF is the end of the message
             self.message_done = True
@@ -126,6 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 self.chunked = True
         self.head_done = True
+        if self.no_body:
+            self._parser_clean = False
         if self.no_body or status in (204, 304):
             # A response to HEAD has no body whatever its headers say; llhttp cannot be told, so the
             # message ends here and the next response gets a fresh parser.
@@ -159,6 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake(self._body_waiter)
 
     def _fail(self, exc: BaseException) -> None:
+        self._parser_clean = False
         self._error = exc
         self._wake_all()
         self.abort()
@@ -184,16 +198,34 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
 
+    # One timer per connection, re-armed lazily: each wait moves ``_deadline`` and the timer, when it
+    # fires early, simply re-arms itself. Cheaper than an ``asyncio.timeout`` object per wait.
+    async def _wait(self, fut: asyncio.Future[None], timeout: float) -> None:
+        self._deadline = self.loop.time() + timeout
+        self._waiting = fut
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        try:
+            await fut
+        finally:
+            self._waiting = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        fut = self._waiting
+        if fut is None or fut.done():
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        fut.set_exception(UpstreamTimeout("read"))
+
     async def read_head(self, timeout: float) -> None:
         while not self.head_done:
             if self._error is not None:
                 raise self._error
             self._head_waiter = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._head_waiter
-            except TimeoutError:
-                raise UpstreamTimeout("read") from None
+            await self._wait(self._head_waiter, timeout)
         if self._error is not None and not self.head_done:
             raise self._error
 
@@ -212,11 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             self._body_waiter = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._body_waiter
-            except TimeoutError:
-                raise UpstreamTimeout("read") from None
+            await self._wait(self._body_waiter, timeout)
 
     @property
     def reusable(self) -> bool:
@@ -230,6 +258,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.abort()
 
