@@ -160,8 +160,26 @@ def _worker_main(loaded: LoadedConfig) -> None:
     loop.run_until_complete(run_process(loaded, with_admin=False, reuse_port=True, migrate=False))
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Each client connection may hold an upstream connection too: make room for both (as nginx's
+    ``worker_rlimit_nofile``), up to the hard limit the system allows."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open-file limit is %d; limits.max_connections may not be reachable", soft)
+
+
 def run(loaded: LoadedConfig, workers: int = 1) -> None:
     """Entry point of ``bastion serve``: blocks until SIGTERM/SIGINT, then drains and returns."""
+    _raise_fd_limit(2 * loaded.settings.limits.max_connections + 256)
     if workers <= 1:
         loop = _new_loop()
         asyncio.set_event_loop(loop)
