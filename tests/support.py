@@ -28,6 +28,7 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # a test fixture, not a secre
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are separate writes; don't let Nagle delay the body
     server: EchoUpstream
 
     def log_message(self, *args: Any) -> None:  # keep test output clean
@@ -109,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             "body_bytes": length,
             "body_sha256": sha,
         }
-        body = json.dumps(doc).encode()
+        body = json.dumps(doc).encode() if status not in (204, 304) else b""
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("server", "echo-upstream/9.9")
@@ -118,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-upstream-private", "hop-by-hop by nomination")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and status not in (204, 304):  # RFC 9110 §15.3.5, §15.4.5: no body
             self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle

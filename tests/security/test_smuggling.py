@@ -39,8 +39,11 @@ def gw(origin: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) -> I
         yield gateway
 
 
-def _send(gw: GatewayThread, data: bytes, *, expect: int = 1, timeout: float = 3.0) -> Outcome:
-    return exchange(gw.port, data, expect=expect, timeout=timeout, close_wait=2.0)
+def _send(
+    gw: GatewayThread, data: bytes, *, expect: int = 1, timeout: float = 3.0, close_wait: float = 1.5
+) -> Outcome:
+    """One connection; ``close_wait`` is how long to watch for the close (or a stray extra response)."""
+    return exchange(gw.port, data, expect=expect, timeout=timeout, close_wait=close_wait)
 
 
 def _assert_refused(out: Outcome, status: int, code: str, *, closed: bool = True) -> None:
@@ -167,7 +170,7 @@ def test_chunked_with_optional_whitespace_or_case_is_one_unambiguous_framing(
     body = b"hello world"
     data = _post(te_line, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
     before = len(origin.completed)
-    out = _send(gw, data)
+    out = _send(gw, data, close_wait=0.3)
     assert out.first.status == 200, out.raw[:400]
     doc = out.first.json()
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -236,7 +239,7 @@ def test_host_must_be_exactly_one_valid_value(
     gw: GatewayThread, origin: RecordingUpstream, host_lines: bytes, code: str
 ) -> None:
     before = len(origin.requests)
-    out = _send(gw, b"GET /v1/orders HTTP/1.1\r\n" + host_lines + b"\r\n")
+    out = _send(gw, b"GET /v1/orders HTTP/1.1\r\n" + host_lines + b"\r\n", close_wait=0.3)
     # No body, so the next request's start is unambiguous: keep-alive may continue.
     _assert_refused(out, 400, code, closed=False)
     assert len(origin.requests) == before
@@ -327,7 +330,7 @@ def test_body_boundary_is_content_length_exactly(gw: GatewayThread, origin: Reco
     """A valid request whose body is followed by more bytes: the extra bytes are a second request, routed
     (and refused) by the gateway itself; the upstream sees exactly the declared body and nothing else."""
     before = len(origin.requests)
-    out = _send(gw, _post(b"Content-Length: 5\r\n", b"hello" + SMUGGLED), expect=2)
+    out = _send(gw, _post(b"Content-Length: 5\r\n", b"hello" + SMUGGLED), expect=2, close_wait=0.3)
     assert [r.status for r in out.responses] == [200, 404], out.raw[:600]
     assert out.responses[0].json()["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
     assert out.responses[1].code == "route_not_found"
@@ -366,7 +369,7 @@ def test_bad_request_lines_targets_and_methods(
     gw: GatewayThread, origin: RecordingUpstream, data: bytes, status: int, code: str, closed: bool
 ) -> None:
     before = len(origin.requests)
-    out = _send(gw, data)
+    out = _send(gw, data, close_wait=1.5 if closed else 0.3)
     _assert_refused(out, status, code, closed=closed)
     if code == "method_not_allowed":
         assert out.first.header("allow") is not None
@@ -402,7 +405,7 @@ def test_valid_chunked_body_arrives_intact_and_reframed(gw: GatewayThread, origi
     wire += b"0\r\nX-Trailer: t\r\n\r\n"
     body = b"".join(parts)
     before_complete = len(origin.completed)
-    out = _send(gw, _post(b"Transfer-Encoding: chunked\r\n", wire))
+    out = _send(gw, _post(b"Transfer-Encoding: chunked\r\n", wire), close_wait=0.3)
     resp = out.first
     assert resp.status == 200, out.raw[:400]
     doc = resp.json()
@@ -416,6 +419,30 @@ def test_valid_chunked_body_arrives_intact_and_reframed(gw: GatewayThread, origi
     assert "x-trailer" not in headers
     assert len(origin.completed) == before_complete + 1
     assert not out.closed
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        pytest.param(b"X-Injected: yes\r\n", id="custom"),
+        pytest.param(b"Host: evil.test\r\n", id="host"),
+        pytest.param(b"Authorization: Bearer forged\r\n", id="authorization"),
+    ],
+)
+def test_chunked_trailer_fields_never_become_request_headers(
+    gw: GatewayThread, origin: RecordingUpstream, trailer: bytes
+) -> None:
+    """Trailers arrive after the head was judged; promoting them to headers would let a client add
+    fields no policy ever saw. Bastion drops them: the request is served as if they were absent."""
+    before = len(origin.requests)
+    data = _post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n" + trailer + b"\r\n")
+    out = _send(gw, data, close_wait=0.3)
+    assert out.first.status == 200, out.raw[:400]
+    assert out.first.json()["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    (_, _, got), = origin.requests[before:]
+    name = trailer.split(b":")[0].decode().lower()
+    values = [v for n, v in got if n.lower() == name]
+    assert "yes" not in values and "evil.test" not in values and "Bearer forged" not in values, got
 
 
 def test_hop_by_hop_request_headers_are_not_forwarded(gw: GatewayThread, origin: RecordingUpstream) -> None:
@@ -432,7 +459,7 @@ def test_hop_by_hop_request_headers_are_not_forwarded(gw: GatewayThread, origin:
         b"X-End-To-End: kept\r\n\r\n"
     )
     before = len(origin.requests)
-    out = _send(gw, data)
+    out = _send(gw, data, close_wait=0.3)
     assert out.first.status == 200, out.raw[:400]
     (method, path, got), = origin.requests[before:]
     names = {n.lower() for n, _ in got}
@@ -474,7 +501,7 @@ def test_pipelined_requests_get_ordered_responses(gw: GatewayThread, origin: Rec
         b"POST /v1/orders HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n\r\nhello"
         b"GET /v1/orders/3 HTTP/1.1\r\nHost: gw.test\r\n\r\n"
     )
-    out = _send(gw, data, expect=3)
+    out = _send(gw, data, expect=3, close_wait=0.3)
     assert [r.status for r in out.responses] == [200, 200, 200], out.raw[:600]
     docs = [r.json() for r in out.responses]
     assert [(d["method"], d["path"]) for d in docs] == [

@@ -38,6 +38,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
+        self.in_use = False  # between start() and release to the pool
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -98,6 +99,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use:
+            # Bytes from an idle pooled connection answer no request of ours (a buggy or hostile
+            # upstream: a 204 with a body, a late response). Never let them reach the next client.
+            self.abort()
+            return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -139,6 +145,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = True
         if self.no_body:
             self._parser_clean = False
+        if status == 204 and self.content_length:
+            # RFC 9110 §8.6: no Content-Length in a 204 (a 304 may state the representation's). A body
+            # where none may be: whatever follows is not trustworthy framing, so never reuse this one.
+            self.keep_alive = False
         if self.no_body or status in (204, 304):
             # A response to HEAD has no body whatever its headers say; llhttp cannot be told, so the
             # message ends here and the next response gets a fresh parser.
@@ -180,6 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
     def start(self, no_body: bool) -> None:
         self._reset()
         self.no_body = no_body
+        self.in_use = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed or self.transport is None:
@@ -316,6 +327,7 @@ class UpstreamPool:
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:
+        conn.in_use = False
         if conn.reusable and len(self._idle) < self.spec.max_idle:
             self._idle.append(conn)
         else:
