@@ -19,6 +19,7 @@ from typing import Any
 from tests.support import EchoUpstream, GatewayThread, _Handler, config_text, load_text
 
 __all__ = [
+    "HOP_BY_HOP_RESPONSE",
     "Outcome",
     "RawResponse",
     "RecordingUpstream",
@@ -41,6 +42,40 @@ class _RecordingHandler(_Handler):
         length, sha = super()._read_body()
         self.server.completed.append((self.command, self.path, length, sha))
         return length, sha
+
+
+    def _handle(self) -> None:
+        if self.path.startswith("/hop-headers"):
+            # An upstream that sends every hop-by-hop response field, plus one it nominates itself.
+            self.server.requests.append((self.command, self.path, list(self.headers.items())))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            for name, value in HOP_BY_HOP_RESPONSE:
+                self.send_header(name, value)
+            self.send_header("x-powered-by", "pytest")
+            self.send_header("x-end-to-end", "kept")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        super()._handle()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+# Hop-by-hop response fields a compliant proxy must not relay (RFC 9110 §7.6.1), as /hop-headers sends them.
+HOP_BY_HOP_RESPONSE = (
+    ("connection", "keep-alive, X-Nominated-Private"),
+    ("keep-alive", "timeout=5, max=100"),
+    ("proxy-connection", "keep-alive"),
+    ("proxy-authenticate", "Basic realm=upstream"),
+    ("trailer", "X-Checksum"),
+    ("upgrade", "h2c"),
+    ("te", "trailers"),
+    ("x-nominated-private", "internal"),
+)
 
 
 class RecordingUpstream(EchoUpstream):

@@ -58,6 +58,7 @@ class ClientBody:
         "declared_length",
         "error",
         "expect_continue",
+        "framing_seen",
         "limit",
         "received",
     )
@@ -76,6 +77,7 @@ class ClientBody:
         self._cached: bytes | None = None
         self.consumed = False
         self.expect_continue = False
+        self.framing_seen = True
 
     @property
     def has_body(self) -> bool:
@@ -178,6 +180,28 @@ class Exchange:
         self.upgrade = False
 
 
+# llhttp's reasons for the framing errors it catches itself, mapped to Bastion's documented codes.
+_LLHTTP_REASONS = (
+    ("can't be present with", "content_length_with_transfer_encoding"),
+    ("Content-Length", "content_length_invalid"),
+    ("Transfer-Encoding", "transfer_encoding_unsupported"),
+)
+
+
+def _llhttp_code(exc: Exception, data: bytes) -> str:
+    if isinstance(exc, httptools.HttpParserInvalidURLError):
+        line = data.split(b"\n", 1)[0]
+        return "path_non_ascii" if any(b >= 0x80 for b in line) else "path_invalid_char"
+    message = str(exc)
+    for needle, code in _LLHTTP_REASONS:
+        if needle in message:
+            return code
+    return "malformed_request"
+
+
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "expect"})
+
+
 def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, tuple[int, str] | None]:
     """(content_length, chunked, error) from the raw header list: strict RFC 9112 §6 framing."""
     cl_values = [v for n, v in headers if n == "content-length"]
@@ -224,6 +248,10 @@ class ClientConnection(asyncio.Protocol):
         self._max_url = limits.max_url
         self._max_head = limits.max_header_bytes
         self._max_headers = limits.max_headers
+        self._max_head_raw = limits.max_url + limits.max_header_bytes + 8192
+        self._head_raw = 0
+        self._trailer_bytes = 0
+        self._framing_seen = False
         # timer: one handle, re-armed lazily
         t = self.gateway.timeouts
         self._header_timeout = t.header
@@ -288,6 +316,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._phase == "idle":
             self._set_phase("head")
+        head_in_progress = self._in_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -304,8 +333,16 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(reason, _Reject):
                 status, code = reason.status, reason.code
             else:
-                status, code = 400, "malformed_request"
+                status, code = 400, _llhttp_code(exc, data)
             self._on_parse_error(status, code)
+            return
+        if head_in_progress and self._in_head:
+            # httptools buffers a header value until it is complete, so one endless header would grow
+            # without bound before on_header sees it: bound the raw bytes of a head still in progress.
+            self._head_raw += len(data)
+            if self._head_raw > self._max_head_raw:
+                self._parse_broken = True
+                self._on_parse_error(431, "headers_too_large")
 
     def _on_parse_error(self, status: int, code: str) -> None:
         self.pause_reading()
@@ -330,6 +367,9 @@ class ClientConnection(asyncio.Protocol):
         self._url.clear()
         self._headers = []
         self._head_bytes = 0
+        self._framing_seen = False
+        self._head_raw = 0
+        self._trailer_bytes = 0
         self._in_head = True
         if self._phase == "idle":
             self._set_phase("head")
@@ -340,23 +380,42 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(414, "url_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # llhttp reports chunked trailer fields here too. They arrive after the head was judged,
+            # so they are never forwarded (a late "Authorization" must not ride along); only counted.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self._max_head:
+                raise _Reject(431, "headers_too_large")
+            return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             raise _Reject(431, "headers_too_large")
         if len(self._headers) >= self._max_headers:
             raise _Reject(431, "too_many_headers")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        lname = name.decode("latin-1").lower()
+        if lname in _FRAMING_NAMES:
+            self._framing_seen = True
+        self._headers.append((lname, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         p = self.parser
         method = p.get_method().decode("ascii")
         version = p.get_http_version()
-        length, chunked, error = _framing(self._headers)
+        if version != "1.1" and version != "1.0":
+            # llhttp also accepts HTTP/0.9 request lines and HTTP/2.0 in an HTTP/1 request line.
+            raise _Reject(505, "http_version_unsupported")
+        if self._framing_seen:
+            length, chunked, error = _framing(self._headers)
+        else:
+            length, chunked, error = 0, False, None
+        self._head_raw = 0
         body = ClientBody(self, length, chunked)
+        body.framing_seen = self._framing_seen
         ex = Exchange(
             method, self._url.decode("latin-1"), version, self._headers, p.should_keep_alive(), body, error
         )
+        self._headers = []  # the exchange owns that list now
         self.exchanges.append(ex)
         if len(self.exchanges) > _MAX_PIPELINED:
             self.pause_reading()
@@ -388,9 +447,12 @@ class ClientConnection(asyncio.Protocol):
         self._phase = phase
         if phase == "busy":
             return
-        timeout = {"idle": self._idle_timeout, "head": self._header_timeout, "body": self._body_timeout}[
-            phase
-        ]
+        if phase == "idle":
+            timeout = self._idle_timeout
+        elif phase == "head":
+            timeout = self._header_timeout
+        else:
+            timeout = self._body_timeout
         self._deadline = self.loop.time() + timeout
         if self._timer is None:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
@@ -537,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
             self._write_respond(resp, ex.version, keep_alive=False)
             return False
         raw_path, _, query = ex.raw_target.partition("?")
-        expect = next((v for n, v in ex.headers if n == "expect"), None)
+        expect = next((v for n, v in ex.headers if n == "expect"), None) if ex.body.framing_seen else None
         if expect is not None:
             if expect.strip().lower() != "100-continue" or ex.version == "1.0":
                 resp = gw.deny(
@@ -595,7 +657,7 @@ class ClientConnection(asyncio.Protocol):
         while True:
             attempt += 1
             try:
-                conn = await pool.acquire() if attempt == 1 else await pool.connect_fresh()
+                conn = (pool.take_idle() if attempt == 1 else None) or await pool.connect_fresh()
             except UpstreamTimeout:
                 return self._upstream_failed(fwd, ex, 504, "upstream_timeout", "connect")
             except UpstreamError:
@@ -661,6 +723,14 @@ class ClientConnection(asyncio.Protocol):
             conn.write(body.cached)
 
     async def _pump(self, conn: UpstreamConnection, body: ClientBody) -> None:
+        try:
+            await self._pump_body(conn, body)
+        except BodyError as err:
+            # The request side failed (too large, stalled, malformed): stop waiting for a response.
+            conn.interrupt(err)
+            raise
+
+    async def _pump_body(self, conn: UpstreamConnection, body: ClientBody) -> None:
         chunked = body.chunked
         while (chunk := await body.next_chunk()) is not None:
             if not chunk:
@@ -730,21 +800,15 @@ class ClientConnection(asyncio.Protocol):
     ) -> bool:
         gw = self.gateway
         status = conn.status
-        strip = gw.strip_response
-        nominated: set[bytes] = set()
-        for name, value in conn.headers:
-            if name.lower() == b"connection":
-                nominated.update(t.strip().lower() for t in value.split(b","))
+        skip = self.server.response_skip
+        nominated = conn.nominated
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         for name, value in conn.headers:
             lname = name.lower()
-            if lname in _HOP_BY_HOP_B or lname in nominated or lname == b"content-length":
-                continue
-            if lname.decode("latin-1") in strip:
+            if lname in skip or (nominated and lname in nominated):
                 continue
             lines.append(name + b": " + value + b"\r\n")
-        for name, value in gw.security_headers:
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(self.server.security_block)
         for name, value in fwd.ctx.response_headers:
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(f"x-request-id: {fwd.req.request_id}\r\n".encode("latin-1"))
@@ -849,6 +913,13 @@ class GatewayServer:
         self.pools: dict[UpstreamSpec, UpstreamPool] = {}
         self.rejected_connections = 0
         self._server: asyncio.base_events.Server | None = None
+        # Response-side work done once: headers never relayed, and the security headers as bytes.
+        self.response_skip = (
+            _HOP_BY_HOP_B | {b"content-length"} | {n.encode("latin-1") for n in gateway.strip_response}
+        )
+        self.security_block = b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in gateway.security_headers
+        )
         self._idle_event = asyncio.Event()
 
     def pool_for(self, spec: UpstreamSpec) -> UpstreamPool:

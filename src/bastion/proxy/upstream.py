@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 import httptools
 
@@ -39,6 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.in_use = False  # between start() and release to the pool
+        self.on_lost: Callable[[UpstreamConnection], None] | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -61,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.message_done = False
         self.keep_alive = False
         self.content_length: int | None = None
+        self.nominated: frozenset[bytes] | None = None  # header names the upstream's Connection lists
         self.chunked = False
         self.no_body = False
         self._chunks: deque[bytes] = deque()
@@ -76,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -135,7 +140,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         for name, value in self.headers:
             lname = name.lower()
-            if lname == b"content-length":
+            if lname == b"connection":
+                tokens = frozenset(t.strip().lower() for t in value.split(b","))
+                self.nominated = tokens | self.nominated if self.nominated else tokens
+            elif lname == b"content-length":
                 try:
                     self.content_length = int(value)
                 except ValueError:
@@ -221,6 +229,12 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             self._waiting = None
 
+    def interrupt(self, exc: BaseException) -> None:
+        """Make the current wait (for the head or a body chunk) raise ``exc``."""
+        fut = self._waiting
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
     def _on_timer(self) -> None:
         self._timer = None
         fut = self._waiting
@@ -296,14 +310,19 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._ssl = _ssl_context(spec)
         self.opened = 0  # connections opened since start (tests use it to prove reuse)
+        self._open: set[UpstreamConnection] = set()  # every live connection, idle or in use
 
-    async def acquire(self) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection that is still open, or ``None`` (no await on the hot path)."""
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        return self.take_idle() or await self._connect()
 
     async def connect_fresh(self) -> UpstreamConnection:
         return await self._connect()
@@ -324,6 +343,8 @@ class UpstreamPool:
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(f"connect failed: {type(exc).__name__}") from None
         self.opened += 1
+        self._open.add(proto)
+        proto.on_lost = self._open.discard
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -334,6 +355,8 @@ class UpstreamPool:
             conn.abort()
 
     def close(self) -> None:
-        for conn in self._idle:
+        """Abort every connection, in use or idle (shutdown, after the grace period)."""
+        for conn in list(self._open) + self._idle:
             conn.abort()
         self._idle.clear()
+        self._open.clear()
