@@ -44,7 +44,8 @@ def refused(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A connect racing the listener's close can be reset rather than refused: not accepted either way.
         return True
 
 

@@ -8,8 +8,10 @@ import logging
 import signal
 import ssl
 from collections import deque
+from collections.abc import Coroutine
 from http import HTTPStatus
 from ipaddress import ip_address
+from typing import Any
 
 import httptools
 
@@ -230,7 +232,6 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.exchanges: deque[Exchange] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.busy = False  # an exchange is being handled
         self.closing = False  # finish the current exchange, then close
@@ -238,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._current: Exchange | None = None
+        self._fast_candidate: Exchange | None = None
+        self._fast_pending: Exchange | None = None
         self._parse_broken = False
         # request head being parsed
         self._url = bytearray()
@@ -299,7 +302,6 @@ class ClientConnection(asyncio.Protocol):
             cur.body.fail(BodyError(400, "client_disconnected"))
         for ex in self.exchanges:
             ex.body.fail(BodyError(400, "client_disconnected"))
-        self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionError("client gone"))
 
@@ -320,6 +322,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            self._fast_candidate = self._fast_pending = None
             # "Upgrade"/CONNECT: Bastion proxies neither. The head is already queued; answer it as a
             # plain request and close, since llhttp stops parsing this connection here.
             self._parse_broken = True
@@ -327,7 +330,9 @@ class ClientConnection(asyncio.Protocol):
                 self.exchanges[-1].upgrade = True
                 self.exchanges[-1].body.finish()
             self.pause_reading()
+            self._start()
         except httptools.HttpParserError as exc:
+            self._fast_candidate = self._fast_pending = None
             self._parse_broken = True
             reason = exc.__context__
             if isinstance(reason, _Reject):
@@ -343,6 +348,9 @@ class ClientConnection(asyncio.Protocol):
             if self._head_raw > self._max_head_raw:
                 self._parse_broken = True
                 self._on_parse_error(431, "headers_too_large")
+        if self._fast_pending is not None:
+            ex, self._fast_pending = self._fast_pending, None
+            self._serve_fast(ex)
 
     def _on_parse_error(self, status: int, code: str) -> None:
         self.pause_reading()
@@ -420,7 +428,17 @@ class ClientConnection(asyncio.Protocol):
         if len(self.exchanges) > _MAX_PIPELINED:
             self.pause_reading()
         self._set_phase("busy")
-        self._start()
+        if (
+            not self._framing_seen  # no body, no Expect
+            and error is None
+            and len(self.exchanges) == 1
+            and not self.busy
+            and self._task is None
+            and not self.closing
+        ):
+            self._fast_candidate = ex  # served once the message is complete and parsing has returned
+        else:
+            self._start()
 
     def on_body(self, data: bytes) -> None:
         ex = self.exchanges[-1] if self.exchanges else self._current
@@ -431,6 +449,9 @@ class ClientConnection(asyncio.Protocol):
         ex = self.exchanges[-1] if self.exchanges else self._current
         if ex is not None:
             ex.body.finish()
+            if ex is self._fast_candidate:
+                self._fast_candidate = None
+                self._fast_pending = ex
 
     # -- flow control and timers -----------------------------------------------------------------------
     def pause_reading(self) -> None:
@@ -538,28 +559,18 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    # -- the per-connection task -------------------------------------------------------------------------
+    # -- running exchanges ------------------------------------------------------------------------------
+    # Exchanges run one at a time, in order. A bodiless request that finds the connection idle takes
+    # the fast path (``_serve_fast``): it is decided and forwarded from the parser callback, and its
+    # response relayed from the upstream's callback, with no task and no future. Everything else (bodies,
+    # pipelined backlogs, checks that wait, responses that stream) runs in a task started on demand.
     def _start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self.busy and self.exchanges and not self.closed:
             self._task = self.loop.create_task(self._run())
-        else:
-            self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
     async def _run(self) -> None:
         try:
-            while not self.closed:
-                if not self.exchanges:
-                    if self.closing or self._parse_broken:
-                        self._close()
-                        return
-                    self._waiter = self.loop.create_future()
-                    await self._waiter
-                    continue
+            while self.exchanges and not self.closed and not self.busy:
                 ex = self.exchanges.popleft()
                 if len(self.exchanges) < _MAX_PIPELINED // 2:
                     self.resume_reading()
@@ -570,16 +581,142 @@ class ClientConnection(asyncio.Protocol):
                 self._current = None
                 if not keep or self.closing:
                     self._close()
-                    return
-                if not self.exchanges and not self._in_head:
-                    self._set_phase("idle")
-                elif self._in_head:
-                    self._set_phase("head")
+                    break
+            self._settle()
         except Exception:
             log.exception("connection handler failed")
             self._close()
         finally:
+            self._task = None
             self.server.on_connection_idle(self)
+
+    def _settle(self) -> None:
+        """Nothing is running: arm the right timer, or close a connection that is done."""
+        if self.closed or self.busy or self.exchanges:
+            return
+        if self.closing or self._parse_broken:
+            self._close()
+        elif self._in_head:
+            self._set_phase("head")
+        else:
+            self._set_phase("idle")
+
+    def _exchange_done(self, keep: bool) -> None:
+        self.busy = False
+        self._current = None
+        if not keep or self.closing:
+            self._close()
+        elif self.exchanges:
+            self._start()
+        else:
+            self._settle()
+        self.server.on_connection_idle(self)
+
+    def _side(self, work: Coroutine[Any, Any, bool]) -> None:
+        """Finish a fast-path exchange that turned out to need waiting, in a task."""
+        self._task = self.loop.create_task(self._side_run(work))
+
+    async def _side_run(self, work: Coroutine[Any, Any, bool]) -> None:
+        keep = False
+        try:
+            keep = await work
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            self.gateway.in_flight -= 1
+            self._task = None
+        self._exchange_done(keep)
+
+    def _serve_fast(self, ex: Exchange) -> None:
+        gw = self.gateway
+        if (
+            self.closed
+            or self.busy
+            or self._task is not None
+            or not self.exchanges
+            or self.exchanges[0] is not ex
+        ):
+            self._start()
+            return
+        if gw.in_flight >= gw.limits.max_in_flight:
+            self._start()  # the slow path answers 503
+            return
+        self.exchanges.popleft()
+        self._current = ex
+        self.busy = True
+        gw.in_flight += 1
+        raw_path, _, query = ex.raw_target.partition("?")
+        coro = gw.admit(ex.method, raw_path, query, ex.headers, self.peer, ex.body)
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            decision = stop.value
+        except Exception:
+            log.exception("admission failed")
+            gw.in_flight -= 1
+            self._exchange_done(False)
+            return
+        else:
+            # A check waited on something (a store, a counter): let a task drive the rest.
+            self._side(self._finish_admission(coro, yielded, ex))
+            return
+        if isinstance(decision, Respond):
+            keep = self._respond(decision, ex)
+            gw.in_flight -= 1
+            self._exchange_done(keep)
+            return
+        pool = self.server.pool_for(decision.upstream)
+        conn = pool.take_idle()
+        if conn is None:
+            self._side(self._forward(decision, ex))
+            return
+        conn.start(ex.method == "HEAD")
+        try:
+            conn.write(self._upstream_head(decision, ex))
+        except UpstreamError:
+            conn.abort()
+            self._side(self._forward(decision, ex))
+            return
+        conn.fast = (decision, ex, pool)
+        conn.listen(self, decision.upstream.read_timeout)
+
+    async def _finish_admission(self, coro: Coroutine[Any, Any, Any], yielded: Any, ex: Exchange) -> bool:
+        decision = await _drive(coro, yielded)
+        if isinstance(decision, Respond):
+            return self._respond(decision, ex)
+        return await self._forward(decision, ex)
+
+    def fast_upstream_ready(self, conn: UpstreamConnection) -> None:
+        """The upstream answered a fast-path request (called from its protocol callback)."""
+        fwd, ex, pool = conn.fast
+        conn.fast = None
+        if conn.message_done and len(conn._chunks) <= 1:
+            head, chunked_out, keep, _bodyless = self._response_head(fwd, ex, conn)
+            if not chunked_out:
+                first = conn._chunks.popleft() if conn._chunks else b""
+                conn._buffered = 0
+                self.write_raw(head + first)
+                pool.release(conn)
+                self.gateway.in_flight -= 1
+                self._exchange_done(keep)
+                return
+        self._side(self._relay_response(fwd, ex, conn, pool, None))
+
+    def fast_upstream_failed(self, conn: UpstreamConnection, exc: BaseException) -> None:
+        fwd, ex, _pool = conn.fast
+        conn.fast = None
+        conn.abort()
+        if isinstance(exc, UpstreamClosed) and conn.reused and not self.closed:
+            self._side(self._forward(fwd, ex))  # the pooled connection had gone stale: one retry
+            return
+        if isinstance(exc, UpstreamTimeout):
+            keep = self._upstream_failed(fwd, ex, 504, "upstream_timeout", "read")
+        elif isinstance(exc, UpstreamClosed):
+            keep = self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "closed")
+        else:
+            keep = self._upstream_failed(fwd, ex, 502, "upstream_unavailable", str(exc))
+        self.gateway.in_flight -= 1
+        self._exchange_done(keep)
 
     async def _handle(self, ex: Exchange) -> bool:
         """Serve one exchange; returns whether the connection may be kept alive."""
@@ -790,15 +927,10 @@ class ClientConnection(asyncio.Protocol):
         )
         return self._respond(resp, ex)
 
-    async def _relay_response(
-        self,
-        fwd: Forward,
-        ex: Exchange,
-        conn: UpstreamConnection,
-        pool: UpstreamPool,
-        pump: asyncio.Task[None] | None,
-    ) -> bool:
-        gw = self.gateway
+    def _response_head(
+        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection
+    ) -> tuple[bytes, bool, bool, bool]:
+        """The response head for the client: (bytes, re-chunked?, keep-alive?, bodyless?)."""
         status = conn.status
         skip = self.server.response_skip
         nominated = conn.nominated
@@ -828,7 +960,18 @@ class ClientConnection(asyncio.Protocol):
         elif ex.version == "1.0":
             lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        head = b"".join(lines)
+        return b"".join(lines), chunked_out, keep, bodyless
+
+    async def _relay_response(
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
+    ) -> bool:
+        gw = self.gateway
+        head, chunked_out, keep, bodyless = self._response_head(fwd, ex, conn)
         # Small responses usually arrive whole: send head and body in one write.
         if conn.message_done and not chunked_out and len(conn._chunks) <= 1:
             first = conn._chunks.popleft() if conn._chunks else b""
@@ -897,6 +1040,27 @@ _HOP_BY_HOP_B = frozenset(
         b"proxy-authorization",
     }
 )
+
+
+async def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """Finish a coroutine whose first step ran synchronously and suspended on ``yielded``: what a
+    Task would have done had it started the coroutine."""
+    while True:
+        if yielded is None:
+            await asyncio.sleep(0)  # a bare yield
+        else:
+            try:
+                await yielded
+            except asyncio.CancelledError:
+                if not yielded.done():
+                    coro.close()
+                    raise
+            except BaseException:  # noqa: S110 - the coroutine sees the outcome when it resumes
+                pass
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _path_only(target: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
@@ -41,6 +42,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.in_use = False  # between start() and release to the pool
         self.on_lost: Callable[[UpstreamConnection], None] | None = None
+        # Fast path: the client connection waiting for this response, told by callback (no future).
+        self.listener: Any = None
+        self.fast: Any = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -92,6 +96,11 @@ class UpstreamConnection(asyncio.Protocol):
                 UpstreamClosed("closed") if not self.got_bytes else UpstreamError("closed mid-response")
             )
         self._wake_all()
+        if self.listener is not None:
+            if self.head_done and self.message_done:
+                self._notify_ready()  # a close-delimited response just ended
+            else:
+                self._notify_failed(self._error or UpstreamError("closed"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(UpstreamError("closed"))
 
@@ -115,6 +124,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             reason = exc.__context__ if isinstance(exc.__context__, UpstreamError) else None
             self._fail(reason or UpstreamError("malformed response"))
+            return
+        if self.listener is not None and self.head_done:
+            self._notify_ready()
 
     # -- llhttp callbacks ---------------------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -193,6 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser_clean = False
         self._error = exc
         self._wake_all()
+        self._notify_failed(exc)
         self.abort()
 
     def start(self, no_body: bool) -> None:
@@ -229,6 +242,23 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             self._waiting = None
 
+    def listen(self, listener: Any, timeout: float) -> None:
+        """Report the response to ``listener.fast_upstream_ready`` / ``fast_upstream_failed``."""
+        self.listener = listener
+        self._deadline = self.loop.time() + timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def _notify_ready(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.fast_upstream_ready(self)
+
+    def _notify_failed(self, exc: BaseException) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.fast_upstream_failed(self, exc)
+
     def interrupt(self, exc: BaseException) -> None:
         """Make the current wait (for the head or a body chunk) raise ``exc``."""
         fut = self._waiting
@@ -238,12 +268,16 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         fut = self._waiting
-        if fut is None or fut.done():
+        waiting = (fut is not None and not fut.done()) or self.listener is not None
+        if not waiting:
             return
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
-        fut.set_exception(UpstreamTimeout("read"))
+        if fut is not None and not fut.done():
+            fut.set_exception(UpstreamTimeout("read"))
+        else:
+            self._notify_failed(UpstreamTimeout("read"))
 
     async def read_head(self, timeout: float) -> None:
         while not self.head_done:
