@@ -679,6 +679,7 @@ class ClientConnection(asyncio.Protocol):
             return
         conn.fast = (decision, ex, pool)
         conn.listen(self, decision.upstream.read_timeout)
+        self.server.fast_forwards += 1
 
     async def _finish_admission(self, coro: Coroutine[Any, Any, Any], yielded: Any, ex: Exchange) -> bool:
         decision = await _drive(coro, yielded)
@@ -1076,6 +1077,7 @@ class GatewayServer:
         self.connections: set[ClientConnection] = set()
         self.pools: dict[UpstreamSpec, UpstreamPool] = {}
         self.rejected_connections = 0
+        self.fast_forwards = 0  # requests forwarded on the callback fast path (tests and /status)
         self._server: asyncio.base_events.Server | None = None
         # Response-side work done once: headers never relayed, and the security headers as bytes.
         self.response_skip = (
@@ -1085,6 +1087,7 @@ class GatewayServer:
             f"{name}: {value}\r\n".encode("latin-1") for name, value in gateway.security_headers
         )
         self._idle_event = asyncio.Event()
+        self._draining = False
 
     def pool_for(self, spec: UpstreamSpec) -> UpstreamPool:
         pool = self.pools.get(spec)
@@ -1129,12 +1132,14 @@ class GatewayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def on_connection_idle(self, conn: ClientConnection) -> None:
-        if not self.connections or all(not c.busy for c in self.connections):
+        # Only shutdown waits for this; checking every connection per request would be O(n).
+        if self._draining and (not self.connections or all(not c.busy for c in self.connections)):
             self._idle_event.set()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (with ``Connection: close``), then close."""
         timeout = self.gateway.timeouts.shutdown if timeout is None else timeout
+        self._draining = True
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
