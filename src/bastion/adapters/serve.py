@@ -173,7 +173,7 @@ def _raise_fd_limit(wanted: int) -> None:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    if soft != resource.RLIM_INFINITY and soft < wanted // 2:  # not even one descriptor per connection
         log.warning("open-file limit is %d; limits.max_connections may not be reachable", soft)
 
 

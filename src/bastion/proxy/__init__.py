@@ -15,10 +15,16 @@ One client connection (``server.ClientConnection``)
 * ``data_received`` feeds llhttp. Its callbacks build an :class:`~bastion.proxy.server.Exchange` per
   request (method, target, headers, framing, a bounded body queue) and enforce the gateway-wide limits
   as bytes arrive: URL length (414), header bytes and count (431), both before anything is buffered.
-* One task per connection (started with its first request) takes exchanges in order, so pipelined
-  requests are answered in order. For each it checks framing (CL+TE, duplicate or invalid CL, TE other
-  than ``chunked``: 400), asks :meth:`Gateway.admit <bastion.runtime.gateway.Gateway.admit>` for a
-  decision, and either writes the gateway's own response or forwards.
+* Exchanges run one at a time, in order, so pipelined requests are answered in order. For each the
+  data plane checks framing (CL+TE, duplicate or invalid CL, TE other than ``chunked``: 400), asks
+  :meth:`Gateway.admit <bastion.runtime.gateway.Gateway.admit>` for a decision, and either writes the
+  gateway's own response or forwards.
+* The fast path: a bodiless request that finds its connection idle is decided right after llhttp
+  returns (``admit`` is driven synchronously; none of today's checks waits), written to a pooled
+  upstream connection, and its response relayed from the upstream protocol's callback — no task, no
+  future, no event-loop hop. Anything that needs to wait (a request body, a pipelined backlog, a check
+  that awaits a store, a response that streams, a connect) continues in a task started on demand, with
+  the same code as the slow path. Reads (GET, HEAD, DELETE without a body) take the fast path.
 * Timeouts use one timer per connection that re-arms itself lazily (no timer churn per request):
   ``idle`` (keep-alive), ``head`` (the whole request head must arrive within ``timeouts.header`` of its
   first byte: slowloris gets 408), ``body`` (the longest gap between two body reads: 408).
