@@ -582,3 +582,35 @@ class TestCors:
         assert problem(data)["code"] == "cors_preflight_denied"
         assert "access-control-allow-origin" not in headers
         assert upstream.requests == []
+
+
+# -- the fast path ------------------------------------------------------------------------------------------
+
+
+class TestFastPath:
+    """Bodiless requests on an idle connection are served from protocol callbacks (no task); the rest
+    takes the task path. Both must give the same answers — the suites above run through both."""
+
+    def test_bodiless_requests_take_the_fast_path(self, gateway: GatewayThread) -> None:
+        server = gateway.running.server  # type: ignore[union-attr]
+        before = server.fast_forwards
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        try:
+            for i in range(10):
+                conn.request("GET", f"/v1/orders/{i}")
+                resp = conn.getresponse()
+                assert resp.status == 200
+                assert json.loads(resp.read())["path"] == f"/v1/orders/{i}"
+        finally:
+            conn.close()
+        # the first request opened the upstream connection on the task path; the rest reused it
+        assert server.fast_forwards - before >= 9
+
+    def test_requests_with_a_body_take_the_task_path(self, gateway: GatewayThread) -> None:
+        server = gateway.running.server  # type: ignore[union-attr]
+        request(gateway.port, "GET", "/v1/orders/warm")  # an idle pooled upstream connection exists
+        before = server.fast_forwards
+        status, _, body = request(gateway.port, "POST", "/v1/orders", body=b'{"item": "book"}',
+                                  headers={"content-type": "application/json"})
+        assert status == 200 and json.loads(body)["body_bytes"] == 16
+        assert server.fast_forwards == before

@@ -23,7 +23,7 @@ import uvicorn
 from ..config.loader import LoadedConfig
 from ..core.forwarding import NetworkSet
 from ..events.writer import EventWriter
-from ..proxy.server import serve
+from ..proxy.server import GatewayServer, serve
 from ..runtime.gateway import Gateway, build_gateway
 from ..store.database import open_database
 from .admin import build_admin_app
@@ -117,14 +117,15 @@ async def run_process(
             admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port)
             running.admin_port = admin_server.servers[0].sockets[0].getsockname()[1]
         stop = stop or asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[GatewayServer] = asyncio.get_running_loop().create_future()
         serving = asyncio.get_running_loop().create_task(
             serve(gateway, stop=stop, ready=ready, reuse_port=reuse_port, port=port)
         )
         await asyncio.wait([serving, ready], return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
             serving.result()
-        running.port = ready.result()
+        running.server = ready.result()
+        running.port = running.server.port
         gateway.emit(
             "gateway.started",
             severity="info",

@@ -1207,7 +1207,7 @@ async def serve(
     gateway: Gateway,
     *,
     stop: asyncio.Event | None = None,
-    ready: asyncio.Future[int] | None = None,
+    ready: asyncio.Future[GatewayServer] | None = None,
     reuse_port: bool = False,
     port: int | None = None,
 ) -> None:
@@ -1220,6 +1220,6 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     if ready is not None and not ready.done():
-        ready.set_result(server.port)
+        ready.set_result(server)
     await stop.wait()
     await server.shutdown()
