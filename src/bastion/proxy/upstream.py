@@ -129,9 +129,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._notify_ready()
 
     # -- llhttp callbacks ---------------------------------------------------------------------------
-    def on_status(self, status: bytes) -> None:
-        pass
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_RESPONSE_HEADER_BYTES or len(self.headers) >= MAX_RESPONSE_HEADERS:
