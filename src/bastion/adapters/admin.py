@@ -46,8 +46,13 @@ class AdminGuard:
         self.allow = allow_ips
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            # No websocket (or other) route exists; refuse rather than skip the checks below.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         path: str = scope.get("path", "")
         method: str = scope.get("method", "")

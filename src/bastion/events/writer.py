@@ -86,6 +86,7 @@ class EventWriter:
         self.written = 0
         self.failures = 0
         self.dead_lettered = 0
+        self._database_down = False
         self.dead_letter_path = dead_letter_path or _default_dead_letter(engine)
 
     # -- the EventSink port ------------------------------------------------------------------------
@@ -129,9 +130,10 @@ class EventWriter:
         q = self._queue
         while q and len(batch) < self._batch_size:
             batch.append(q.popleft())
-        pending_drops = self.dropped - self._dropped_reported
+        dropped = self.dropped  # read once: the request path may be counting more right now
+        pending_drops = dropped - self._dropped_reported
         if pending_drops:
-            self._dropped_reported = self.dropped
+            self._dropped_reported = dropped
             batch.append(
                 new_event(
                     "events.dropped",
@@ -146,6 +148,11 @@ class EventWriter:
 
     def _write(self, batch: list[Event]) -> None:
         rows = [_row(e) for e in batch]
+        if self._database_down and self._stopping:
+            # Shutting down with the database already refusing: don't spend the grace period retrying
+            # every batch; keep them all in the dead-letter file.
+            self._dead_letter(rows)
+            return
         delay = 0.05
         while True:
             try:
@@ -160,6 +167,7 @@ class EventWriter:
                 )
                 if self._stopping and delay > 1.0:
                     self._dead_letter(rows)
+                    self._database_down = True
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -26,7 +26,10 @@ log = logging.getLogger("bastion.proxy")
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _MAX_PIPELINED = 16
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _BACKLOG = 4096
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 4 * 1024 * 1024
 _ACCEPT_BATCH = 512
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _METHODS_WITH_BODY_SEMANTICS = frozenset({"POST", "PUT", "PATCH"})
@@ -90,6 +93,7 @@ class ClientBody:
 
     # producer side (llhttp callbacks)
     def feed(self, data: bytes) -> None:
+        self.expect_continue = False  # the client did not wait for "100 Continue"
         self.received += len(data)
         if self.limit is not None and self.received > self.limit:
             self.fail(BodyError(413, "body_too_large"))
@@ -266,6 +270,10 @@ class ClientConnection(asyncio.Protocol):
         self._phase = "idle"  # idle | head | body | busy
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._lingering = False
+        self._linger_bytes = 0
+        self.drain_on_close = False  # unread request bytes may remain: close gracefully (see _close)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -317,6 +325,11 @@ class ClientConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > _LINGER_BYTES:
+                self._final_close()
+            return
         if self._parse_broken or self.closed:
             return
         if self._phase == "idle":
@@ -427,8 +440,12 @@ class ClientConnection(asyncio.Protocol):
             method, self._url.decode("latin-1"), version, self._headers, p.should_keep_alive(), body, error
         )
         self._headers = []  # the exchange owns that list now
+        if len(self.exchanges) >= _MAX_PIPELINED:
+            # pause_reading() only stops the next read; llhttp parses all of the current one, so a
+            # single packet could queue thousands of requests. Refuse beyond the bound instead.
+            raise _Reject(503, "too_many_pipelined_requests")
         self.exchanges.append(ex)
-        if len(self.exchanges) > _MAX_PIPELINED:
+        if len(self.exchanges) >= _MAX_PIPELINED // 2:
             self.pause_reading()
         self._set_phase("busy")
         if (
@@ -478,7 +495,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             timeout = self._body_timeout
         self._deadline = self.loop.time() + timeout
-        if self._timer is None:
+        if self._timer is None or self._deadline < self._timer_at:
+            # Later deadlines are picked up lazily when the timer fires; an earlier one (a 10 s header
+            # deadline after a 60 s keep-alive one) needs the timer moved, or slowloris gets 60 s.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = self._deadline
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def arm_body_timer(self) -> None:
@@ -491,12 +513,10 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed or self._phase == "busy":
-            if not self.closed and self._phase == "busy":
-                # re-check later: the phase changes without touching the timer
-                self._timer = self.loop.call_at(self.loop.time() + 1.0, self._on_timer)
-            return
+            return  # leaving "busy" arms the timer again (_set_phase)
         now = self.loop.time()
         if now < self._deadline:
+            self._timer_at = self._deadline
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
         if self._phase == "idle":
@@ -521,7 +541,6 @@ class ClientConnection(asyncio.Protocol):
             if cur is not None:
                 cur.body.fail(BodyError(408, "request_body_timeout"))
             self._phase = "busy"
-            self._timer = self.loop.call_at(self.loop.time() + 1.0, self._on_timer)
 
     # -- writing ----------------------------------------------------------------------------------------
     def write_raw(self, data: bytes) -> None:
@@ -558,6 +577,28 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(b"".join(lines))
 
     def _close(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        if self.drain_on_close and not self._lingering and self.transport.can_write_eof():
+            # The client may still be sending a body we refused to read. Closing now would make the
+            # kernel answer its next bytes with a reset, which can destroy our error response before
+            # the client reads it. Half-close, discard what still arrives (bounded), then close.
+            self._lingering = True
+            self._parse_broken = True
+            self.transport.write_eof()
+            self._read_paused = True  # force the resume below
+            self.resume_reading_for_linger()
+            self.loop.call_later(_LINGER_SECONDS, self._final_close)
+            return
+        self._final_close()
+
+    def resume_reading_for_linger(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+            self._read_paused = False
+
+    def _final_close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -656,6 +697,7 @@ class ClientConnection(asyncio.Protocol):
             decision = stop.value
         except Exception:
             log.exception("admission failed")
+            self._internal_error(ex)
             gw.in_flight -= 1
             self._exchange_done(False)
             return
@@ -685,7 +727,12 @@ class ClientConnection(asyncio.Protocol):
         self.server.fast_forwards += 1
 
     async def _finish_admission(self, coro: Coroutine[Any, Any, Any], yielded: Any, ex: Exchange) -> bool:
-        decision = await _drive(coro, yielded)
+        try:
+            decision = await _drive(coro, yielded)
+        except Exception:
+            log.exception("admission failed")
+            self._internal_error(ex)
+            return False
         if isinstance(decision, Respond):
             return self._respond(decision, ex)
         return await self._forward(decision, ex)
@@ -710,7 +757,7 @@ class ClientConnection(asyncio.Protocol):
         fwd, ex, _pool = conn.fast
         conn.fast = None
         conn.abort()
-        if isinstance(exc, UpstreamClosed) and conn.reused and not self.closed:
+        if isinstance(exc, UpstreamClosed) and conn.reused and not self.closed and ex.method in _IDEMPOTENT:
             self._side(self._forward(fwd, ex))  # the pooled connection had gone stale: one retry
             return
         if isinstance(exc, UpstreamTimeout):
@@ -769,12 +816,34 @@ class ClientConnection(asyncio.Protocol):
             return self._respond(resp, ex)
         gw.in_flight += 1
         try:
-            decision = await gw.admit(ex.method, raw_path, query, ex.headers, self.peer, ex.body)
+            try:
+                decision = await gw.admit(ex.method, raw_path, query, ex.headers, self.peer, ex.body)
+            except BodyError:
+                raise
+            except Exception:
+                log.exception("admission failed")
+                self._internal_error(ex)
+                return False
             if isinstance(decision, Respond):
                 return self._respond(decision, ex)
             return await self._forward(decision, ex)
         finally:
             gw.in_flight -= 1
+
+    def _internal_error(self, ex: Exchange) -> None:
+        """A bug, not the client's fault: answer 500 rather than drop the connection silently."""
+        resp = self.gateway.deny(
+            500,
+            "internal_error",
+            detail="The gateway failed to handle the request.",
+            method=ex.method,
+            path=_path_only(ex.raw_target),
+            source_ip=self.peer,
+            severity="error",
+            close=True,
+        )
+        self.drain_on_close = not ex.body.complete
+        self._write_respond(resp, ex.version, keep_alive=False)
 
     def _respond(self, resp: Respond, ex: Exchange) -> bool:
         # A body we did not read would be parsed as the next request: close instead (unless it
@@ -782,6 +851,7 @@ class ClientConnection(asyncio.Protocol):
         keep = ex.keep_alive and not resp.close and not ex.upgrade and not self.closing
         if ex.body.has_body and not ex.body.complete:
             keep = False
+            self.drain_on_close = True
         self._write_respond(resp, ex.version, keep)
         return keep
 
@@ -816,7 +886,14 @@ class ClientConnection(asyncio.Protocol):
                 if pump is not None:
                     pump.cancel()
                 conn.abort()
-                retryable = conn.reused and attempt == 1 and (not body.has_body or body.cached is not None)
+                # RFC 9110 §9.2.2: only idempotent requests may be replayed automatically; the upstream
+                # may have acted on a POST before its connection dropped.
+                retryable = (
+                    conn.reused
+                    and attempt == 1
+                    and ex.method in _IDEMPOTENT
+                    and (not body.has_body or body.cached is not None)
+                )
                 if retryable:
                     continue
                 return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "closed")
@@ -891,6 +968,7 @@ class ClientConnection(asyncio.Protocol):
             pump.cancel()
         if self.closed:
             return False
+        self.drain_on_close = not ex.body.complete
         detail = {
             "body_too_large": "The request body is larger than this endpoint accepts.",
             "request_body_timeout": "The request body took too long.",
@@ -975,6 +1053,7 @@ class ClientConnection(asyncio.Protocol):
         pump: asyncio.Task[None] | None,
     ) -> bool:
         gw = self.gateway
+        ex.body.expect_continue = False  # never a "100 Continue" inside a response already under way
         head, chunked_out, keep, bodyless = self._response_head(fwd, ex, conn)
         # Small responses usually arrive whole: send head and body in one write.
         if conn.message_done and not chunked_out and len(conn._chunks) <= 1:
@@ -983,35 +1062,42 @@ class ClientConnection(asyncio.Protocol):
             conn._buffered = 0
         else:
             self.write_raw(head)
+            clean = False
             try:
-                while True:
+                while not self.closed:  # a client that left gets nothing more pulled from the upstream
                     chunk = await conn.read_chunk(fwd.upstream.read_timeout)
                     if chunk is None:
+                        clean = True
                         break
                     if bodyless or not chunk:
                         continue
                     if chunked_out:
-                        self.transport.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])  # type: ignore[union-attr]
+                        self.write_raw(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     else:
                         self.write_raw(chunk)
                     if self._write_paused:
                         await self.drain()
-            except (UpstreamError, ConnectionError) as exc:
+            except UpstreamError:
                 # Headers are out: all we can do is cut the connection so the client sees the truncation.
-                conn.abort()
-                if pump is not None:
-                    pump.cancel()
-                if isinstance(exc, UpstreamError):
-                    gw.emit(
-                        "upstream.response_truncated",
-                        severity="error",
-                        request_id=fwd.req.request_id,
-                        route=fwd.req.route.id,
-                        method=ex.method,
-                        path=fwd.req.path,
-                        source_ip=str(fwd.req.client_ip),
-                        data={"service": fwd.upstream.name},
-                    )
+                gw.emit(
+                    "upstream.response_truncated",
+                    severity="error",
+                    request_id=fwd.req.request_id,
+                    route=fwd.req.route.id,
+                    method=ex.method,
+                    path=fwd.req.path,
+                    source_ip=str(fwd.req.client_ip),
+                    data={"service": fwd.upstream.name},
+                )
+            except (ConnectionError, BodyError):
+                pass  # the client went away or its request body failed mid-response
+            finally:
+                if not clean:
+                    # Any exit but the end of the message: neither connection can be trusted again.
+                    conn.abort()
+                    if pump is not None:
+                        pump.cancel()
+            if not clean:
                 return False
             if chunked_out:
                 self.write_raw(b"0\r\n\r\n")
@@ -1027,6 +1113,7 @@ class ClientConnection(asyncio.Protocol):
                 return False
         if ex.body.has_body and not ex.body.complete:
             keep = False
+            self.drain_on_close = True
         pool.release(conn)
         return keep
 
@@ -1083,6 +1170,8 @@ class GatewayServer:
         self.fast_forwards = 0  # requests forwarded on the callback fast path (tests and /status)
         self._listener: socket.socket | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._handshakes = 0
+        self._max_connections = gateway.limits.max_connections
         # Response-side work done once: headers never relayed, and the security headers as bytes.
         self.response_skip = (
             _HOP_BY_HOP_B | {b"content-length"} | {n.encode("latin-1") for n in gateway.strip_response}
@@ -1152,18 +1241,38 @@ class GatewayServer:
             except OSError as exc:  # EMFILE and friends: stop for this round, try again next time
                 log.warning("accept failed: %s", exc.strerror or exc)
                 return
+            if self._ssl is not None and len(self.connections) + self._handshakes >= self._max_connections:
+                sock.close()  # a TLS client cannot be told 503 before its handshake: refuse it
+                self.rejected_connections += 1
+                continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.loop.create_task(self._attach(sock))
 
     async def _attach(self, sock: socket.socket) -> None:
+        if self._ssl is None:
+            try:
+                await self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock)
+            except (OSError, ConnectionError) as exc:
+                log.debug("connection not established: %s", type(exc).__name__)
+                sock.close()
+            return
+        # TLS: the handshake is bounded like a request head, and counted against max_connections.
+        self._handshakes += 1
         try:
-            await self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock, ssl=self._ssl)
+            await self.loop.connect_accepted_socket(
+                lambda: ClientConnection(self),
+                sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self.gateway.timeouts.header,
+            )
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            # A client that vanished or failed its TLS handshake: nothing to answer.
+            # A client that vanished or failed (or stalled) its TLS handshake: nothing to answer.
             log.debug("connection not established: %s", type(exc).__name__)
             sock.close()
+        finally:
+            self._handshakes -= 1
 
     @property
     def port(self) -> int:

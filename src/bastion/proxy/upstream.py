@@ -75,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_paused = False
         self._body_waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._extra = False
         self.got_bytes = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -118,6 +119,11 @@ class UpstreamConnection(asyncio.Protocol):
             # upstream: a 204 with a body, a late response). Never let them reach the next client.
             self.abort()
             return
+        if self.message_done:
+            # More bytes after the response ended (a body on a HEAD answer, a second response): the
+            # framing can no longer be trusted, so this connection is never reused.
+            self._poison()
+            return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -128,14 +134,28 @@ class UpstreamConnection(asyncio.Protocol):
         if self.listener is not None and self.head_done:
             self._notify_ready()
 
+    def _poison(self) -> None:
+        self._extra = True
+        self.keep_alive = False
+
     # -- llhttp callbacks ---------------------------------------------------------------------------
+    # Once the response head is in, nothing the parser reports may change it: a second response in
+    # the same packet must not rewrite status or headers, and chunked trailers never become headers.
+    def on_message_begin(self) -> None:
+        if self.head_done or self.message_done:
+            self._poison()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_RESPONSE_HEADER_BYTES or len(self.headers) >= MAX_RESPONSE_HEADERS:
             raise UpstreamError("response head too large")
+        if self.head_done or self._extra:
+            return  # trailer fields (RFC 9110 §6.5.1: not merged into the header) or a second message
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._extra:
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses (100, 103) are not forwarded; 101 means the upstream switched
@@ -184,6 +204,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake(self._body_waiter)
 
     def on_message_complete(self) -> None:
+        if self._extra:
+            return
         if not self.head_done:  # an interim response ended
             return
         self.message_done = True

@@ -211,7 +211,8 @@ class Gateway:
         trusted_id = fwd.request_id
         request_id = trusted_id if trusted_id and _REQUEST_ID.match(trusted_id) else self._next_request_id()
         client = fwd.client_ip
-
+        if fwd.host is not None and not _HOST.match(fwd.host):
+            fwd = fwd._replace(host=None)  # a trusted proxy's X-Forwarded-Host must still be a host
         try:
             path = canonicalize_path(raw_path)
             if query:
