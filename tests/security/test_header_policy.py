@@ -123,9 +123,16 @@ def _one(gw: GatewayThread, data: bytes, *, close_wait: float = 0.3, timeout: fl
     return exchange(gw.port, data, timeout=timeout, close_wait=close_wait)
 
 
-def _upstream_headers(origin: RecordingUpstream, before: int) -> list[tuple[str, str]]:
-    seen = origin.requests[before:]
-    assert len(seen) == 1, seen
+def _upstream_headers(origin: RecordingUpstream, before: int, out: Outcome) -> list[tuple[str, str]]:
+    """The headers the upstream received for the request behind ``out`` (matched by X-Request-Id: the
+    threaded origin may record a previous test's half-forwarded request late)."""
+    rid = out.first.header("x-request-id")
+    seen = [
+        r
+        for r in origin.requests[before:]
+        if dict((n.lower(), v) for n, v in r[2]).get("x-request-id") == rid
+    ]
+    assert len(seen) == 1, origin.requests[before:]
     return [(n.lower(), v) for n, v in seen[0][2]]
 
 
@@ -298,7 +305,7 @@ def test_method_override_headers_are_stripped_by_default(
     out = _one(gw, _get(headers=name + b": DELETE\r\n"))
     assert out.first.status == 200
     assert out.first.json()["method"] == "GET"
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     assert name.decode().lower() not in {n for n, _ in got}
 
 
@@ -321,7 +328,7 @@ def test_underscore_headers_are_dropped_by_default(
     before = len(origin.requests)
     out = _one(gw, _get(headers=name + b": 5\r\n"))
     assert out.first.status == 200
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     assert all("_" not in n for n, _ in got), got
     assert dict(got)["x-forwarded-for"] == "127.0.0.1"
 
@@ -354,7 +361,7 @@ def test_forwarding_headers_from_untrusted_peer_are_discarded(
     before = len(origin.requests)
     out = _one(gw, _get(headers=SPOOFED))
     assert out.first.status == 200
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     names = [n for n, _ in got]
     assert [v for n, v in got if n == "x-forwarded-for"] == ["127.0.0.1"]
     assert [v for n, v in got if n == "x-forwarded-proto"] == ["http"]
@@ -406,7 +413,7 @@ def test_trusted_proxy_client_inside_allow_list_is_served(
         _get("/v1/orders", b"X-Forwarded-For: 127.0.0.9\r\nX-Forwarded-Proto: https\r\n"),
     )
     assert out.first.status == 200, out.raw[:300]
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     assert [v for n, v in got if n == "x-forwarded-for"] == ["127.0.0.9, 127.0.0.1"]
     assert [v for n, v in got if n == "x-forwarded-proto"] == ["https"]
 
@@ -428,7 +435,7 @@ def test_connection_header_cannot_remove_gateway_forwarding_headers(
     before = len(origin.requests)
     out = _one(gw, _get(headers=b"Connection: keep-alive, " + nominated + b"\r\n"))
     assert out.first.status == 200
-    got = dict(_upstream_headers(origin, before))
+    got = dict(_upstream_headers(origin, before, out))
     assert got["x-forwarded-for"] == "127.0.0.1"
     assert got["x-forwarded-proto"] == "http"
     assert got.get("x-request-id")
@@ -440,7 +447,7 @@ def test_connection_header_removes_the_fields_it_nominates(
     before = len(origin.requests)
     out = _one(gw, _get(headers=b"Connection: X-Custom\r\nX-Custom: private\r\nX-Other: kept\r\n"))
     assert out.first.status == 200
-    got = dict(_upstream_headers(origin, before))
+    got = dict(_upstream_headers(origin, before, out))
     assert "x-custom" not in got
     assert got["x-other"] == "kept"
 
@@ -451,7 +458,7 @@ def test_client_request_id_is_replaced_from_untrusted_peer(
     before = len(origin.requests)
     out = _one(gw, _get(headers=b"X-Request-Id: client-chosen-id-42\r\n"))
     assert out.first.status == 200
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     ids = [v for n, v in got if n == "x-request-id"]
     assert len(ids) == 1 and ids[0] != "client-chosen-id-42"
     assert out.first.header("x-request-id") == ids[0]
@@ -461,7 +468,7 @@ def test_request_id_from_trusted_proxy_is_kept(proxied_gw: GatewayThread, origin
     before = len(origin.requests)
     out = _one(proxied_gw, _get(headers=b"X-Request-Id: lb-7f3a.9:abc-1\r\n"))
     assert out.first.status == 200
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     assert [v for n, v in got if n == "x-request-id"] == ["lb-7f3a.9:abc-1"]
     assert out.first.header("x-request-id") == "lb-7f3a.9:abc-1"
 
@@ -473,7 +480,7 @@ def test_malformed_request_id_from_trusted_proxy_is_replaced(
     before = len(origin.requests)
     out = _one(proxied_gw, _get(headers=b"X-Request-Id: " + bad + b"\r\n"))
     assert out.first.status == 200
-    got = _upstream_headers(origin, before)
+    got = _upstream_headers(origin, before, out)
     ids = [v for n, v in got if n == "x-request-id"]
     assert len(ids) == 1 and ids[0] != bad.decode()
     assert bad.decode() not in (out.first.header("x-request-id") or "")
@@ -562,8 +569,10 @@ MARK = "zq" + hashlib.sha256(str(time.monotonic()).encode()).hexdigest()[:12]
         pytest.param(_get(f"/{MARK}%00"), id="400-nul"),
         pytest.param(_get(f"/v1/orders/1?{MARK}=\u00e9"), id="400-query"),
         pytest.param(f"GET /v1/orders/1 HTTP/1.1\r\nHost: {MARK}/x\r\n\r\n".encode(), id="400-host"),
-        pytest.param(_get("/local-denied", f"X-Request-Id: {MARK}\r\nX-Forwarded-For: {MARK}\r\n".encode()),
-                     id="403-headers"),
+        pytest.param(
+            _get("/local-denied", f"X-Request-Id: {MARK}\r\nX-Forwarded-For: {MARK}\r\n".encode()),
+            id="403-headers",
+        ),
         pytest.param(_get("/v1/orders/" + MARK * 700), id="414"),
         pytest.param(_get(headers=f"X-Big: {MARK}".encode() + b"v" * 20000 + b"\r\n"), id="431"),
         pytest.param(

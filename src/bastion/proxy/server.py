@@ -157,6 +157,45 @@ class ClientBody:
         return self._cached
 
 
+class _NoBody:
+    """The body of a request that has none (no Content-Length, Transfer-Encoding or Expect): one
+    shared, stateless instance, since that is most requests. Writes to it are ignored."""
+
+    __slots__ = ()
+    declared_length = 0
+    chunked = False
+    has_body = False
+    complete = True
+    limit = 1 << 62
+    received = 0
+    error = None
+    cached = None
+    consumed = True
+    framing_seen = False
+    expect_continue = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        return None  # expect_continue/limit assignments have nothing to record here
+
+    def feed(self, data: bytes) -> None:
+        return None  # llhttp reports no body bytes for such a request
+
+    def finish(self) -> None:
+        return None
+
+    def fail(self, err: BodyError) -> None:
+        return None
+
+    async def next_chunk(self) -> bytes | None:
+        return None
+
+    async def read(self) -> bytes:
+        return b""
+
+
+NO_BODY = _NoBody()
+
+
 class Exchange:
     __slots__ = (
         "body",
@@ -434,8 +473,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             length, chunked, error = 0, False, None
         self._head_raw = 0
-        body = ClientBody(self, length, chunked)
-        body.framing_seen = self._framing_seen
+        body = ClientBody(self, length, chunked) if self._framing_seen else NO_BODY
         ex = Exchange(
             method, self._url.decode("latin-1"), version, self._headers, p.should_keep_alive(), body, error
         )

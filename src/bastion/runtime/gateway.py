@@ -24,7 +24,7 @@ from ..config.models import GatewayConfig, ServiceSettings
 from ..core.chain import Check
 from ..core.decision import Answer, Context, Deny
 from ..core.events import Event
-from ..core.forwarding import HOP_BY_HOP, NetworkSet, resolve_forwarded
+from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
 from ..core.headers import Headers
 from ..core.paths import PathRejected, canonicalize_path, validate_query
 from ..core.ports import EventSink
@@ -122,6 +122,7 @@ class Gateway:
         self.security_headers: tuple[tuple[str, str], ...] = tuple(base)
         self.strip_response = STRIP_FROM_RESPONSES
         self.in_flight = 0
+        self._direct: dict[IPAddress, ForwardedInfo] = {}
         # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
         # they identify, they do not authenticate.
         self._id_prefix = os.urandom(6).hex()
@@ -207,7 +208,15 @@ class Gateway:
     ) -> Forward | Respond:
         head = method == "HEAD"
         headers = Headers(raw_headers)
-        fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
+        if self.trusted:
+            fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
+        else:
+            # No proxy is trusted: the answer depends on the peer alone, so it is cached (bounded).
+            fwd = self._direct.get(peer)  # type: ignore[assignment]
+            if fwd is None:
+                fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
+                if len(self._direct) < 65536:
+                    self._direct[peer] = fwd
         trusted_id = fwd.request_id
         request_id = trusted_id if trusted_id and _REQUEST_ID.match(trusted_id) else self._next_request_id()
         client = fwd.client_ip
