@@ -142,12 +142,23 @@ def _decode_segment(segment: str) -> tuple[str, str]:
     return "".join(out), "".join(decoded)
 
 
-@lru_cache(maxsize=4096)
 def canonicalize_path(raw: str) -> str:
     """Return the canonical form of a request path (no query), or raise :class:`PathRejected`.
 
-    Cached: real traffic repeats paths, and the function is pure.
+    Cached for paths up to 256 characters: real traffic repeats paths and the function is pure; long
+    paths are rare and would make a bounded cache hold megabytes.
     """
+    if len(raw) <= 256:
+        return _canonicalize_cached(raw)
+    return _canonicalize(raw)
+
+
+@lru_cache(maxsize=4096)
+def _canonicalize_cached(raw: str) -> str:
+    return _canonicalize(raw)
+
+
+def _canonicalize(raw: str) -> str:
     if not raw.startswith("/"):
         if raw and (ord(raw[0]) >= 0x80):
             raise PathRejected("path_non_ascii")

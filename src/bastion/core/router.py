@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD_WITH_GET", "Endpoint", "Match", "Route", "RouteError", "Router"]
 
-HEAD_WITH_GET = True  # HEAD is allowed wherever GET is (RFC 9110 §9.3.2); documented.
+HEAD_WITH_GET = True
+_CACHE_SIZE = 8192
+_CACHE_MAX_PATH = 256
+_MISS = object()  # HEAD is allowed wherever GET is (RFC 9110 §9.3.2); documented.
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 
@@ -162,6 +165,7 @@ class Router:
         self._root = _Node()
         self._endpoints: dict[int, Endpoint] = {}
         self._names: dict[int, tuple[str, ...]] = {}
+        self._cache: dict[str, Match | None] = {}
         nodes: list[tuple[_Node, str]] = []
         for route in routes:
             templates = [route.template]
@@ -225,12 +229,23 @@ class Router:
         return node
 
     def match(self, path: str) -> Match | None:
-        """Find the endpoint for a canonical path, or ``None`` (404)."""
+        """Find the endpoint for a canonical path, or ``None`` (404).
+
+        Results are memoised: real traffic repeats paths, a ``Match`` is immutable, and the cache is
+        bounded (cleared when full), so unique paths from a scanner cost a walk each, nothing more.
+        """
+        cache = self._cache
+        hit = cache.get(path, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
         values: list[str] = []
         node = self._find(self._root, path.split("/")[1:], 0, values)
-        if node is None:
-            return None
-        return Match(self._endpoints[id(node)], tuple(values), self._names)
+        found = None if node is None else Match(self._endpoints[id(node)], tuple(values), self._names)
+        if len(path) <= _CACHE_MAX_PATH:  # long paths are rare and would make the cache costly
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[path] = found
+        return found
 
     def _find(self, node: _Node, segs: list[str], i: int, values: list[str]) -> _Node | None:
         if i == len(segs):

@@ -355,7 +355,7 @@ class Gateway:
     def _split_headers(self, raw: list[tuple[str, str]], headers: Headers) -> _Parsed | str:
         """One pass: the headers policies see, and the ones forwarded upstream."""
         nominated: frozenset[str] = frozenset()
-        conn = headers.getall("connection")
+        conn = headers.getall("connection") if "connection" in headers else None
         if conn:
             nominated = (
                 frozenset(t.strip().lower() for v in conn for t in v.split(",") if t.strip()) - GATEWAY_OWNED
