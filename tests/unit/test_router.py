@@ -422,3 +422,26 @@ class TestScale:
             m = r.match(rt.template)
             assert m is not None
             assert m.endpoint.route_for("GET") is rt
+
+
+class TestMatchMemo:
+    """Matches are memoised for short paths; the memo is bounded and never changes an answer."""
+
+    def test_repeated_and_unique_paths_give_the_same_answers(self) -> None:
+        r = Router([route("/v1/orders/{order_id}", "GET", id="one"), route("/v1/orders", "GET", id="all")])
+        for _ in range(2):  # second pass comes from the memo
+            m = r.match("/v1/orders/42")
+            assert m is not None and m.params_for(m.endpoint.route_for("GET")) == {"order_id": "42"}
+            assert r.match("/v1/nothing") is None
+        # many more unique paths than the memo holds: still correct, and the memo stays bounded
+        for i in range(router_module._CACHE_SIZE + 500):
+            m = r.match(f"/v1/orders/{i}")
+            assert m is not None and m.values == (str(i),)
+        assert len(r._cache) <= router_module._CACHE_SIZE
+
+    def test_long_paths_are_not_memoised(self) -> None:
+        r = Router([route("/files/{rest:path}", "GET")])
+        long_path = "/files/" + "a/" * 200
+        m = r.match(long_path)
+        assert m is not None and m.values == ("a/" * 200,)
+        assert long_path not in r._cache
