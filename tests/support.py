@@ -157,10 +157,8 @@ class EchoUpstream(ThreadingHTTPServer):
 
 # -- configs -----------------------------------------------------------------------------------------
 
-def config_text(upstream_port: int, db: Path, *, extra: str = "", routes: str | None = None,
-                service_extra: str = "", admin: bool = True) -> str:
-    """A config like examples/quickstart.yaml on port 0, pointed at ``upstream_port``."""
-    routes = routes if routes is not None else """
+# The three routes of examples/quickstart.yaml, indented for a service's ``routes:`` list.
+QUICKSTART_ROUTES = """
       - path: /v1/orders/{order_id}
         methods: [GET]
         auth: none
@@ -173,6 +171,12 @@ def config_text(upstream_port: int, db: Path, *, extra: str = "", routes: str | 
         methods: [GET]
         auth: none
         ip_deny: [10.0.0.0/8]
+"""
+
+def config_text(upstream_port: int, db: Path, *, extra: str = "", routes: str | None = None,
+                service_extra: str = "", admin: bool = True) -> str:
+    """A config like examples/quickstart.yaml on port 0, pointed at ``upstream_port``."""
+    routes = routes if routes is not None else QUICKSTART_ROUTES + """
       - path: /upload
         methods: [POST, PUT]
         auth: none

@@ -418,3 +418,19 @@ class TestIpAllowList:
     def test_data_plane_is_unaffected(self, fenced: GatewayThread) -> None:
         status, _, _ = request(fenced.port, "GET", "/v1/orders/1")
         assert status == 200
+
+
+class TestStatus:
+    def test_status_reports_the_data_plane_and_event_counters(self, gateway: GatewayThread) -> None:
+        for i in range(3):
+            assert request(gateway.port, "GET", f"/v1/orders/{i}")[0] == 200
+        assert request(gateway.port, "GET", "/nope")[0] == 404
+        status, _, body = admin(gateway, "/admin/v1/status")
+        assert status == 200
+        assert body["status"] == "ok"
+        assert body["in_flight"] == 0
+        assert body["connections"]["rejected"] == 0
+        assert body["connections"]["fast_path_forwards"] >= 2  # the first request opened the upstream
+        assert body["upstream_connections_opened"] == {"orders": 1}
+        assert set(body["events"]) == {"queued", "written", "dropped", "write_failures", "dead_lettered"}
+        assert body["events"]["dropped"] == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import GatewayThread, config_text, load_text
+from tests.support import QUICKSTART_ROUTES, GatewayThread, config_text, load_text
 
 from ._raw import (
     HOP_BY_HOP_RESPONSE,
@@ -30,19 +30,7 @@ from ._raw import (
     read_responses,
 )
 
-ROUTES = """
-      - path: /v1/orders/{order_id}
-        methods: [GET]
-        auth: none
-      - path: /v1/orders
-        methods: [GET, POST]
-        auth: none
-        max_body: 16KiB
-        ip_allow: [127.0.0.0/8]
-      - path: /public/{rest:path}
-        methods: [GET]
-        auth: none
-        ip_deny: [10.0.0.0/8]
+ROUTES = QUICKSTART_ROUTES + """
       - path: /local-denied
         methods: [GET]
         auth: none

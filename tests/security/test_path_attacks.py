@@ -12,23 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import GatewayThread
+from tests.support import QUICKSTART_ROUTES, GatewayThread
 
 from ._raw import Outcome, RecordingUpstream, exchange, gateway_with
 
-ROUTES = """
-      - path: /v1/orders/{order_id}
-        methods: [GET]
-        auth: none
-      - path: /v1/orders
-        methods: [GET, POST]
-        auth: none
-        max_body: 16KiB
-        ip_allow: [127.0.0.0/8]
-      - path: /public/{rest:path}
-        methods: [GET]
-        auth: none
-        ip_deny: [10.0.0.0/8]
+ROUTES = QUICKSTART_ROUTES + """
       - path: /admin
         methods: [GET]
         auth: none

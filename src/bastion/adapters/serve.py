@@ -51,8 +51,36 @@ class Running:
         self.server: Any = None
 
 
+def _stats(gateway: Gateway, writer: EventWriter, running: Running | None) -> dict[str, Any]:
+    """Counters of this process for ``GET /admin/v1/status`` (the data plane's, once it is listening)."""
+    out: dict[str, Any] = {
+        "in_flight": gateway.in_flight,
+        "events": {
+            "queued": len(writer._queue),
+            "written": writer.written,
+            "dropped": writer.dropped,
+            "write_failures": writer.failures,
+            "dead_lettered": writer.dead_lettered,
+        },
+    }
+    server = running.server if running is not None else None
+    if server is not None:
+        out["connections"] = {
+            "open": len(server.connections),
+            "rejected": server.rejected_connections,
+            "fast_path_forwards": server.fast_forwards,
+        }
+        out["upstream_connections_opened"] = {p.spec.name: p.opened for p in server.pools.values()}
+    return out
+
+
 async def _start_admin(
-    loaded: LoadedConfig, gateway: Gateway, engine: Any, writer: EventWriter, port: int | None = None
+    loaded: LoadedConfig,
+    gateway: Gateway,
+    engine: Any,
+    writer: EventWriter,
+    port: int | None = None,
+    running: Running | None = None,
 ) -> _AdminServer:
     admin = loaded.settings.admin
     assert admin is not None
@@ -61,10 +89,7 @@ async def _start_admin(
         engine,
         admin.token.reveal(),
         NetworkSet(admin.allow_ips),
-        stats=lambda: {
-            "in_flight": gateway.in_flight,
-            "events": {"queued": len(writer._queue), "written": writer.written, "dropped": writer.dropped},
-        },
+        stats=lambda: _stats(gateway, writer, running),
     )
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -114,7 +139,7 @@ async def run_process(
         gateway = build_gateway(loaded, writer)
         running.gateway, running.writer = gateway, writer
         if with_admin and settings.admin is not None:
-            admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port)
+            admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port, running)
             running.admin_port = admin_server.servers[0].sockets[0].getsockname()[1]
         stop = stop or asyncio.Event()
         ready: asyncio.Future[GatewayServer] = asyncio.get_running_loop().create_future()

@@ -62,7 +62,6 @@ class ClientBody:
         "chunked",
         "complete",
         "conn",
-        "consumed",
         "declared_length",
         "error",
         "expect_continue",
@@ -83,7 +82,6 @@ class ClientBody:
         self._waiter: asyncio.Future[None] | None = None
         self.error: BodyError | None = None
         self._cached: bytes | None = None
-        self.consumed = False
         self.expect_continue = False
         self.framing_seen = True
 
@@ -130,7 +128,6 @@ class ClientBody:
                     self.conn.resume_reading()
                 return chunk
             if self.complete:
-                self.consumed = True
                 return None
             if self.expect_continue:
                 self.expect_continue = False
@@ -170,7 +167,6 @@ class _NoBody:
     received = 0
     error = None
     cached = None
-    consumed = True
     framing_seen = False
     expect_continue = False
 

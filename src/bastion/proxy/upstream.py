@@ -374,9 +374,6 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def acquire(self) -> UpstreamConnection:
-        return self.take_idle() or await self._connect()
-
     async def connect_fresh(self) -> UpstreamConnection:
         return await self._connect()
 
