@@ -1,7 +1,7 @@
 """The picture in DESIGN.md stays true: a pure core, and imports that flow one way.
 
-``(proxy, adapters) → runtime → (checks, events, store, config) → core``; core imports nothing of the
-project but itself and no library that does I/O.
+``(proxy, adapters) → runtime → (checks, identity, state, events, store, config) → core``; core
+imports nothing of the project but itself and no library that does I/O.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ ALLOWED = {
     "checks": {"core"},
     "config": {"core"},
     "store": {"core"},
+    "state": {"core"},
+    "identity": {"core", "store"},
     "events": {"core", "store", "config"},
-    "runtime": {"core", "checks", "config", "events", "store"},
+    "runtime": {"core", "checks", "config", "events", "store", "identity", "state"},
     "proxy": {"core", "runtime"},
-    "adapters": {"core", "checks", "config", "events", "store", "runtime", "proxy", "adapters"},
+    "adapters": {
+        "core", "checks", "config", "events", "store", "identity", "state", "runtime", "proxy", "adapters"
+    },
     "demo": set(),
 }
 

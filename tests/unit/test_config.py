@@ -208,12 +208,17 @@ class TestFieldErrors:
         assert issue.path.startswith("services"), issue
         assert issue.line == line_of(text, "- name: orders", nth=2), issue
 
-    def test_auth_other_than_none(self) -> None:
-        text = MINIMAL.replace("auth: none", "auth: api_key")
+    def test_unknown_auth_method(self) -> None:
+        text = MINIMAL.replace("auth: none", "auth: [basic]")
         issue = only(errors(text))
         assert issue.path == "services[0].routes[0].auth"
         assert issue.line == line_of(text, "auth:")
-        assert "'none'" in issue.message
+        assert "unknown auth method 'basic'" in issue.message
+
+    def test_api_key_route_needs_a_pepper(self) -> None:
+        text = MINIMAL.replace("auth: none", "auth: [api_key]")
+        issue = only(errors(text))
+        assert "identity.pepper is required" in issue.message
 
     def test_cors_wildcard_with_credentials(self) -> None:
         text = MINIMAL + "        cors: {allow_origins: ['*'], allow_credentials: true}\n"

@@ -25,7 +25,9 @@ from .. import __version__
 from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
 from ..events.query import EventFilter, QueryError, get_event, parse_time, query_events
+from ..identity.manage import IdentityError
 from ..runtime.gateway import Gateway
+from .admin_identity import add_identity_routes
 
 __all__ = ["build_admin_app"]
 
@@ -214,4 +216,17 @@ def build_admin_app(
             raise HTTPException(404, "No such event.")
         return event
 
+    @app.exception_handler(IdentityError)
+    async def _identity_error(_request: Any, exc: IdentityError) -> JSONResponse:
+        return JSONResponse(
+            json.loads(problem_body(exc.status, exc.code, exc.message)),
+            status_code=exc.status,
+            media_type="application/problem+json",
+            headers={"cache-control": "no-store"},
+        )
+
+    if gateway.identity is not None and gateway.identity.engine is not None:
+        add_identity_routes(
+            app, gateway.identity.admin(), default_grace=gateway.settings.identity.rotation_grace
+        )
     return AdminGuard(app, gateway, token, allow_ips)

@@ -219,5 +219,7 @@ def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> Non
         sys.exit(1)
 
 
+from . import cli_identity  # noqa: E402, F401 - registers consumers/keys/clients on ``main``
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -136,7 +136,9 @@ async def run_process(
     running = Running()
     admin_server: _AdminServer | None = None
     try:
-        gateway = build_gateway(loaded, writer)
+        gateway = build_gateway(loaded, writer, engine=engine)
+        assert gateway.identity is not None
+        gateway.identity.start()  # the identity snapshot is loaded before the first request
         running.gateway, running.writer = gateway, writer
         if with_admin and settings.admin is not None:
             admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port, running)
@@ -167,6 +169,9 @@ async def run_process(
             admin_server.should_exit = True
             with contextlib.suppress(Exception):
                 await admin_server._bastion_task  # type: ignore[attr-defined]
+        if running.gateway is not None and running.gateway.identity is not None:
+            running.gateway.identity.close()
+            await running.gateway.identity.aclose()
         writer.close()
         engine.dispose()
 
@@ -240,13 +245,16 @@ def run(loaded: LoadedConfig, workers: int = 1) -> None:
             engine = open_database(loaded.settings.storage.database, migrate_schema=False)
             writer = EventWriter(engine)
             writer.start()
-            gateway = build_gateway(loaded, writer)
+            gateway = build_gateway(loaded, writer, engine=engine)
+            assert gateway.identity is not None
+            gateway.identity.start()
             server = await _start_admin(loaded, gateway, engine, writer)
             # Poll: the stop flag is set by a signal handler and the workers are other processes.
             while not stop.is_set() and any(p.is_alive() for p in procs):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             server.should_exit = True
             await server._bastion_task  # type: ignore[attr-defined]
+            gateway.identity.close()
             writer.close()
 
         loop.run_until_complete(_admin_only())

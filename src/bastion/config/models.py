@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PlainValidator,
     field_validator,
     model_validator,
 )
@@ -31,8 +32,12 @@ __all__ = [
     "CorsSettings",
     "EventSettings",
     "GatewayConfig",
+    "IdentitySettings",
+    "JwtIssuerSettings",
     "Limits",
     "Listen",
+    "LockoutSettings",
+    "OAuth2Settings",
     "RouteSettings",
     "Secret",
     "ServiceSettings",
@@ -248,10 +253,40 @@ class CorsSettings(_Model):
         return self
 
 
+_AUTH_METHOD = re.compile(r"^(api_key|oauth2|jwt:[a-z0-9][a-z0-9_-]{0,62})$")
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")
+
+
+def _auth(value: object) -> str | list[str]:
+    """``none`` (explicit: a route is never open by omission) or a list of methods, any of which may
+    authenticate. One clear message for every wrong shape."""
+    if value == "none" or value == ["none"]:
+        return "none"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ValueError("expected 'none' or a list of methods: api_key, oauth2, jwt:<issuer name>")
+    if not value:
+        raise ValueError("list at least one method (api_key, oauth2, jwt:<issuer>), or write auth: none")
+    for m in value:
+        if m == "none":
+            raise ValueError("'none' cannot be combined with other methods")
+        if not _AUTH_METHOD.match(m):
+            raise ValueError(
+                f"unknown auth method {m!r}; expected 'none', api_key, oauth2 or jwt:<issuer name>"
+            )
+    if len(set(value)) != len(value):
+        raise ValueError("an auth method is listed twice")
+    return list(value)
+
+
 class RouteSettings(_Model):
     path: str
     methods: list[Method] = Field(min_length=1)
-    auth: Literal["none"]
+    auth: Annotated[str | list[str], PlainValidator(_auth)]
+    scopes: list[str] = Field(default_factory=list)
+    api_key_in_query: bool = False
+    forward_credentials: bool = False
     max_body: Size | None = None
     ip_allow: list[Cidr] = Field(default_factory=list)
     ip_deny: list[Cidr] = Field(default_factory=list)
@@ -264,6 +299,31 @@ class RouteSettings(_Model):
         if len(set(v)) != len(v):
             raise ValueError("methods are listed twice")
         return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        for scope in v:
+            if not _SCOPE.match(scope):
+                raise ValueError(
+                    f"{scope!r} is not a scope (1-128 printable characters, no spaces or quotes)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _auth_consistency(self) -> RouteSettings:
+        if self.auth == "none":
+            if self.scopes:
+                raise ValueError("scopes need authentication: this route has auth: none")
+            if self.api_key_in_query:
+                raise ValueError("api_key_in_query needs auth: [api_key]")
+        elif self.api_key_in_query and "api_key" not in self.auth:
+            raise ValueError("api_key_in_query needs api_key among the route's auth methods")
+        return self
+
+    @property
+    def auth_methods(self) -> tuple[str, ...]:
+        return () if self.auth == "none" else tuple(self.auth)
 
 
 class UpstreamTimeouts(_Model):
@@ -298,6 +358,133 @@ class ServiceSettings(_Model):
         return v.rstrip("/")
 
 
+class LockoutSettings(_Model):
+    failures: int = Field(10, ge=1, le=10_000)
+    within: Duration = 300.0
+    block_for: Duration = 300.0
+
+
+class IdentitySettings(_Model):
+    pepper: SecretStr | None = None
+    max_key_ttl: Duration = 90 * 86400.0
+    rotation_grace: Duration = 24 * 3600.0
+    api_key_header: str = "X-API-Key"
+    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    refresh_interval: Duration = 1.0
+
+    @field_validator("pepper")
+    @classmethod
+    def _pepper(cls, v: Secret | None) -> Secret | None:
+        if v is not None and len(v.reveal().encode("utf-8")) < 16:
+            raise ValueError("the pepper must be at least 16 bytes (make one: openssl rand -base64 32)")
+        return v
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not re.fullmatch(r"[!#$%&'*+.^`|~0-9A-Za-z-]+", v):
+            raise ValueError(f"{v!r} is not a header name")
+        if v.lower() in ("authorization", "host", "cookie", "content-type", "content-length"):
+            raise ValueError(f"{v} cannot carry API keys")
+        return v
+
+    @field_validator("max_key_ttl", "refresh_interval", "rotation_grace")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than zero")
+        return v
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_url(v: str, what: str) -> str:
+    parts = urlsplit(v)
+    if parts.username or parts.password or parts.fragment or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute URL without credentials or fragment")
+    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback_host(parts.hostname)):
+        return v
+    raise ValueError(f"{what} must use https:// (http:// is accepted only for loopback addresses)")
+
+
+class OAuth2Settings(_Model):
+    issuer: str
+    audience: str | None = None  # the ``aud`` of issued tokens; default: the issuer
+    token_ttl: Duration = 900.0
+    signing_key_rotation: Duration = 30 * 86400.0
+    algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    token_path: str = "/oauth/token"  # noqa: S105 - a path, not a password
+    introspection_path: str = "/oauth/introspect"
+    revocation_path: str = "/oauth/revoke"
+    jwks_path: str = "/.well-known/jwks.json"
+    metadata_path: str = "/.well-known/oauth-authorization-server"
+    max_body: Size = 16 * 1024
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        _https_url(v, "oauth2.issuer")
+        if urlsplit(v).query:
+            raise ValueError("oauth2.issuer cannot have a query")
+        return v.rstrip("/")
+
+    @field_validator("token_ttl")
+    @classmethod
+    def _ttl(cls, v: float) -> float:
+        if not 60 <= v <= 86400:
+            raise ValueError("token_ttl must be between 1m and 24h (short-lived tokens)")
+        return v
+
+    @field_validator("signing_key_rotation")
+    @classmethod
+    def _rotation(cls, v: float) -> float:
+        if v < 3600:
+            raise ValueError("signing_key_rotation must be at least 1h")
+        return v
+
+    @field_validator("token_path", "introspection_path", "revocation_path", "jwks_path", "metadata_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v):
+            raise ValueError("expected an absolute path such as /oauth/token")
+        return v
+
+
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class JwtIssuerSettings(_Model):
+    name: str = Field(pattern=_NAME)
+    issuer: str
+    audience: str | None = None
+    jwks_url: str
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    consumer_claim: str = "sub"
+    leeway: Duration = 60.0
+    max_token_bytes: Size = 8192
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks(cls, v: str) -> str:
+        return _https_url(v, "jwks_url")
+
+    @field_validator("leeway")
+    @classmethod
+    def _leeway(cls, v: float) -> float:
+        if not 0 <= v <= 300:
+            raise ValueError("leeway must be between 0s and 5m")
+        return v
+
+
 class GatewayConfig(_Model):
     listen: ListenAddr = Listen("127.0.0.1", 8080)
     trusted_proxies: list[Cidr] = Field(default_factory=list)
@@ -310,6 +497,9 @@ class GatewayConfig(_Model):
     underscore_headers: Literal["drop", "reject", "allow"] = "drop"
     method_override_headers: Literal["strip", "reject"] = "strip"
     response_headers: dict[str, str] = Field(default_factory=dict)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    oauth2: OAuth2Settings | None = None
+    jwt_issuers: list[JwtIssuerSettings] = Field(default_factory=list)
     services: list[ServiceSettings] = Field(min_length=1)
 
     @field_validator("response_headers")
@@ -349,6 +539,33 @@ class GatewayConfig(_Model):
             and self.listen.port != 0
         ):
             raise ValueError("admin.listen must differ from listen: the admin API has its own listener")
+        issuers = [i.name for i in self.jwt_issuers]
+        if len(set(issuers)) != len(issuers):
+            raise ValueError("jwt_issuers names must be unique")
+        uses_keys = False
+        for s_index, svc in enumerate(self.services):
+            for r_index, route in enumerate(svc.routes):
+                where = f"services[{s_index}].routes[{r_index}] ({route.path})"
+                for method in route.auth_methods:
+                    if method == "api_key":
+                        uses_keys = True
+                    elif method == "oauth2" and self.oauth2 is None:
+                        raise ValueError(f"{where} uses oauth2 but there is no oauth2: section")
+                    elif method.startswith("jwt:") and method[4:] not in issuers:
+                        raise ValueError(
+                            f"{where} uses {method} but no jwt_issuers entry is named {method[4:]!r}"
+                        )
+        if (uses_keys or self.oauth2 is not None) and self.identity.pepper is None:
+            raise ValueError(
+                "identity.pepper is required when a route uses api_key or oauth2 is configured "
+                "(e.g. pepper: ${env:BASTION_PEPPER})"
+            )
+        if self.oauth2 is not None:
+            paths = {r.path for svc in self.services for r in svc.routes}
+            o = self.oauth2
+            for p in (o.token_path, o.introspection_path, o.revocation_path, o.jwks_path, o.metadata_path):
+                if p in paths:
+                    raise ValueError(f"oauth2 endpoint path {p} is also a route path")
         return self
 
     def model_post_init(self, __context: Any) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .identity import Principal
+
 __all__ = ["EMPTY", "Answer", "Context", "Deny", "Verdict"]
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -27,6 +29,7 @@ class Deny:
     headers: tuple[tuple[str, str], ...] = ()
     evidence: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     severity: str = "warning"
+    event: str = "request.denied"  # the event type recorded (``auth.failed`` for failed credentials)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +49,13 @@ class Context:
     """What checks learn about one request, passed along the chain. Nothing global.
 
     ``response_headers`` are added to whatever response the client gets (allowed or denied).
-    ``principal`` is filled by authentication checks (the identity issue).
+    ``principal`` is filled by authentication checks. ``notices`` are events a check wants recorded
+    even when the request goes on (``api_key.used_after_rotation``): ``(type, data)`` pairs the gateway
+    emits with the request's details.
     """
 
     request_id: str
-    principal: object | None = None
+    principal: Principal | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    notices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Ports: the small protocols through which policy reaches time and state.
 
-Declared here, implemented in ``state/``, ``store/`` and ``events/``, injected by ``runtime/``. Later
-issues add ``KeyStore.find``, ``Counters.hit`` and ``ReplayCache.first_seen`` beside these.
+Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events/``, injected by
+``runtime/``. Later issues add ``Counters.hit`` and ``ReplayCache.first_seen`` beside these.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from .events import Event
+from .identity import ClientRecord, ConsumerRecord, KeyRecord, Principal
 
-__all__ = ["Clock", "EventSink"]
+__all__ = ["Clock", "EventSink", "FailureLimiter", "IdentityIndex", "TokenVerifier"]
 
 
 class Clock(Protocol):
@@ -26,4 +27,47 @@ class Clock(Protocol):
 class EventSink(Protocol):
     def emit(self, event: Event) -> None:
         """Queue an event. Never blocks and never raises: overflow is counted and reported."""
+        ...
+
+
+class IdentityIndex(Protocol):
+    """Consumers, keys and clients as an in-memory snapshot: a lookup never waits for the database."""
+
+    def key(self, key_id: str) -> KeyRecord | None: ...
+
+    def consumer(self, consumer_id: str) -> ConsumerRecord | None: ...
+
+    def consumer_named(self, name: str) -> ConsumerRecord | None: ...
+
+    def client(self, client_id: str) -> ClientRecord | None: ...
+
+    def token_revoked(self, jti: str) -> bool: ...
+
+    def key_used(self, key_id: str, now: float) -> None:
+        """Note a successful use (``last_used_at``); written in batches, never per request."""
+        ...
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer token into a principal (Bastion's own OAuth2 tokens, or an external issuer's JWTs).
+    Raises :class:`bastion.core.identity.AuthFailure`; ``claims_like`` is a cheap shape test that says
+    whether the token is for this verifier at all."""
+
+    name: str
+
+    def claims_like(self, token: str) -> bool: ...
+
+    async def verify(self, token: str, now: float) -> Principal: ...
+
+
+class FailureLimiter(Protocol):
+    """Counts failed authentications per subject (``ip:…``, ``key:…``) and blocks a subject for a while
+    after too many (brute force, credential stuffing)."""
+
+    async def blocked_for(self, subject: str, now: float) -> float:
+        """Seconds the subject stays blocked (0 when it is not)."""
+        ...
+
+    async def failed(self, subject: str, now: float) -> float:
+        """Record a failure; the block (seconds) it triggered, or 0."""
         ...

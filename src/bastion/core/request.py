@@ -12,9 +12,18 @@ from .headers import Headers
 if TYPE_CHECKING:
     from .router import Route
 
-__all__ = ["Body", "IPAddress", "RequestView"]
+__all__ = ["Body", "BodyReadError", "IPAddress", "RequestView"]
 
 IPAddress = IPv4Address | IPv6Address
+
+
+class BodyReadError(Exception):
+    """Reading the body failed: too large for the route, the client went away, or it stalled."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
 
 
 class Body(Protocol):
@@ -27,7 +36,13 @@ class Body(Protocol):
     @property
     def declared_length(self) -> int | None: ...  # Content-Length, or None for chunked / no body
 
-    async def read(self) -> bytes: ...
+    def cap(self, limit: int) -> None:
+        """Bound what the body may hold (the route's ``max_body``), before anyone reads it."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body; raises :class:`BodyReadError`."""
+        ...
 
 
 class RequestView(NamedTuple):

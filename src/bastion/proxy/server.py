@@ -16,6 +16,7 @@ from typing import Any
 
 import httptools
 
+from ..core.request import BodyReadError
 from ..runtime.gateway import Forward, Gateway, Respond, UpstreamSpec
 from .upstream import UpstreamClosed, UpstreamConnection, UpstreamError, UpstreamPool, UpstreamTimeout
 
@@ -44,11 +45,8 @@ class _Reject(Exception):
         self.code = code
 
 
-class BodyError(Exception):
-    def __init__(self, status: int, code: str) -> None:
-        super().__init__(code)
-        self.status = status
-        self.code = code
+class BodyError(BodyReadError):
+    pass
 
 
 class ClientBody:
@@ -140,6 +138,11 @@ class ClientBody:
             finally:
                 self.conn.disarm_body_timer()
 
+    def cap(self, limit: int) -> None:
+        self.limit = limit
+        if self.received > limit:
+            self.fail(BodyError(413, "body_too_large"))
+
     async def read(self) -> bytes:
         """The whole body (bounded by the route's ``max_body``); later forwarding replays it."""
         if self._cached is None:
@@ -180,6 +183,9 @@ class _NoBody:
         return None
 
     def fail(self, err: BodyError) -> None:
+        return None
+
+    def cap(self, limit: int) -> None:
         return None
 
     async def next_chunk(self) -> bytes | None:
@@ -892,9 +898,7 @@ class ClientConnection(asyncio.Protocol):
     async def _forward(self, fwd: Forward, ex: Exchange) -> bool:
         req = fwd.req
         body = ex.body
-        body.limit = req.route.max_body
-        if body.received > body.limit:
-            body.fail(BodyError(413, "body_too_large"))
+        body.cap(req.route.max_body)
         pool = self.server.pool_for(fwd.upstream)
         no_body = ex.method == "HEAD"
         head_bytes = self._upstream_head(fwd, ex)

@@ -11,11 +11,15 @@ import contextlib
 import itertools
 import os
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import Engine
+
+from ..checks.api_key import QUERY_PARAM
 from ..checks.cors import Cors
 from ..checks.ip_access import IpAccess
 from ..checks.limits import BodyLimit
@@ -26,12 +30,14 @@ from ..core.decision import Answer, Context, Deny
 from ..core.events import Event
 from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
 from ..core.headers import Headers
+from ..core.identity import Principal
 from ..core.paths import PathRejected, canonicalize_path, validate_query
 from ..core.ports import EventSink
 from ..core.problem import problem_body
 from ..core.request import Body, IPAddress, RequestView
 from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
+from .identity import IdentityRuntime
 
 __all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "build_gateway"]
 
@@ -49,6 +55,8 @@ GATEWAY_OWNED = frozenset(
         "x-forwarded-port",
         "x-real-ip",
         "x-request-id",
+        "x-bastion-consumer",  # set by Bastion from the authenticated principal, never by the client
+        "x-bastion-scopes",
     }
 )
 # Upstream response headers that only leak implementation details (P7).
@@ -99,9 +107,16 @@ class _Parsed:
 
 class Gateway:
     def __init__(
-        self, settings: GatewayConfig, router: Router, events: EventSink, *, source: str = ""
+        self,
+        settings: GatewayConfig,
+        router: Router,
+        events: EventSink,
+        *,
+        source: str = "",
+        identity: IdentityRuntime | None = None,
     ) -> None:
         self.settings = settings
+        self.identity = identity
         self.router = router
         self.events = events
         self.source = source
@@ -152,20 +167,22 @@ class Gateway:
         severity: str = "warning",
         close: bool = False,
         head: bool = False,
+        event: str = "request.denied",
+        actor: str | None = None,
     ) -> Respond:
         """Build the problem+json response for a deny and record the event."""
         data = {"status": status}
         if evidence:
             data.update(evidence)
         self.emit(
-            "request.denied",
+            event,
             severity=severity,
             request_id=request_id,
             route=route.id if route else None,
             method=method,
             path=_safe_path(path),
             source_ip=str(source_ip) if source_ip is not None else None,
-            actor=None,
+            actor=actor,
             reason=code,
             data=data,
         )
@@ -311,12 +328,17 @@ class Gateway:
             body,
             request_id,
         )
+        if body.declared_length != 0:
+            body.cap(route.max_body)  # a check that reads the body reads at most this
         ctx = Context(request_id)
         verdict = None
         for check in route.checks:  # run_checks, inlined: this is the per-request path
             verdict = await check(req, ctx)
             if verdict is not None:
                 break
+        principal = ctx.principal
+        if ctx.notices:
+            self._notices(req, ctx)
         if verdict is not None:
             if isinstance(verdict, Deny):
                 return self.deny(
@@ -332,15 +354,25 @@ class Gateway:
                     evidence=verdict.evidence,
                     severity=verdict.severity,
                     head=head,
+                    event=verdict.event,
+                    actor=_actor(principal),
                 )
             assert isinstance(verdict, Answer)
             out = [*verdict.headers, *self.security_headers, ("x-request-id", request_id)]
             if not any(n == "content-length" for n, _ in out):
                 out.append(("content-length", str(len(verdict.body))))
-            return Respond(verdict.status, out, verdict.body)
+            return Respond(verdict.status, out, b"" if head else verdict.body)
 
         upstream: UpstreamSpec = route.target  # type: ignore[assignment]
         up_headers = parsed.upstream_headers
+        if principal is not None:
+            strip = route.options["strip_credentials"]
+            if strip:
+                up_headers = [(n, v) for n, v in up_headers if n not in strip]
+            up_headers.append(("x-bastion-consumer", principal.consumer))
+            up_headers.append(("x-bastion-scopes", " ".join(sorted(principal.scopes))))
+            if route.options["api_key_in_query"] and query:
+                query = _without_api_key(query)
         host_header = (fwd.host or hosts[0]) if upstream.preserve_host else upstream.host_header
         up_headers.append(("host", host_header))
         up_headers.append(("x-forwarded-for", fwd.forwarded_for))
@@ -351,6 +383,20 @@ class Gateway:
         if query:
             target += "?" + query
         return Forward(req, ctx, upstream, target, up_headers)
+
+    def _notices(self, req: RequestView, ctx: Context) -> None:
+        for type_, data in ctx.notices:
+            self.emit(
+                type_,
+                severity="warning",
+                request_id=req.request_id,
+                route=req.route.id,
+                method=req.method,
+                path=req.path,
+                source_ip=str(req.client_ip),
+                actor=_actor(ctx.principal),
+                data=data,
+            )
 
     def _split_headers(self, raw: list[tuple[str, str]], headers: Headers) -> _Parsed | str:
         """One pass: the headers policies see, and the ones forwarded upstream."""
@@ -378,6 +424,21 @@ class Gateway:
                 continue
             up.append((name, value))
         return out
+
+
+def _actor(principal: Principal | None) -> str | None:
+    if principal is None:
+        return None
+    if principal.key_id is not None:
+        return f"consumer:{principal.consumer}/key:{principal.key_id}"
+    if principal.client_id is not None:
+        return f"consumer:{principal.consumer}/client:{principal.client_id}"
+    return f"consumer:{principal.consumer}"
+
+
+def _without_api_key(query: str) -> str:
+    """The forwarded query, without the key a route accepted there (it never reaches the upstream)."""
+    return "&".join(p for p in query.split("&") if p.split("=", 1)[0] != QUERY_PARAM)
 
 
 def _safe_path(path: str | None) -> str | None:
@@ -414,9 +475,10 @@ def _upstream_spec(svc: ServiceSettings) -> UpstreamSpec:
     )
 
 
-def compile_routes(settings: GatewayConfig) -> list[Route]:
-    """Each route's chain, cheap checks first: ip → size → cors (→ authn → authz → rate → … later)."""
+def compile_routes(settings: GatewayConfig, identity: IdentityRuntime | None = None) -> list[Route]:
+    """Each route's chain, cheap checks first: ip → size → cors → authn → authz (→ rate → … later)."""
     routes: list[Route] = []
+    api_key_header = settings.identity.api_key_header.lower()
     for s_index, svc in enumerate(settings.services):
         spec = _upstream_spec(svc)
         service_ip = IpAccess(svc.ip_allow, svc.ip_deny, scope="service")
@@ -442,6 +504,13 @@ def compile_routes(settings: GatewayConfig) -> list[Route]:
                         max_age=rs.cors.max_age,
                     )
                 )
+            if rs.auth != "none":
+                if identity is None:
+                    raise RuntimeError("routes with auth need the identity runtime")
+                checks.extend(identity.checks_for(rs))
+            strip: frozenset[str] = frozenset()
+            if rs.auth != "none" and not rs.forward_credentials:
+                strip = frozenset({"authorization", api_key_header})
             routes.append(
                 Route(
                     id=f"{svc.name}:{' '.join(sorted(methods))} {rs.path}",
@@ -455,6 +524,29 @@ def compile_routes(settings: GatewayConfig) -> list[Route]:
                     options={
                         "cors": rs.cors is not None,
                         "location": ("services", s_index, "routes", r_index),
+                        "strip_credentials": strip,
+                        "api_key_in_query": rs.api_key_in_query and not rs.forward_credentials,
+                    },
+                )
+            )
+    if identity is not None and identity.oauth is not None:
+        o = settings.oauth2
+        assert o is not None
+        for path, (methods, endpoint) in identity.oauth.endpoints().items():
+            routes.append(
+                Route(
+                    id=f"oauth2:{' '.join(methods)} {path}",
+                    service="oauth2",
+                    template=path,
+                    methods=frozenset(methods),
+                    checks=(BodyLimit(o.max_body), endpoint),
+                    max_body=o.max_body,
+                    target=None,
+                    options={
+                        "cors": False,
+                        "location": ("oauth2",),
+                        "strip_credentials": frozenset(),
+                        "api_key_in_query": False,
                     },
                 )
             )
@@ -466,12 +558,29 @@ class _NullSink:
         return None
 
 
-def build_gateway(loaded: LoadedConfig, events: EventSink | None = None) -> Gateway:
-    """Compile a loaded config; route table problems become ConfigErrors with the route's line."""
+def build_gateway(
+    loaded: LoadedConfig,
+    events: EventSink | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Gateway:
+    """Compile a loaded config; route table problems become ConfigErrors with the route's line.
+
+    With ``engine``, identities come from that store (call ``gateway.identity.start()`` before serving);
+    without one, the identity snapshot stays empty (every credential fails): for checks and tests.
+    """
     from ..config.errors import ConfigError, ConfigIssue
 
     settings = loaded.settings
-    routes = compile_routes(settings)
+    sink = events or _NullSink()
+
+    def emit(type: str, **fields: Any) -> None:
+        with contextlib.suppress(Exception):
+            sink.emit(new_event(type, **fields))
+
+    identity = IdentityRuntime(settings, engine, emit, clock=clock)
+    routes = compile_routes(settings, identity)
     issues: list[ConfigIssue] = []
     for route in routes:
         try:
@@ -498,4 +607,4 @@ def build_gateway(loaded: LoadedConfig, events: EventSink | None = None) -> Gate
         raise ConfigError(
             [ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), dotted, str(exc))]
         ) from None
-    return Gateway(settings, router, events or _NullSink(), source=loaded.source)
+    return Gateway(settings, router, sink, source=loaded.source, identity=identity)

@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, MetaData, String, Table, Text
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
-__all__ = ["events_table", "metadata"]
+__all__ = [
+    "api_keys_table",
+    "consumers_table",
+    "events_table",
+    "identity_state_table",
+    "metadata",
+    "oauth_clients_table",
+    "revoked_tokens_table",
+    "signing_keys_table",
+]
 
 metadata = MetaData()
 
@@ -27,4 +36,83 @@ events_table = Table(
     Index("ix_events_time", "time"),
     Index("ix_events_type", "type"),
     Index("ix_events_source_ip", "source_ip"),
+)
+
+# -- identities (lists and maps are JSON text: portable between SQLite and PostgreSQL) --------------
+
+consumers_table = Table(
+    "consumers",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # active | disabled
+    Column("scopes", Text, nullable=False),
+    Column("ip_allow", Text, nullable=False),
+    Column("meta", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+api_keys_table = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),  # the public id inside the key
+    Column("consumer_id", String(26), ForeignKey("consumers.id"), nullable=False),
+    Column("digest", String(64), nullable=False),  # hex HMAC-SHA-256(pepper, key); never the key
+    Column("name", String(128), nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("permissions", Text, nullable=False),
+    Column("ip_allow", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("expires_at", Float),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+    Column("revoked_by", String(256)),
+    Column("rotated_from", String(16)),
+    Column("rotated_to", String(16)),
+    Index("ix_api_keys_consumer", "consumer_id"),
+)
+
+oauth_clients_table = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("consumer_id", String(26), ForeignKey("consumers.id"), nullable=False),
+    Column("auth_method", String(32), nullable=False),  # client_secret_basic | private_key_jwt
+    Column("secret_digest", String(64)),
+    Column("jwks", Text),
+    Column("scopes", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("revoked_at", Float),
+    Column("revoked_by", String(256)),
+    Index("ix_oauth_clients_consumer", "consumer_id"),
+)
+
+signing_keys_table = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_key", Text, nullable=False),  # encrypted (Fernet, key derived from the pepper)
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+revoked_tokens_table = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=False),
+)
+
+# One row: bumped by every identity change, so running gateways know to reload their snapshot.
+identity_state_table = Table(
+    "identity_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("revision", Integer, nullable=False),
 )

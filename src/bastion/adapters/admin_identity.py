@@ -1,0 +1,159 @@
+"""Admin API for identities: ``/admin/v1/consumers``, ``/admin/v1/keys``, ``/admin/v1/clients``.
+
+The same operations as ``bastion consumers | keys | clients`` (one implementation:
+:class:`bastion.identity.manage.IdentityAdmin`). A change is visible to this gateway's requests before
+the response is sent, and to other instances within ``identity.refresh_interval``. Keys and client
+secrets appear once, in the response that creates them (with ``Cache-Control: no-store``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..config.units import parse_duration
+from ..identity.manage import IdentityAdmin
+
+__all__ = ["add_identity_routes"]
+
+PREFIX = "/admin/v1"
+ACTOR = "admin:token"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ValueError("expected a duration such as 30d, 12h or a number of seconds") from None
+
+
+class ConsumerIn(_Body):
+    name: str = Field(max_length=64)
+    scopes: list[str] = Field(default_factory=list, max_length=256)
+    ip_allow: list[str] = Field(default_factory=list, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScopesIn(_Body):
+    scopes: list[str] = Field(max_length=256)
+
+
+class KeyIn(_Body):
+    consumer: str = Field(max_length=64)
+    scopes: list[str] | None = Field(None, max_length=256)
+    ttl: float | str | None = Field(None, description="e.g. 30d; default and maximum: identity.max_key_ttl")
+    ip_allow: list[str] = Field(default_factory=list, max_length=256)
+    permissions: list[str] = Field(default_factory=list, max_length=256)
+    name: str = Field("", max_length=128)
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: object) -> float | None:
+        return _seconds(v)
+
+
+class RotateIn(_Body):
+    grace: float | str | None = Field(None, description="how long the old key keeps working; default 24h")
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, v: object) -> float | None:
+        return _seconds(v)
+
+
+class ClientIn(_Body):
+    consumer: str = Field(max_length=64)
+    scopes: list[str] | None = Field(None, max_length=256)
+    jwks: dict[str, Any] | None = Field(None, description="public JWKS for private_key_jwt (RFC 7523)")
+
+
+def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: float) -> None:
+    # Handlers are sync: FastAPI runs them in a thread, so the event loop never waits on the store.
+
+    def _no_store(response: Response) -> None:
+        response.headers["cache-control"] = "no-store"
+
+    @app.post(f"{PREFIX}/consumers", tags=["consumers"], status_code=201, summary="Create a consumer")
+    def create_consumer(body: ConsumerIn) -> dict[str, Any]:
+        return admin.create_consumer(
+            body.name, body.scopes, ip_allow=body.ip_allow, metadata=body.metadata, actor=ACTOR
+        )
+
+    @app.get(f"{PREFIX}/consumers", tags=["consumers"], summary="List consumers")
+    def list_consumers() -> dict[str, Any]:
+        return {"consumers": admin.list_consumers()}
+
+    @app.get(PREFIX + "/consumers/{name}", tags=["consumers"], summary="One consumer")
+    def get_consumer(name: str) -> dict[str, Any]:
+        return admin.get_consumer(name)
+
+    @app.post(
+        PREFIX + "/consumers/{name}/disable", tags=["consumers"], summary="Disable: keys and tokens stop"
+    )
+    def disable_consumer(name: str) -> dict[str, Any]:
+        return admin.set_consumer_active(name, False, actor=ACTOR)
+
+    @app.post(PREFIX + "/consumers/{name}/enable", tags=["consumers"], summary="Enable a disabled consumer")
+    def enable_consumer(name: str) -> dict[str, Any]:
+        return admin.set_consumer_active(name, True, actor=ACTOR)
+
+    @app.put(PREFIX + "/consumers/{name}/scopes", tags=["consumers"], summary="Replace a consumer's scopes")
+    def set_scopes(name: str, body: ScopesIn) -> dict[str, Any]:
+        return admin.update_consumer_scopes(name, body.scopes, actor=ACTOR)
+
+    @app.post(f"{PREFIX}/keys", tags=["keys"], status_code=201, summary="Create a key (shown once)")
+    def create_key(body: KeyIn, response: Response) -> dict[str, Any]:
+        _no_store(response)
+        out, key = admin.create_key(
+            body.consumer,
+            body.scopes,
+            ttl=body.ttl,  # type: ignore[arg-type]
+            permissions=body.permissions,
+            ip_allow=body.ip_allow,
+            name=body.name,
+            actor=ACTOR,
+        )
+        return {"id": out["id"], "key": key, "expires_at": out["expires_at"], "record": out}
+
+    @app.get(f"{PREFIX}/keys", tags=["keys"], summary="List keys (never the keys themselves)")
+    def list_keys(consumer: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+        return {"keys": admin.list_keys(consumer)}
+
+    @app.get(PREFIX + "/keys/{key_id}", tags=["keys"], summary="One key's record")
+    def get_key(key_id: str) -> dict[str, Any]:
+        return admin.get_key(key_id)
+
+    @app.post(PREFIX + "/keys/{key_id}/revoke", tags=["keys"], summary="Revoke a key at once")
+    def revoke_key(key_id: str) -> dict[str, Any]:
+        return admin.revoke_key(key_id, actor=ACTOR)
+
+    @app.post(
+        PREFIX + "/keys/{key_id}/rotate", tags=["keys"], status_code=201, summary="Rotate with a grace period"
+    )
+    def rotate_key(key_id: str, response: Response, body: RotateIn | None = None) -> dict[str, Any]:
+        _no_store(response)
+        grace = body.grace if body is not None and body.grace is not None else default_grace
+        out, key = admin.rotate_key(key_id, grace=grace, actor=ACTOR)  # type: ignore[arg-type]
+        return {"id": out["id"], "key": key, "expires_at": out["expires_at"], "record": out}
+
+    @app.post(f"{PREFIX}/clients", tags=["clients"], status_code=201, summary="Create an OAuth client")
+    def create_client(body: ClientIn, response: Response) -> dict[str, Any]:
+        _no_store(response)
+        out, secret = admin.create_client(body.consumer, body.scopes, jwks=body.jwks, actor=ACTOR)
+        return {"client_id": out["client_id"], "client_secret": secret, "record": out}
+
+    @app.get(f"{PREFIX}/clients", tags=["clients"], summary="List OAuth clients")
+    def list_clients(consumer: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+        return {"clients": admin.list_clients(consumer)}
+
+    @app.post(PREFIX + "/clients/{client_id}/revoke", tags=["clients"], summary="Revoke a client")
+    def revoke_client(client_id: str) -> dict[str, Any]:
+        return admin.revoke_client(client_id, actor=ACTOR)

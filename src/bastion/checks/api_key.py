@@ -1,0 +1,104 @@
+"""API keys (P5, P13): ``Authorization: Bearer bst_…`` or a configured header (default ``X-API-Key``);
+the query string only when a route opts in with ``api_key_in_query: true``.
+
+The key's format and checksum are checked first (no lookup for typos or random strings), then the
+public id is looked up in the in-memory snapshot and the keyed digest of the presented key compared
+in constant time. Every failure raises :class:`AuthFailure` with a cause for the event log; the
+client cannot tell an unknown id from a wrong secret or a bad checksum.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+from ..core.identity import AuthFailure, KeyRecord, Principal, parse_api_key
+from ..core.ports import IdentityIndex
+from ..core.request import RequestView
+
+__all__ = ["QUERY_PARAM", "ApiKeyAuth"]
+
+QUERY_PARAM = "api_key"
+_ROTATION_NOTICE_EVERY = 60.0
+
+
+class ApiKeyAuth:
+    name = "api_key"
+
+    def __init__(
+        self,
+        index: IdentityIndex,
+        digest: Callable[[str], bytes],
+        *,
+        header: str = "x-api-key",
+        in_query: bool = False,
+    ) -> None:
+        self.index = index
+        self.digest = digest
+        self.header = header.lower()
+        self.in_query = in_query
+        self._noticed: dict[str, float] = {}
+
+    def with_query(self) -> ApiKeyAuth:
+        other = ApiKeyAuth(self.index, self.digest, header=self.header, in_query=True)
+        other._noticed = self._noticed
+        return other
+
+    def credential(self, req: RequestView, bearer: str | None) -> str | None:
+        """The presented key, if any. Two different keys in one request are refused."""
+        found = [bearer] if bearer is not None and bearer.startswith("bst_") else []
+        headers = req.headers
+        if self.header in headers:
+            values = headers.getall(self.header)
+            found.extend(v.strip() for v in values)
+        if self.in_query and req.query:
+            found.extend(v for k, v in parse_qsl(req.query, keep_blank_values=True) if k == QUERY_PARAM)
+        if not found:
+            return None
+        if len(found) > 1 and any(f != found[0] for f in found):
+            raise AuthFailure("api_key_ambiguous")
+        return found[0]
+
+    def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
+        key_id = parse_api_key(key)
+        if key_id is None:
+            raise AuthFailure("api_key_malformed")
+        rec: KeyRecord | None = self.index.key(key_id)
+        if rec is None:
+            raise AuthFailure("api_key_unknown", key_id)
+        if not hmac.compare_digest(self.digest(key), rec.digest):
+            raise AuthFailure("api_key_mismatch", key_id)
+        if rec.revoked_at is not None:
+            raise AuthFailure("api_key_revoked", key_id)
+        if rec.expires_at is not None and now >= rec.expires_at:
+            raise AuthFailure("api_key_expired", key_id)
+        consumer = self.index.consumer(rec.consumer_id)
+        if consumer is None or not consumer.active:
+            raise AuthFailure("consumer_disabled", key_id)
+        self.index.key_used(key_id, now)
+        if rec.rotated_to is not None:
+            last = self._noticed.get(key_id, 0.0)
+            if now - last >= _ROTATION_NOTICE_EVERY:  # one event a minute per key, not one per request
+                self._noticed[key_id] = now
+                notices.append(
+                    (
+                        "api_key.used_after_rotation",
+                        {
+                            "key_id": key_id,
+                            "new_key_id": rec.rotated_to,
+                            "consumer": consumer.name,
+                            "grace_until": rec.expires_at,
+                        },
+                    )
+                )
+        nets = tuple(n for n in (consumer.ip_allow, rec.ip_allow) if n)
+        return Principal(
+            consumer=consumer.name,
+            scopes=rec.scopes & consumer.scopes,
+            method="api_key",
+            consumer_id=consumer.id,
+            key_id=key_id,
+            ip_allow=nets,
+            permissions=rec.permissions,
+        )

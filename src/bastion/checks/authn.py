@@ -1,0 +1,135 @@
+"""Authentication (P5): whichever of the route's methods (``api_key``, ``oauth2``, ``jwt:<issuer>``)
+the caller used must succeed; a route never falls back to anonymous.
+
+Brute force and credential stuffing: failures are counted per source address and per key id through
+the :class:`FailureLimiter` port; past the threshold the source (or key id) is refused with 429 and
+``Retry-After`` until the cool-down ends, whatever it presents. Every failure gets the same 401 body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..core.decision import Context, Deny, Verdict
+from ..core.identity import UNCLAIMED, AuthFailure, Principal
+from ..core.ports import FailureLimiter, TokenVerifier
+from ..core.request import RequestView
+from .api_key import ApiKeyAuth
+
+__all__ = ["Authenticate"]
+
+_INVALID_DETAIL = "The credentials are not valid."
+
+
+class Authenticate:
+    name = "authn"
+
+    def __init__(
+        self,
+        methods: tuple[str, ...],
+        api_keys: ApiKeyAuth | None,
+        verifiers: tuple[TokenVerifier, ...],
+        limiter: FailureLimiter,
+        clock: Callable[[], float],
+        realm: str = "bastion",
+    ) -> None:
+        self.methods = methods
+        self.api_keys = api_keys
+        self.verifiers = verifiers
+        self.limiter = limiter
+        self.clock = clock
+        challenge = f'Bearer realm="{realm}"'
+        self._challenge = (("www-authenticate", challenge),)
+        self._required = Deny(
+            401,
+            "auth_required",
+            "This endpoint requires authentication.",
+            headers=self._challenge,
+            evidence={"methods": list(methods)},
+            severity="notice",
+        )
+        self._invalid_challenge = (("www-authenticate", challenge + ', error="invalid_token"'),)
+
+    async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        now = self.clock()
+        source = "ip:" + str(req.client_ip)
+        wait = await self.limiter.blocked_for(source, now)
+        if wait:
+            return _locked(wait, {"subject": "source_ip"})
+        bearer = None
+        auth = req.headers.get("authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer":
+                bearer = value.strip()
+        failure: AuthFailure | None = None
+        principal: Principal | None = None
+        presented = False
+        try:
+            key = self.api_keys.credential(req, bearer) if self.api_keys is not None else None
+            if key is not None:
+                presented = True
+                key_id = key[4:16] if key.startswith("bst_") and len(key) > 16 else None
+                if key_id is not None:
+                    wait = await self.limiter.blocked_for("key:" + key_id, now)
+                    if wait:
+                        return _locked(wait, {"subject": "key_id", "key_id": key_id})
+                principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
+            elif bearer and not bearer.startswith("bst_"):
+                for verifier in self.verifiers:
+                    if not verifier.claims_like(bearer):
+                        continue
+                    presented = True
+                    try:
+                        principal = await verifier.verify(bearer, now)
+                        break
+                    except AuthFailure as exc:
+                        if exc.code != UNCLAIMED:
+                            raise
+                        failure = exc
+        except AuthFailure as exc:
+            failure = exc
+        if principal is not None:
+            ctx.principal = principal
+            return None
+        if failure is None:
+            if not presented and not bearer and auth is None and not _other_credential(req, self.api_keys):
+                return self._required
+            failure = AuthFailure("credential_not_accepted")
+        elif failure.code == UNCLAIMED:
+            failure = AuthFailure("token_issuer_unknown")
+        blocked = await self.limiter.failed(source, now)
+        subject = "source_ip"
+        if failure.key_id is not None:
+            blocked_key = await self.limiter.failed("key:" + failure.key_id, now)
+            if blocked_key and not blocked:
+                blocked, subject = blocked_key, "key_id"
+        evidence: dict[str, object] = {"cause": failure.code}
+        if failure.key_id is not None:
+            evidence["key_id"] = failure.key_id
+        evidence.update(failure.evidence)
+        if blocked:
+            ctx.notices.append(("auth.locked_out", {"subject": subject, "block_for": blocked, **evidence}))
+        return Deny(
+            401,
+            "auth_invalid",
+            _INVALID_DETAIL,
+            headers=self._invalid_challenge,
+            evidence=evidence,
+            event="auth.failed",
+        )
+
+
+def _other_credential(req: RequestView, api_keys: ApiKeyAuth | None) -> bool:
+    return api_keys is not None and api_keys.header in req.headers
+
+
+def _locked(wait: float, evidence: dict[str, object]) -> Deny:
+    seconds = max(1, int(wait + 0.999))
+    return Deny(
+        429,
+        "auth_locked_out",
+        "Too many failed authentication attempts; retry later.",
+        headers=(("retry-after", str(seconds)),),
+        evidence={**evidence, "retry_after": seconds},
+    )

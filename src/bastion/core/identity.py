@@ -1,0 +1,234 @@
+"""Identities as values: API key format, key digests, principals, scopes and key permissions.
+
+Pure: no storage and no clock. The stores (``bastion.identity``) load records into an in-memory index
+that implements :class:`bastion.core.ports.IdentityIndex`; the checks read that index per request.
+
+API key format (like GitHub's token format, so scanners can recognise a key with no false positives)::
+
+    bst_<public id: 12 base62>_<secret: 33 base62><checksum: 6 base62>
+
+The secret has 33 * log2(62) ≈ 196 bits of entropy. The checksum is CRC-32 of everything before it,
+in base62: it is not a security measure (anyone can compute it) but lets ``bastion scan`` and
+secret scanners tell a real key from random text, and lets the gateway refuse typos cheaply. The
+server stores only the public id and ``HMAC-SHA-256(pepper, full key)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .forwarding import NetworkSet
+
+__all__ = [
+    "BASE62",
+    "ID_LENGTH",
+    "KEY_PATTERN",
+    "SECRET_LENGTH",
+    "UNCLAIMED",
+    "AuthFailure",
+    "ClientRecord",
+    "ConsumerRecord",
+    "KeyRecord",
+    "Permission",
+    "Principal",
+    "ScopeError",
+    "api_key_digest",
+    "check_scope_subset",
+    "format_api_key",
+    "parse_api_key",
+    "parse_permission",
+    "parse_scopes",
+    "valid_scope",
+]
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+PREFIX = "bst_"
+ID_LENGTH = 12
+SECRET_LENGTH = 33
+CHECKSUM_LENGTH = 6
+# For scanners too: the exact shape, anchored on word boundaries.
+KEY_PATTERN = re.compile(r"\bbst_[0-9A-Za-z]{12}_[0-9A-Za-z]{39}\b")
+_KEY = re.compile(r"bst_([0-9A-Za-z]{12})_([0-9A-Za-z]{33})([0-9A-Za-z]{6})")
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
+
+
+def _base62(number: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        out.append(BASE62[digit])
+    return "".join(reversed(out))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def format_api_key(public_id: str, secret: str) -> str:
+    body = f"{PREFIX}{public_id}_{secret}"
+    return body + _checksum(body)
+
+
+def parse_api_key(text: str) -> str | None:
+    """The public id of a well-formed key with a valid checksum, else None (no secret is returned:
+    callers digest the whole key)."""
+    if len(text) != 56:
+        return None
+    m = _KEY.fullmatch(text)
+    if m is None:
+        return None
+    if not hmac.compare_digest(_checksum(text[:-CHECKSUM_LENGTH]), m.group(3)):
+        return None
+    return m.group(1)
+
+
+def api_key_digest(pepper: bytes, key: str) -> bytes:
+    """Keyed digest stored instead of the key (HMAC-SHA-256 with the server pepper)."""
+    return hmac.new(pepper, key.encode("ascii"), hashlib.sha256).digest()
+
+
+# -- scopes ---------------------------------------------------------------------------------------
+
+
+class ScopeError(ValueError):
+    pass
+
+
+def valid_scope(scope: str) -> bool:
+    return _SCOPE.fullmatch(scope) is not None
+
+
+def parse_scopes(values: Iterable[str] | str) -> frozenset[str]:
+    """Scopes from a space-separated string (OAuth) or a list; each must be an RFC 6749 scope-token."""
+    items = values.split() if isinstance(values, str) else list(values)
+    bad = [s for s in items if not valid_scope(s)]
+    if bad:
+        raise ScopeError("invalid scope: scopes are 1-128 printable characters without spaces, quotes or \\")
+    return frozenset(items)
+
+
+def check_scope_subset(
+    asked: Iterable[str], allowed: frozenset[str], owner: str = "consumer"
+) -> frozenset[str]:
+    """Least privilege: a key or client never holds a scope its owner does not have."""
+    wanted = frozenset(asked)
+    extra = wanted - allowed
+    if extra:
+        raise ScopeError(f"scopes not allowed for this {owner}: {', '.join(sorted(extra))}")
+    return wanted
+
+
+# -- key permissions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """``METHOD /path`` a key may call. ``*`` as method means any; in the path a ``*`` or ``{name}``
+    segment matches one segment, and a final ``**`` matches the rest (one or more segments)."""
+
+    method: str
+    segments: tuple[str, ...]
+    rest: bool
+    text: str
+
+    def allows(self, method: str, path: str) -> bool:
+        if self.method != "*" and self.method != method:
+            return False
+        parts = path.strip("/").split("/") if path != "/" else []
+        n = len(self.segments)
+        if self.rest:
+            if len(parts) <= n:
+                return False
+        elif len(parts) != n:
+            return False
+        return all(want in ("*", got) for want, got in zip(self.segments, parts, strict=False))
+
+
+_METHODS = {"*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def parse_permission(text: str) -> Permission:
+    method, sep, path = text.strip().partition(" ")
+    path = path.strip()
+    method = method.upper()
+    if not sep or method not in _METHODS or not path.startswith("/"):
+        raise ValueError(f"permission {text!r} must look like 'GET /v1/orders/*' (METHOD and absolute path)")
+    raw = path.strip("/").split("/") if path != "/" else []
+    rest = bool(raw) and raw[-1] == "**"
+    if rest:
+        raw = raw[:-1]
+    segments = []
+    for seg in raw:
+        if seg == "**" or not seg:
+            raise ValueError(f"permission {text!r}: '**' is allowed only at the end, and segments not empty")
+        segments.append("*" if seg == "*" or (seg.startswith("{") and seg.endswith("}")) else seg)
+    return Permission(method, tuple(segments), rest, f"{method} {path}")
+
+
+# -- records and principals -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRecord:
+    id: str
+    name: str
+    active: bool
+    scopes: frozenset[str]
+    ip_allow: NetworkSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str  # the public id
+    consumer_id: str
+    digest: bytes
+    scopes: frozenset[str]
+    permissions: tuple[Permission, ...] = ()
+    ip_allow: NetworkSet | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    rotated_to: str | None = None  # set during a rotation's grace period
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    client_id: str
+    consumer_id: str
+    scopes: frozenset[str]
+    secret_digest: bytes | None  # client_secret_basic / client_secret_post
+    jwks: object | None = None  # private_key_jwt (RFC 7523): the client's public keys
+    active: bool = True
+
+
+class Principal(NamedTuple):
+    """Who is calling, as an authentication check found out. ``scopes`` are effective scopes (already
+    narrowed to what the consumer holds)."""
+
+    consumer: str  # the consumer's name (or a token's subject for an external issuer)
+    scopes: frozenset[str]
+    method: str  # "api_key" | "oauth2" | "jwt:<issuer name>"
+    consumer_id: str | None = None
+    key_id: str | None = None
+    client_id: str | None = None
+    ip_allow: tuple[NetworkSet, ...] = ()
+    permissions: tuple[Permission, ...] = ()
+
+
+UNCLAIMED = "token_unclaimed"  # a verifier's "not one of mine": the next verifier may try
+
+
+class AuthFailure(Exception):
+    """An authentication attempt that failed. ``code`` goes to the event log only: every failure looks
+    the same to the client (unknown id, wrong secret and bad checksum are indistinguishable)."""
+
+    def __init__(self, code: str, key_id: str | None = None, **evidence: object) -> None:
+        super().__init__(code)
+        self.code = code
+        self.key_id = key_id
+        self.evidence = evidence

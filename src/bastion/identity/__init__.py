@@ -1,0 +1,1 @@
+"""Identities: consumers, API keys, OAuth2 server, JWT verification."""

@@ -1,0 +1,54 @@
+"""Server secrets derived from the pepper, and new credentials.
+
+One configured pepper (``identity.pepper``, a secret reference) is stretched with HKDF-SHA-256 into
+independent keys, one per purpose, so a digest of one kind can never be replayed as another:
+API key digests, OAuth client secret digests, and the key that encrypts Bastion's token-signing keys
+at rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from hashlib import sha256
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..core.identity import BASE62, ID_LENGTH, SECRET_LENGTH, api_key_digest, format_api_key
+
+__all__ = ["Peppers", "new_api_key", "random_base62"]
+
+MIN_PEPPER_BYTES = 16
+
+
+def random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def new_api_key() -> tuple[str, str]:
+    """``(public_id, full_key)`` — the full key exists only to be shown once."""
+    public_id = random_base62(ID_LENGTH)
+    return public_id, format_api_key(public_id, random_base62(SECRET_LENGTH))
+
+
+def _derive(pepper: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bastion/" + purpose).derive(pepper)
+
+
+class Peppers:
+    def __init__(self, pepper: str) -> None:
+        raw = pepper.encode("utf-8")
+        if len(raw) < MIN_PEPPER_BYTES:
+            raise ValueError(f"identity.pepper must be at least {MIN_PEPPER_BYTES} bytes of secret")
+        self.keys = _derive(raw, b"api-key-digest/v1")
+        self.clients = _derive(raw, b"client-secret-digest/v1")
+        self.fernet = Fernet(base64.urlsafe_b64encode(_derive(raw, b"signing-key-encryption/v1")))
+
+    def key_digest(self, key: str) -> bytes:
+        return api_key_digest(self.keys, key)
+
+    def client_secret_digest(self, secret: str) -> bytes:
+        return hmac.new(self.clients, secret.encode("utf-8"), sha256).digest()

@@ -1,0 +1,178 @@
+"""Bearer-token verifiers (implementations of :class:`bastion.core.ports.TokenVerifier`).
+
+- :class:`LocalTokenVerifier` — access tokens Bastion's own OAuth2 server issued (route auth ``oauth2``).
+- :class:`IssuerVerifier` — JWTs from an external identity provider (route auth ``jwt:<name>``).
+
+Signature verification costs tens of microseconds, so a verified token's claims are cached, keyed by
+the exact token string, until the token expires (bounded). What can change during a token's life is
+checked on every request, from the in-memory identity snapshot: revocation (RFC 7009), the client
+being revoked, the consumer being disabled, and the consumer's scopes (a token never carries more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..core.identity import UNCLAIMED, AuthFailure, Principal
+from ..core.ports import IdentityIndex
+from .jwks import JwksCache, JwksError
+from .jwt import JwtPolicy, JwtRejected, token_header, verify_jwt
+from .signing import SigningKeys
+
+__all__ = ["IssuerVerifier", "LocalTokenVerifier", "scopes_from_claims"]
+
+_CACHE_MAX = 10_000
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
+def scopes_from_claims(claims: dict[str, Any]) -> frozenset[str]:
+    """``scope`` (space-separated, RFC 8693/9068) or ``scp`` (a list or a string, as some IdPs send)."""
+    value = claims.get("scope", claims.get("scp"))
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    return frozenset()
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, token: str, now: float) -> Any:
+        hit = self.items.get(token)
+        if hit is None:
+            return None
+        if now >= hit[0]:
+            del self.items[token]
+            return None
+        return hit[1]
+
+    def put(self, token: str, exp: float, value: Any) -> None:
+        if len(self.items) >= _CACHE_MAX:
+            self.items.clear()  # crude but bounded; a flood of distinct valid tokens is itself rare
+        self.items[token] = (exp, value)
+
+
+class LocalTokenVerifier:
+    name = "oauth2"
+
+    def __init__(
+        self,
+        signing: SigningKeys,
+        index: IdentityIndex,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float = 30.0,
+    ) -> None:
+        self.signing = signing
+        self.index = index
+        self.policy = JwtPolicy(
+            issuer=issuer,
+            audience=audience,
+            algorithms=(signing.alg,),
+            leeway=leeway,
+            required_claims=("exp", "iat", "jti", "client_id", "sub"),
+            max_lifetime=signing.token_ttl + leeway,
+        )
+        self._cache = _Cache()
+
+    def claims_like(self, token: str) -> bool:
+        return _looks_like_jwt(token)
+
+    def decode(self, token: str, now: float) -> dict[str, Any]:
+        """Verified claims (signature, issuer, audience, times) — raises AuthFailure."""
+        claims = self._cache.get(token, now)
+        if claims is not None:
+            return claims  # type: ignore[no-any-return]
+        try:
+            header = token_header(token, self.policy)
+            kid = header.get("kid")
+            keys = self.signing.verify_keys
+            if not isinstance(kid, str) or not kid.startswith("bst-"):
+                raise AuthFailure(UNCLAIMED)
+            if not any(k.kid == kid for k in keys.keys):
+                raise AuthFailure("jwt_kid_unknown")
+            claims = verify_jwt(token, keys, self.policy, now)
+        except JwtRejected as exc:
+            raise AuthFailure(exc.code) from None
+        self._cache.put(token, float(claims["exp"]), claims)
+        return claims
+
+    async def verify(self, token: str, now: float) -> Principal:
+        claims = self.decode(token, now)
+        if self.index.token_revoked(claims["jti"]):
+            raise AuthFailure("token_revoked")
+        client = self.index.client(claims["client_id"])
+        if client is None:
+            raise AuthFailure("client_revoked")
+        consumer = self.index.consumer(client.consumer_id)
+        if consumer is None or not consumer.active:
+            raise AuthFailure("consumer_disabled")
+        scopes = scopes_from_claims(claims) & client.scopes & consumer.scopes
+        return Principal(
+            consumer=consumer.name,
+            scopes=scopes,
+            method="oauth2",
+            consumer_id=consumer.id,
+            client_id=client.client_id,
+            ip_allow=(consumer.ip_allow,) if consumer.ip_allow else (),
+        )
+
+
+class IssuerVerifier:
+    """JWTs of one configured external issuer (``jwt_issuers[].name``)."""
+
+    def __init__(
+        self,
+        name: str,
+        jwks: JwksCache,
+        policy: JwtPolicy,
+        index: IdentityIndex,
+        *,
+        consumer_claim: str = "sub",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.name = f"jwt:{name}"
+        self.jwks = jwks
+        self.policy = policy
+        self.index = index
+        self.consumer_claim = consumer_claim
+        self._cache = _Cache()
+
+    def claims_like(self, token: str) -> bool:
+        return _looks_like_jwt(token)
+
+    async def verify(self, token: str, now: float) -> Principal:
+        hit = self._cache.get(token, now)
+        if hit is None:
+            try:
+                header = token_header(token, self.policy)
+                kid = header.get("kid")
+                keys = await self.jwks.key_set(kid if isinstance(kid, str) else None)
+                claims = verify_jwt(token, keys, self.policy, now)
+            except JwtRejected as exc:
+                raise AuthFailure(exc.code) from None
+            except JwksError:
+                raise AuthFailure("jwks_unavailable") from None
+            subject = claims.get(self.consumer_claim)
+            if not isinstance(subject, str) or not subject or len(subject) > 256 or not subject.isprintable():
+                raise AuthFailure("jwt_missing_claim", claim=self.consumer_claim)
+            hit = (subject, scopes_from_claims(claims))
+            self._cache.put(token, float(claims["exp"]), hit)
+        subject, scopes = hit
+        known = self.index.consumer_named(subject)
+        if known is not None and not known.active:
+            raise AuthFailure("consumer_disabled")
+        return Principal(
+            consumer=subject,
+            scopes=scopes,
+            method=self.name,
+            consumer_id=known.id if known is not None else None,
+            ip_allow=(known.ip_allow,) if known is not None and known.ip_allow else (),
+        )

@@ -1,0 +1,193 @@
+"""Wiring of identities into a running gateway: the snapshot and its sync thread, the failure limiter,
+the API key authenticator, token verifiers (own OAuth2 tokens, external issuers) and the OAuth2 server.
+
+Built once at load from the config; :meth:`IdentityRuntime.start` loads the snapshot (and the signing
+keys) from the store before the gateway accepts a request, :meth:`close` writes what is pending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ..checks.api_key import ApiKeyAuth
+from ..checks.authn import Authenticate
+from ..checks.scopes import Authorize
+from ..config.models import GatewayConfig, RouteSettings
+from ..core.chain import Check
+from ..core.ports import TokenVerifier
+from ..identity.credentials import Peppers
+from ..identity.index import IdentitySnapshot, IdentitySync
+from ..identity.jwks import JwksCache
+from ..identity.jwt import JwtPolicy
+from ..identity.manage import IdentityAdmin
+from ..identity.oauth_server import OAuthServer
+from ..identity.signing import SigningKeys
+from ..identity.tokens import IssuerVerifier, LocalTokenVerifier
+from ..state.memory import MemoryFailureLimiter
+
+__all__ = ["IdentityRuntime"]
+
+
+class IdentityRuntime:
+    def __init__(
+        self,
+        settings: GatewayConfig,
+        engine: Engine | None,
+        emit: Callable[..., None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        ident = settings.identity
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.emit = emit
+        self.peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
+        self.snapshot = IdentitySnapshot()
+        self.sync: IdentitySync | None = None
+        lock = ident.lockout
+        self.limiter = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
+        self.api_keys = (
+            ApiKeyAuth(self.snapshot, self.peppers.key_digest, header=ident.api_key_header)
+            if self.peppers is not None
+            else None
+        )
+        self.signing: SigningKeys | None = None
+        self.oauth: OAuthServer | None = None
+        self.verifiers: dict[str, TokenVerifier] = {}
+        o = settings.oauth2
+        if o is not None and self.peppers is not None and engine is not None:
+            self.signing = SigningKeys(
+                engine,
+                self.peppers,
+                alg=o.algorithm,
+                rotation=o.signing_key_rotation,
+                token_ttl=o.token_ttl,
+                clock=clock,
+            )
+            local = LocalTokenVerifier(
+                self.signing, self.snapshot, issuer=o.issuer, audience=o.audience or o.issuer
+            )
+            self.verifiers["oauth2"] = local
+            self.oauth = OAuthServer(
+                issuer=o.issuer,
+                audience=o.audience or o.issuer,
+                token_ttl=o.token_ttl,
+                paths={
+                    "token": o.token_path,
+                    "introspection": o.introspection_path,
+                    "revocation": o.revocation_path,
+                    "jwks": o.jwks_path,
+                    "metadata": o.metadata_path,
+                },
+                signing=self.signing,
+                verifier=local,
+                index=self.snapshot,
+                peppers=self.peppers,
+                limiter=self.limiter,
+                clock=clock,
+                emit=emit,
+                revoke=self._revoke_token,
+            )
+        self.jwks_caches: list[JwksCache] = []
+        for issuer in settings.jwt_issuers:
+            cache = JwksCache(issuer.jwks_url)
+            self.jwks_caches.append(cache)
+            policy = JwtPolicy(
+                issuer=issuer.issuer,
+                audience=issuer.audience,
+                algorithms=tuple(issuer.algorithms),
+                leeway=issuer.leeway,
+                max_token_bytes=issuer.max_token_bytes,
+            )
+            self.verifiers[f"jwt:{issuer.name}"] = IssuerVerifier(
+                issuer.name, cache, policy, self.snapshot, consumer_claim=issuer.consumer_claim
+            )
+
+    @property
+    def needed(self) -> bool:
+        return self.peppers is not None or bool(self.verifiers)
+
+    def checks_for(self, route: RouteSettings) -> list[Check]:
+        methods = route.auth_methods
+        if not methods:
+            return []
+        api_keys = None
+        if "api_key" in methods:
+            api_keys = self.api_keys
+            if api_keys is None:  # the config requires a pepper; be explicit rather than skip auth
+                raise RuntimeError("api_key authentication without identity.pepper")
+            if route.api_key_in_query:
+                api_keys = api_keys.with_query()
+        verifiers = []
+        for m in methods:
+            if m == "api_key":
+                continue
+            verifier = self.verifiers.get(m)
+            if verifier is None:
+                raise RuntimeError(f"auth method {m} is not available (is the store configured?)")
+            verifiers.append(verifier)
+        return [
+            Authenticate(methods, api_keys, tuple(verifiers), self.limiter, self.clock),
+            Authorize(route.scopes),
+        ]
+
+    def admin(self, *, on_change: Callable[[], None] | None = None) -> IdentityAdmin:
+        if self.engine is None:
+            raise RuntimeError("identity management needs the store")
+        return IdentityAdmin(
+            self.engine,
+            self.peppers,
+            max_key_ttl=self.settings.identity.max_key_ttl,
+            emit=self.emit,
+            on_change=on_change or self.changed,
+        )
+
+    def changed(self) -> None:
+        if self.sync is not None:
+            self.sync.changed()
+
+    def _revoke_token(self, jti: str, expires_at: float, now: float) -> None:
+        self.snapshot.revoke_token(jti, expires_at, now)
+        if self.sync is not None:
+            self.sync.wake()
+
+    def start(self) -> None:
+        if self.engine is None:
+            return
+        self.sync = IdentitySync(
+            self.engine,
+            self.snapshot,
+            interval=self.settings.identity.refresh_interval,
+            clock=self.clock,
+            on_reload=self._refresh_signing,
+            periodic=self._refresh_signing,  # signing-key rotation is due on a schedule, not on a change
+        )
+        if self.signing is not None:
+            self.signing.refresh()
+        self.sync.start()
+
+    def _refresh_signing(self) -> None:
+        if self.signing is not None:
+            self.signing.refresh()
+
+    async def aclose(self) -> None:
+        for cache in self.jwks_caches:
+            await cache.aclose()
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
+            self.sync = None
+
+    def stats(self) -> dict[str, Any]:
+        sync = self.sync
+        return {
+            "revision": self.snapshot.revision,
+            "reloads": sync.reloads if sync else 0,
+            "refresh_failures": sync.failures if sync else 0,
+        }
