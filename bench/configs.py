@@ -15,6 +15,9 @@ assert len(ORIGIN_BODY) == 103
 # Paths the main rows request. Both must reach the origin through Bastion's example routes.
 PATH_ITEM = "/v1/orders/123"  # a route with a path parameter
 PATH_LIST = "/v1/orders"  # a static route with an ip_allow check (127.0.0.0/8 lets wrk through)
+PATH_KEYED = "/v1/keyed/123"  # the auth section: same shape as PATH_ITEM, API key required
+PATH_TOKEN = "/v1/tokened/123"  # the auth section: same shape, a Bastion-issued OAuth2 JWT required
+BENCH_PEPPER = "bench-pepper-not-a-secret-0123456789"
 
 
 def _nginx_common(tmp: Path, name: str, *, user: bool) -> str:
@@ -179,3 +182,34 @@ services:
         max_body: 200MiB
 """)
     return "".join(parts)
+
+
+def bastion_auth_conf(tmp: Path, port: int, origin_port: int, *, name: str = "bastion-auth") -> str:
+    """The auth section: three routes of the same shape — no auth, API key, OAuth2 token — one gateway."""
+    return f"""\
+listen: 127.0.0.1:{port}
+trusted_proxies: []
+storage:
+  database: sqlite:///{tmp}/{name}.db
+identity:
+  pepper: ${{env:BASTION_PEPPER}}
+  refresh_interval: 0.2s
+oauth2:
+  issuer: http://127.0.0.1:{port}
+  token_ttl: 24h
+services:
+  - name: orders
+    upstream: http://127.0.0.1:{origin_port}
+    routes:
+      - path: /v1/orders/{{order_id}}
+        methods: [GET]
+        auth: none
+      - path: /v1/keyed/{{order_id}}
+        methods: [GET]
+        auth: [api_key]
+        scopes: [orders:read]
+      - path: /v1/tokened/{{order_id}}
+        methods: [GET]
+        auth: [oauth2]
+        scopes: [orders:read]
+"""

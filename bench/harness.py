@@ -265,9 +265,14 @@ class HttpResult:
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> HttpResult:
+    return http_request(port, "GET", path, timeout=timeout)
+
+
+def http_request(port: int, method: str, path: str, *, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 5.0) -> HttpResult:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return HttpResult(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
     finally:
@@ -351,11 +356,15 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, *, duration: float, connections: int = 32, server: Server | None = None) -> WrkResult:
+def run_wrk(url: str, *, duration: float, connections: int = 32, server: Server | None = None,
+            headers: dict[str, str] | None = None) -> WrkResult:
     """One bounded wrk run from core 1; CPU of `server` is sampled around it for CPU µs per request."""
     _assert_local(url)
     argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
-            "--timeout", "5s", "--latency", url]
+            "--timeout", "5s", "--latency"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
     cpu0 = server.cpu_seconds() if server else None
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     cpu1 = server.cpu_seconds() if server else None

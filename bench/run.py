@@ -11,6 +11,7 @@ Loopback only; every process started here is killed on the way out, whatever hap
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ import harness
 from harness import LOAD_CPU, SUT_CPU, Processes, Server, StartError, WrkResult, log
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("main", "routes", "bodies", "conns")
+SECTIONS = ("main", "auth", "routes", "bodies", "conns")
 KIB, MIB = 1024, 1024 * 1024
 BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
 ROUTE_COUNTS = (10, 10_000)
@@ -56,6 +57,7 @@ class Row:
     # One entry per round once measuring starts; None marks a failed round so rounds stay aligned.
     samples: list[WrkResult | None] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # never reported: may hold a key
 
     def to_json(self) -> dict:
         return {"key": self.key, "label": self.label, "path": self.path, "connections": self.connections,
@@ -196,7 +198,8 @@ class Bench:
             self.notes.append(f"Bastion rows skipped: {reason}")
         return reason
 
-    def bastion(self, key: str, make_conf: Callable[[int], str], ready_timeout: float = 60.0) -> Server:
+    def bastion(self, key: str, make_conf: Callable[[int], str], ready_timeout: float = 60.0,
+                env: dict[str, str] | None = None) -> Server:
         """Start `bastion serve -c <conf>` on core 0; raises StartError with the reason and log tail.
 
         `make_conf(port)` renders the config for the port Bastion must listen on.
@@ -210,7 +213,7 @@ class Bench:
             cfg_path = self.tmp / f"{key}.yaml"
             cfg_path.write_text(make_conf(port))
             server = self.procs.launch(key, [*exe, "serve", "-c", str(cfg_path)], cpu=SUT_CPU, port=port,
-                                       ready_path=configs.PATH_ITEM, ready_timeout=ready_timeout)
+                                       ready_path=configs.PATH_ITEM, ready_timeout=ready_timeout, env=env)
             log(f"{key} ready after {server.ready_after:.2f} s")
             return server
         return self._get(key, start)
@@ -281,9 +284,10 @@ def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> Non
             log(f"{title} round {rnd + 1}/{args.rounds}: {row.label} -c{row.connections}")
             try:
                 if args.warmup > 0:
-                    harness.run_wrk(url, duration=args.warmup, connections=row.connections)
+                    harness.run_wrk(url, duration=args.warmup, connections=row.connections,
+                                    headers=row.headers)
                 result = harness.run_wrk(url, duration=args.duration, connections=row.connections,
-                                         server=row.server)
+                                         server=row.server, headers=row.headers)
             except Exception as exc:  # a broken row must not stop the others
                 row.failures.append(f"round {rnd + 1}: {type(exc).__name__}: {exc}")
                 row.samples.append(None)
@@ -343,6 +347,74 @@ def section_main(bench: Bench) -> dict:
         "summary": wrk_summary(r),
         "vs_nginx_proxy": ratio_summary(paired_ratios(r, ref_nginx)),
         "vs_bare_proxy": ratio_summary(paired_ratios(r, ref_bare)),
+    } for r in rows]}
+
+
+def _auth_credentials(bench: Bench, server: Server, cfg: Path) -> dict[str, str]:
+    """A consumer, an API key and an OAuth2 access token for the auth rows, made with the real CLI and
+    the real token endpoint (the running gateway picks the CLI's changes up within refresh_interval)."""
+    exe = bastion_cli()
+    assert exe is not None
+    env = {**os.environ, "BASTION_PEPPER": configs.BENCH_PEPPER}
+
+    def cli(*args: str) -> dict:
+        out = subprocess.run([*exe, *args, "-c", str(cfg), "--json"], capture_output=True, text=True,
+                             env=env, timeout=60, check=True)
+        return json.loads(out.stdout)
+
+    cli("consumers", "create", "bench", "--scope", "orders:read")
+    key = cli("keys", "create", "--consumer", "bench")["key"]
+    client = cli("clients", "create", "--consumer", "bench")
+    deadline = time.monotonic() + 10
+    while True:
+        token_resp = harness.http_request(
+            server.port, "POST", "/oauth/token",
+            body=b"grant_type=client_credentials",
+            headers={"content-type": "application/x-www-form-urlencoded",
+                     "authorization": "Basic " + base64.b64encode(
+                         f"{client['client_id']}:{client['client_secret']}".encode()).decode()})
+        if token_resp.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # waiting for the gateway's snapshot reload, not measuring anything
+    if token_resp.status != 200:
+        raise RuntimeError(f"token endpoint answered {token_resp.status}: {token_resp.body[:200]!r}")
+    token = json.loads(token_resp.body)["access_token"]
+    for path, hdrs in ((configs.PATH_KEYED, {"x-api-key": key}),
+                       (configs.PATH_TOKEN, {"authorization": f"Bearer {token}"})):
+        check = harness.http_request(server.port, "GET", path, headers=hdrs)
+        if check.status != 200:
+            raise RuntimeError(f"{path} with credentials answered {check.status}")
+    return {"key": key, "token": token}
+
+
+def section_auth(bench: Bench) -> dict:
+    """Authentication's cost: the same route shape with no auth, an API key, and a Bastion-issued JWT."""
+    key = "bastion-auth"
+    cfg = bench.tmp / f"{key}.yaml"
+    try:
+        server = bench.bastion(key, lambda port: configs.bastion_auth_conf(
+            bench.tmp, port, bench.origin().port, name=key), env={"BASTION_PEPPER": configs.BENCH_PEPPER})
+        creds = _auth_credentials(bench, server, cfg)
+        skip = None
+    except Exception as exc:  # reported as skipped rows, with the reason
+        creds, skip = {}, f"{type(exc).__name__}: {exc}"
+    rows = [
+        Row("auth-none", f"Bastion GET {configs.PATH_ITEM}, auth: none", configs.PATH_ITEM),
+        Row("auth-api-key", f"Bastion GET {configs.PATH_KEYED}, API key (X-API-Key)", configs.PATH_KEYED,
+            headers={"x-api-key": creds.get("key", "")}),
+        Row("auth-jwt", f"Bastion GET {configs.PATH_TOKEN}, OAuth2 JWT (ES256, Bearer)", configs.PATH_TOKEN,
+            headers={"authorization": f"Bearer {creds.get('token', '')}"}),
+    ]
+    for r in rows:
+        if skip:
+            r.skip = skip
+        else:
+            r.server = server
+    measure_rounds(rows, bench.args, "auth")
+    base = rows[0]
+    return {"rows": [r.to_json() | {
+        "summary": wrk_summary(r),
+        "vs_no_auth": ratio_summary(paired_ratios(r, base)),
     } for r in rows]}
 
 
@@ -547,6 +619,16 @@ def render_report(results: dict) -> str:
                        f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
                        f"{_ratio(r['vs_nginx_proxy'])} | {_ratio(r['vs_bare_proxy'])} | {_skip_cell(r)} |")
         out.append("")
+    if "auth" in sec:
+        out += ["## Auth: the cost of authentication (Bastion, wrk -c32, same origin and route shape)", "",
+                "| row | rps | p50 | p99 | server CPU µs/req | ÷ no auth | notes |",
+                "|---|---|---|---|---|---|---|"]
+        for r in sec["auth"]["rows"]:
+            s = r["summary"]
+            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                       f"{_ratio(r['vs_no_auth'])} | {_skip_cell(r)} |")
+        out.append("")
     if "routes" in sec:
         sd = sec["routes"]["slowdown_pct"]
         out += ["## Routes: 10 vs 10,000 declared routes (Bastion, wrk -c32, GET /v1/orders/123)", "",
@@ -659,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
         "notes": bench.notes,
     }
-    runners = {"main": section_main, "routes": section_routes, "bodies": section_bodies,
+    runners = {"main": section_main, "auth": section_auth, "routes": section_routes, "bodies": section_bodies,
                "conns": section_conns}
     started = time.monotonic()
     try:

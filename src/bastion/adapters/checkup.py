@@ -23,6 +23,12 @@ def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
             warn(("admin", "token"), "admin.token", "the admin token is shorter than 24 characters")
         if any(n.prefixlen == 0 for n in s.admin.allow_ips):
             warn(("admin", "allow_ips"), "admin.allow_ips", "the admin API is open to every address")
+    if s.identity.max_key_ttl > 365 * 86400:
+        warn(
+            ("identity", "max_key_ttl"),
+            "identity.max_key_ttl",
+            "keys may live longer than a year; rotate credentials at least yearly (P13)",
+        )
     if s.tls is None and not s.listen.is_loopback and not s.trusted_proxies:
         warn(("listen",), "listen", "listening beyond loopback without TLS and without a trusted TLS proxy")
     if s.limits.max_body > _TEN_MIB:
@@ -37,6 +43,25 @@ def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
                 "TLS verification of the upstream is turned off",
             )
         for ri, route in enumerate(svc.routes):
+            where = ("services", si, "routes", ri)
+            if route.api_key_in_query:
+                warn(
+                    (*where, "api_key_in_query"),
+                    f"services[{si}].routes[{ri}].api_key_in_query",
+                    "API keys in query strings end up in logs, browser history and Referer headers (P13)",
+                )
+            if route.forward_credentials and route.auth != "none":
+                warn(
+                    (*where, "forward_credentials"),
+                    f"services[{si}].routes[{ri}].forward_credentials",
+                    "the caller's credential is forwarded to the upstream; it needs only X-Bastion-Consumer",
+                )
+            if route.auth == "none" and any(m in ("POST", "PUT", "PATCH", "DELETE") for m in route.methods):
+                warn(
+                    (*where, "auth"),
+                    f"services[{si}].routes[{ri}].auth",
+                    "a route that changes data (POST/PUT/PATCH/DELETE) has auth: none (P5)",
+                )
             if route.max_body is not None and route.max_body > _TEN_MIB:
                 warn(
                     ("services", si, "routes", ri, "max_body"),

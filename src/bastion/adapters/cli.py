@@ -214,7 +214,9 @@ def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> Non
         run_demo(port=port, admin_port=admin_port, upstream_port=upstream_port, duration=duration)
     except OSError as exc:
         click.echo(
-            f"bastion demo: cannot start: {exc.strerror or exc} (is a port in use? try --port)", err=True
+            "bastion demo: cannot start: "
+            + (f"{exc.strerror} (is a port in use? try --port)" if exc.strerror else str(exc)),
+            err=True,
         )
         sys.exit(1)
 

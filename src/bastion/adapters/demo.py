@@ -53,7 +53,15 @@ class DemoUpstream(asyncio.Protocol):
         self._body += len(body)
 
     def on_message_complete(self) -> None:
-        shown = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "host"}
+        shown = {
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+            "host",
+            "x-bastion-consumer",
+            "x-bastion-scopes",
+        }
         doc = {
             "service": "demo-orders",
             "method": self.parser.get_method().decode(),
@@ -75,18 +83,20 @@ def _quickstart_text() -> str:
 
 
 def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float = 0.0) -> None:
-    from .serve import _new_loop, run_process
+    from .serve import Running, _new_loop, run_process
 
     workdir = Path(tempfile.mkdtemp(prefix="bastion-demo-"))
     token = os.environ.get("BASTION_ADMIN_TOKEN") or secrets.token_urlsafe(32)
-    env = {**os.environ, "BASTION_ADMIN_TOKEN": token}
+    # A pepper for this demo's throwaway database only; a real deployment keeps its own in a secret store.
+    env = {**os.environ, "BASTION_ADMIN_TOKEN": token, "BASTION_PEPPER": secrets.token_urlsafe(32)}
     text = (
         _quickstart_text()
         .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
         .replace("127.0.0.1:8081", f"127.0.0.1:{admin_port}")
         .replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
         .replace("sqlite:///bastion.db", f"sqlite:///{workdir / 'bastion.db'}")
-    )
+        .replace("\nservices:\n", f"\n{_DEMO_IDENTITY}services:\n")
+    ) + _DEMO_ROUTE
     config_file = workdir / "bastion.yaml"
     config_file.write_text(text, encoding="utf-8")
     loaded = load_config_text(text, source=str(config_file), env=env)
@@ -98,8 +108,12 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
         upstream = await loop.create_server(DemoUpstream, "127.0.0.1", upstream_port)
         stop = asyncio.Event()
 
-        def ready(_running: object) -> None:
-            print(_instructions(port, admin_port, token, config_file), flush=True)
+        def ready(running: Running) -> None:
+            assert running.gateway is not None and running.gateway.identity is not None
+            admin = running.gateway.identity.admin()
+            admin.create_consumer("demo-app", ["account:read"], actor="system:demo")
+            _, key = admin.create_key("demo-app", ttl=86400.0, name="demo", actor="system:demo")
+            print(_instructions(port, admin_port, token, config_file, key), flush=True)
             if duration:
                 loop.call_later(duration, stop.set)
 
@@ -117,7 +131,17 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _instructions(port: int, admin_port: int, token: str, config_file: Path) -> str:
+_DEMO_IDENTITY = """identity:
+  pepper: ${env:BASTION_PEPPER}
+"""
+_DEMO_ROUTE = """      - path: /v1/account
+        methods: [GET]
+        auth: [api_key]
+        scopes: [account:read]
+"""
+
+
+def _instructions(port: int, admin_port: int, token: str, config_file: Path, key: str) -> str:
     g = f"http://127.0.0.1:{port}"
     return f"""
 Bastion demo is running.
@@ -130,8 +154,12 @@ Allowed:
   curl -i {g}/v1/orders
   curl -i -X POST -H 'content-type: application/json' -d '{{"item":"book"}}' {g}/v1/orders
   curl -i {g}/public/docs/readme.txt
+  curl -i -H 'X-API-Key: {key}' {g}/v1/account
+        # an API key of consumer demo-app (scope account:read); the origin sees X-Bastion-Consumer
 
 Denied (each one is an event):
+  curl -i {g}/v1/account                                        # 401 auth_required
+  curl -i -H 'X-API-Key: {key[:-1]}x' {g}/v1/account   # 401 auth_invalid
   curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
   curl -i {g}/admin                                             # 404 route_not_found (deny by default)
   curl -i --path-as-is '{g}/public/..%2f..%2fetc/passwd'        # 400 path_encoded_slash
@@ -142,6 +170,10 @@ Denied (each one is an event):
 
 Ignored, not believed (the client is not a trusted proxy):
   curl -s -H 'X-Forwarded-For: 10.9.9.9' {g}/public/x          # forwarded as your real address
+
+Manage keys (bastion keys --help):
+  BASTION_ADMIN_TOKEN={token} BASTION_PEPPER=... bastion keys list -c {config_file}
+  curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{admin_port}/admin/v1/keys
 
 The event log:
   curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{admin_port}/admin/v1/events?type=request.'

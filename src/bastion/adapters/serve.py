@@ -103,10 +103,19 @@ async def _start_admin(
         access_log=False,
     )
     server = _AdminServer(config)
-    task = asyncio.get_running_loop().create_task(server.serve())
+
+    async def _serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn logs a bind error and exits; a SystemExit would stop our loop
+            raise OSError(
+                f"the admin listener could not start on {admin.listen} (is the port in use?)"
+            ) from None
+
+    task = asyncio.get_running_loop().create_task(_serve())
     while not server.started:
         if task.done():
-            task.result()  # raises the bind error
+            task.result()  # raises the OSError
             raise RuntimeError("admin listener stopped during start-up")
         await asyncio.sleep(0.01)
     server._bastion_task = task  # type: ignore[attr-defined]

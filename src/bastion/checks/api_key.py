@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from ..core.identity import AuthFailure, KeyRecord, Principal, parse_api_key
+from ..core.identity import AuthFailure, KeyRecord, Principal, checksum_ok, key_id_of, key_principal
 from ..core.ports import IdentityIndex
 from ..core.request import RequestView
 
@@ -61,11 +61,14 @@ class ApiKeyAuth:
         return found[0]
 
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
-        key_id = parse_api_key(key)
+        key_id = key_id_of(key)
         if key_id is None:
             raise AuthFailure("api_key_malformed")
         rec: KeyRecord | None = self.index.key(key_id)
         if rec is None:
+            # The checksum matters only here: for a known id, the digest comparison covers it.
+            if not checksum_ok(key):
+                raise AuthFailure("api_key_malformed")
             raise AuthFailure("api_key_unknown", key_id)
         if not hmac.compare_digest(self.digest(key), rec.digest):
             raise AuthFailure("api_key_mismatch", key_id)
@@ -92,13 +95,6 @@ class ApiKeyAuth:
                         },
                     )
                 )
-        nets = tuple(n for n in (consumer.ip_allow, rec.ip_allow) if n)
-        return Principal(
-            consumer=consumer.name,
-            scopes=rec.scopes & consumer.scopes,
-            method="api_key",
-            consumer_id=consumer.id,
-            key_id=key_id,
-            ip_allow=nets,
-            permissions=rec.permissions,
-        )
+        if rec.principal is not None:
+            return rec.principal
+        return key_principal(rec, consumer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.decision import Context, Deny, Verdict
+from ..core.forwarding import ip_text
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
 from ..core.ports import FailureLimiter, TokenVerifier
 from ..core.request import RequestView
@@ -52,10 +53,12 @@ class Authenticate:
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         now = self.clock()
-        source = "ip:" + str(req.client_ip)
-        wait = await self.limiter.blocked_for(source, now)
-        if wait:
-            return _locked(wait, {"subject": "source_ip"})
+        limiter = self.limiter
+        checking = limiter.active
+        if checking:
+            wait = await limiter.blocked_for("ip:" + ip_text(req.client_ip), now)
+            if wait:
+                return _locked(wait, {"subject": "source_ip"})
         bearer = None
         auth = req.headers.get("authorization")
         if auth is not None:
@@ -69,9 +72,9 @@ class Authenticate:
             key = self.api_keys.credential(req, bearer) if self.api_keys is not None else None
             if key is not None:
                 presented = True
-                key_id = key[4:16] if key.startswith("bst_") and len(key) > 16 else None
+                key_id = key[4:16] if checking and key.startswith("bst_") and len(key) > 16 else None
                 if key_id is not None:
-                    wait = await self.limiter.blocked_for("key:" + key_id, now)
+                    wait = await limiter.blocked_for("key:" + key_id, now)
                     if wait:
                         return _locked(wait, {"subject": "key_id", "key_id": key_id})
                 principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
@@ -98,10 +101,10 @@ class Authenticate:
             failure = AuthFailure("credential_not_accepted")
         elif failure.code == UNCLAIMED:
             failure = AuthFailure("token_issuer_unknown")
-        blocked = await self.limiter.failed(source, now)
+        blocked = await limiter.failed("ip:" + ip_text(req.client_ip), now)
         subject = "source_ip"
         if failure.key_id is not None:
-            blocked_key = await self.limiter.failed("key:" + failure.key_id, now)
+            blocked_key = await limiter.failed("key:" + failure.key_id, now)
             if blocked_key and not blocked:
                 blocked, subject = blocked_key, "key_id"
         evidence: dict[str, object] = {"cause": failure.code}

@@ -15,7 +15,6 @@ server stores only the public id and ``HMAC-SHA-256(pepper, full key)``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import zlib
@@ -40,7 +39,10 @@ __all__ = [
     "ScopeError",
     "api_key_digest",
     "check_scope_subset",
+    "checksum_ok",
     "format_api_key",
+    "key_id_of",
+    "key_principal",
     "parse_api_key",
     "parse_permission",
     "parse_scopes",
@@ -75,22 +77,30 @@ def format_api_key(public_id: str, secret: str) -> str:
     return body + _checksum(body)
 
 
-def parse_api_key(text: str) -> str | None:
-    """The public id of a well-formed key with a valid checksum, else None (no secret is returned:
-    callers digest the whole key)."""
+def key_id_of(text: str) -> str | None:
+    """The public id of a key-shaped string (format only; see :func:`checksum_ok`)."""
     if len(text) != 56:
         return None
     m = _KEY.fullmatch(text)
-    if m is None:
+    return m.group(1) if m is not None else None
+
+
+def checksum_ok(text: str) -> bool:
+    return hmac.compare_digest(_checksum(text[:-CHECKSUM_LENGTH]), text[-CHECKSUM_LENGTH:])
+
+
+def parse_api_key(text: str) -> str | None:
+    """The public id of a well-formed key with a valid checksum, else None (no secret is returned:
+    callers digest the whole key)."""
+    key_id = key_id_of(text)
+    if key_id is None or not checksum_ok(text):
         return None
-    if not hmac.compare_digest(_checksum(text[:-CHECKSUM_LENGTH]), m.group(3)):
-        return None
-    return m.group(1)
+    return key_id
 
 
 def api_key_digest(pepper: bytes, key: str) -> bytes:
     """Keyed digest stored instead of the key (HMAC-SHA-256 with the server pepper)."""
-    return hmac.new(pepper, key.encode("ascii"), hashlib.sha256).digest()
+    return hmac.digest(pepper, key.encode("ascii"), "sha256")
 
 
 # -- scopes ---------------------------------------------------------------------------------------
@@ -174,6 +184,21 @@ def parse_permission(text: str) -> Permission:
 # -- records and principals -----------------------------------------------------------------------
 
 
+class Principal(NamedTuple):
+    """Who is calling, as an authentication check found out. ``scopes`` are effective scopes (already
+    narrowed to what the consumer holds)."""
+
+    consumer: str  # the consumer's name (or a token's subject for an external issuer)
+    scopes: frozenset[str]
+    method: str  # "api_key" | "oauth2" | "jwt:<issuer name>"
+    consumer_id: str | None = None
+    key_id: str | None = None
+    client_id: str | None = None
+    ip_allow: tuple[NetworkSet, ...] = ()
+    permissions: tuple[Permission, ...] = ()
+    scopes_text: str = ""  # the sorted, space-separated scopes (X-Bastion-Scopes), when prebuilt
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerRecord:
     id: str
@@ -194,6 +219,7 @@ class KeyRecord:
     expires_at: float | None = None
     revoked_at: float | None = None
     rotated_to: str | None = None  # set during a rotation's grace period
+    principal: Principal | None = None  # prebuilt at snapshot load: the same for every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,20 +230,6 @@ class ClientRecord:
     secret_digest: bytes | None  # client_secret_basic / client_secret_post
     jwks: object | None = None  # private_key_jwt (RFC 7523): the client's public keys
     active: bool = True
-
-
-class Principal(NamedTuple):
-    """Who is calling, as an authentication check found out. ``scopes`` are effective scopes (already
-    narrowed to what the consumer holds)."""
-
-    consumer: str  # the consumer's name (or a token's subject for an external issuer)
-    scopes: frozenset[str]
-    method: str  # "api_key" | "oauth2" | "jwt:<issuer name>"
-    consumer_id: str | None = None
-    key_id: str | None = None
-    client_id: str | None = None
-    ip_allow: tuple[NetworkSet, ...] = ()
-    permissions: tuple[Permission, ...] = ()
 
 
 UNCLAIMED = "token_unclaimed"  # a verifier's "not one of mine": the next verifier may try
@@ -232,3 +244,18 @@ class AuthFailure(Exception):
         self.code = code
         self.key_id = key_id
         self.evidence = evidence
+
+
+def key_principal(rec: KeyRecord, consumer: ConsumerRecord) -> Principal:
+    """What a key authenticates as: its scopes narrowed to its consumer's, both address lists."""
+    scopes = rec.scopes & consumer.scopes
+    return Principal(
+        consumer=consumer.name,
+        scopes=scopes,
+        method="api_key",
+        consumer_id=consumer.id,
+        key_id=rec.id,
+        ip_allow=tuple(n for n in (consumer.ip_allow, rec.ip_allow) if n),
+        permissions=rec.permissions,
+        scopes_text=" ".join(sorted(scopes)),
+    )

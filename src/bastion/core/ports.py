@@ -64,6 +64,11 @@ class FailureLimiter(Protocol):
     """Counts failed authentications per subject (``ip:…``, ``key:…``) and blocks a subject for a while
     after too many (brute force, credential stuffing)."""
 
+    @property
+    def active(self) -> bool:
+        """False when no subject is blocked at all: the common path then skips the lookups."""
+        ...
+
     async def blocked_for(self, subject: str, now: float) -> float:
         """Seconds the subject stays blocked (0 when it is not)."""
         ...

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..core.identity import BASE62, ID_LENGTH, SECRET_LENGTH, api_key_digest, format_api_key
+from ..core.identity import BASE62, ID_LENGTH, SECRET_LENGTH, format_api_key
 
 __all__ = ["Peppers", "new_api_key", "random_base62"]
 
@@ -46,9 +46,14 @@ class Peppers:
         self.keys = _derive(raw, b"api-key-digest/v1")
         self.clients = _derive(raw, b"client-secret-digest/v1")
         self.fernet = Fernet(base64.urlsafe_b64encode(_derive(raw, b"signing-key-encryption/v1")))
+        # HMAC state after the key is absorbed; copying it per request skips the key setup (a third of
+        # the cost). Same result as api_key_digest(self.keys, key), which a test pins.
+        self._key_mac = hmac.new(self.keys, digestmod=sha256)
 
     def key_digest(self, key: str) -> bytes:
-        return api_key_digest(self.keys, key)
+        mac = self._key_mac.copy()
+        mac.update(key.encode("ascii"))
+        return mac.digest()
 
     def client_secret_digest(self, secret: str) -> bytes:
         return hmac.new(self.clients, secret.encode("utf-8"), sha256).digest()

@@ -9,6 +9,7 @@ request sees either the old snapshot or the new one, never a mix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ from ipaddress import ip_network
 from sqlalchemy import Engine, bindparam, delete, select, update
 
 from ..core.forwarding import NetworkSet
-from ..core.identity import ClientRecord, ConsumerRecord, KeyRecord, parse_permission
+from ..core.identity import ClientRecord, ConsumerRecord, KeyRecord, key_principal, parse_permission
 from ..store.schema import (
     api_keys_table,
     consumers_table,
@@ -121,7 +122,7 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
         for r in conn.execute(select(api_keys_table).where(k.revoked_at.is_(None))).mappings():
             if r["expires_at"] is not None and r["expires_at"] <= now:
                 continue
-            data.keys[r["id"]] = KeyRecord(
+            rec = KeyRecord(
                 id=r["id"],
                 consumer_id=r["consumer_id"],
                 digest=bytes.fromhex(r["digest"]),
@@ -132,6 +133,10 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
                 revoked_at=r["revoked_at"],
                 rotated_to=r["rotated_to"],
             )
+            owner = data.consumers.get(rec.consumer_id)
+            if owner is not None:
+                rec = dataclasses.replace(rec, principal=key_principal(rec, owner))
+            data.keys[rec.id] = rec
         o = oauth_clients_table.c
         for r in conn.execute(select(oauth_clients_table).where(o.revoked_at.is_(None))).mappings():
             jwks = KeySet.import_key_set(json.loads(r["jwks"])) if r["jwks"] else None

@@ -40,7 +40,7 @@ def _import(alg: str, pem: bytes) -> Key:
 class SigningKeys:
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | None,
         peppers: Peppers,
         *,
         alg: str = "ES256",
@@ -86,6 +86,8 @@ class SigningKeys:
             self._load(rows, now)
 
     def _rows(self) -> list[dict[str, Any]]:
+        if self.engine is None:
+            raise RuntimeError("signing keys need the store")
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(select(signing_keys_table)).mappings()]
 
@@ -94,6 +96,7 @@ class SigningKeys:
         kid = f"bst-{int(now)}-{random_base62(8)}"
         token = self.peppers.fernet.encrypt(key.as_pem(private=True)).decode("ascii")
         public = {**key.as_dict(private=False), "kid": kid, "alg": self.alg, "use": "sig"}
+        assert self.engine is not None
         with self.engine.begin() as conn:
             conn.execute(
                 signing_keys_table.insert().values(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
-from ..core.ports import IdentityIndex
+from .index import IdentitySnapshot
 from .jwks import JwksCache, JwksError
 from .jwt import JwtPolicy, JwtRejected, token_header, verify_jwt
 from .signing import SigningKeys
@@ -64,7 +64,7 @@ class LocalTokenVerifier:
     def __init__(
         self,
         signing: SigningKeys,
-        index: IdentityIndex,
+        index: IdentitySnapshot,
         *,
         issuer: str,
         audience: str,
@@ -81,6 +81,7 @@ class LocalTokenVerifier:
             max_lifetime=signing.token_ttl + leeway,
         )
         self._cache = _Cache()
+        self._principals: dict[str, tuple[int, Principal]] = {}
 
     def claims_like(self, token: str) -> bool:
         return _looks_like_jwt(token)
@@ -108,6 +109,11 @@ class LocalTokenVerifier:
         claims = self.decode(token, now)
         if self.index.token_revoked(claims["jti"]):
             raise AuthFailure("token_revoked")
+        # The principal depends on the snapshot (client, consumer, scopes): reuse it until a reload.
+        revision = self.index.revision
+        memo = self._principals.get(token)
+        if memo is not None and memo[0] == revision:
+            return memo[1]
         client = self.index.client(claims["client_id"])
         if client is None:
             raise AuthFailure("client_revoked")
@@ -115,14 +121,19 @@ class LocalTokenVerifier:
         if consumer is None or not consumer.active:
             raise AuthFailure("consumer_disabled")
         scopes = scopes_from_claims(claims) & client.scopes & consumer.scopes
-        return Principal(
+        principal = Principal(
             consumer=consumer.name,
             scopes=scopes,
             method="oauth2",
             consumer_id=consumer.id,
             client_id=client.client_id,
             ip_allow=(consumer.ip_allow,) if consumer.ip_allow else (),
+            scopes_text=" ".join(sorted(scopes)),
         )
+        if len(self._principals) >= _CACHE_MAX:
+            self._principals.clear()
+        self._principals[token] = (revision, principal)
+        return principal
 
 
 class IssuerVerifier:
@@ -133,7 +144,7 @@ class IssuerVerifier:
         name: str,
         jwks: JwksCache,
         policy: JwtPolicy,
-        index: IdentityIndex,
+        index: IdentitySnapshot,
         *,
         consumer_claim: str = "sub",
         clock: Callable[[], float] | None = None,

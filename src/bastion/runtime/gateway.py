@@ -370,7 +370,9 @@ class Gateway:
             if strip:
                 up_headers = [(n, v) for n, v in up_headers if n not in strip]
             up_headers.append(("x-bastion-consumer", principal.consumer))
-            up_headers.append(("x-bastion-scopes", " ".join(sorted(principal.scopes))))
+            up_headers.append(
+                ("x-bastion-scopes", principal.scopes_text or " ".join(sorted(principal.scopes)))
+            )
             if route.options["api_key_in_query"] and query:
                 query = _without_api_key(query)
         host_header = (fwd.host or hosts[0]) if upstream.preserve_host else upstream.host_header

@@ -60,7 +60,8 @@ class IdentityRuntime:
         self.oauth: OAuthServer | None = None
         self.verifiers: dict[str, TokenVerifier] = {}
         o = settings.oauth2
-        if o is not None and self.peppers is not None and engine is not None:
+        if o is not None and self.peppers is not None:
+            # Without a store (``bastion check``) the server is compiled but never started: no keys.
             self.signing = SigningKeys(
                 engine,
                 self.peppers,

@@ -23,6 +23,10 @@ class MemoryFailureLimiter:
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()
         self._blocked: dict[str, float] = {}
 
+    @property
+    def active(self) -> bool:
+        return bool(self._blocked)
+
     async def blocked_for(self, subject: str, now: float) -> float:
         if not self._blocked:
             return 0.0
