@@ -184,15 +184,11 @@ def events(
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for col in ("time", "type", "severity", "reason", "method", "path", "source_ip", "route"):
+    columns = ("time", "type", "severity", "reason", "actor", "method", "path", "source_ip", "route")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(
-            *(
-                str(row.get(c) or "")
-                for c in ("time", "type", "severity", "reason", "method", "path", "source_ip", "route")
-            )
-        )
+        table.add_row(*(str(row.get(c) or "") for c in columns))
     Console(width=200).print(table)
 
 

@@ -63,6 +63,8 @@ def _stats(gateway: Gateway, writer: EventWriter, running: Running | None) -> di
             "dead_lettered": writer.dead_lettered,
         },
     }
+    if gateway.identity is not None:
+        out["identity"] = gateway.identity.stats()
     server = running.server if running is not None else None
     if server is not None:
         out["connections"] = {

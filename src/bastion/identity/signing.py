@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 
 from ..store.schema import signing_keys_table
 from .credentials import Peppers, random_base62
+from .manage import bump_revision
 
 __all__ = ["SigningKeys"]
 
@@ -103,6 +104,7 @@ class SigningKeys:
                     kid=kid, alg=self.alg, private_key=token, public_jwk=json.dumps(public), created_at=now
                 )
             )
+            bump_revision(conn)  # other instances reload and publish (and verify with) the new key
 
     def _load(self, rows: list[dict[str, Any]], now: float) -> None:
         keep = self.rotation + self.token_ttl + 300.0

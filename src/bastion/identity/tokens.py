@@ -11,7 +11,6 @@ being revoked, the consumer being disabled, and the consumer's scopes (a token n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
@@ -147,7 +146,6 @@ class IssuerVerifier:
         index: IdentitySnapshot,
         *,
         consumer_claim: str = "sub",
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = f"jwt:{name}"
         self.jwks = jwks
