@@ -66,12 +66,12 @@ class ApiKeyAuth:
             raise AuthFailure("api_key_malformed")
         rec: KeyRecord | None = self.index.key(key_id)
         if rec is None:
-            # The checksum matters only here: for a known id, the digest comparison covers it.
+            # The checksum is checked only on failure: for a known id the digest comparison covers it.
             if not checksum_ok(key):
-                raise AuthFailure("api_key_malformed")
+                raise AuthFailure("api_key_checksum")
             raise AuthFailure("api_key_unknown", key_id)
         if not hmac.compare_digest(self.digest(key), rec.digest):
-            raise AuthFailure("api_key_mismatch", key_id)
+            raise AuthFailure("api_key_mismatch" if checksum_ok(key) else "api_key_checksum", key_id)
         if rec.revoked_at is not None:
             raise AuthFailure("api_key_revoked", key_id)
         if rec.expires_at is not None and now >= rec.expires_at:

@@ -209,6 +209,16 @@ class IdentitySync:
         pending, self.snapshot.pending_revocations = self.snapshot.pending_revocations, []
         if not used and not pending:
             return
+        try:
+            self._write(used, pending)
+        except Exception:
+            # Not written: revocations stay pending (and in force across reloads) until a flush succeeds.
+            self.snapshot.pending_revocations[:0] = pending
+            for kid, t in used.items():
+                self.snapshot._used.setdefault(kid, t)
+            raise
+
+    def _write(self, used: dict[str, float], pending: list[tuple[str, float, float]]) -> None:
         with self.engine.begin() as conn:
             if used:
                 k = api_keys_table.c

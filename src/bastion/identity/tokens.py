@@ -98,6 +98,8 @@ class LocalTokenVerifier:
                 raise AuthFailure(UNCLAIMED)
             if not any(k.kid == kid for k in keys.keys):
                 raise AuthFailure("jwt_kid_unknown")
+            if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
+                raise AuthFailure("jwt_typ_invalid")  # RFC 9068 §4: only access tokens, typed as such
             claims = verify_jwt(token, keys, self.policy, now)
         except JwtRejected as exc:
             raise AuthFailure(exc.code) from None

@@ -1,5 +1,5 @@
 """Table definitions. Changing them means adding an Alembic revision in ``migrations/versions``;
-``tests/integration/test_store.py`` checks that the migrations produce exactly these tables."""
+``tests/integration/test_identity_store.py`` checks that the migrations produce exactly these tables."""
 
 from __future__ import annotations
 
