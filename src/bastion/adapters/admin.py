@@ -168,10 +168,17 @@ def build_admin_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Any, exc: RequestValidationError) -> JSONResponse:
         # Name the parameters that are wrong, never echo their values.
-        names = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) for err in exc.errors()})
-        detail = "Invalid parameter(s): " + ", ".join(n for n in names if n)
+        errors = exc.errors()
+        in_body = any(err.get("loc", ("",))[0] == "body" for err in errors)
+        if any(err.get("type") == "json_invalid" for err in errors):
+            detail = "The request body is not valid JSON."
+        else:
+            names = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) for err in errors})
+            detail = "Invalid parameter(s): " + ", ".join(n for n in names if n)
+            if detail.endswith(": "):
+                detail = "The request body is missing or not a JSON object."
         return JSONResponse(
-            json.loads(problem_body(400, "invalid_query", detail)),
+            json.loads(problem_body(400, "invalid_request" if in_body else "invalid_query", detail)),
             status_code=400,
             media_type="application/problem+json",
             headers={"cache-control": "no-store"},

@@ -112,10 +112,12 @@ class IdentityAdmin:
             self._on_change()
 
     def _consumer_row(self, conn: Connection, name_or_id: str) -> Mapping[str, Any]:
+        """By name first, then by id: a name that happens to equal another consumer's id never
+        reaches that other consumer."""
         c = consumers_table.c
-        row = conn.execute(
-            select(consumers_table).where((c.name == name_or_id) | (c.id == name_or_id))
-        ).first()
+        row = conn.execute(select(consumers_table).where(c.name == name_or_id)).first()
+        if row is None:
+            row = conn.execute(select(consumers_table).where(c.id == name_or_id)).first()
         if row is None:
             raise _not_found("consumer")
         return row._mapping
@@ -171,13 +173,14 @@ class IdentityAdmin:
         with self.engine.begin() as conn:
             row = self._consumer_row(conn, name)
             status = "active" if active else "disabled"
+            now = self.clock()
             conn.execute(
                 update(consumers_table)
                 .where(consumers_table.c.id == row["id"])
-                .values(status=status, updated_at=self.clock())
+                .values(status=status, updated_at=now)
             )
             bump_revision(conn)
-            out = _consumer_out({**row, "status": status})
+            out = _consumer_out({**row, "status": status, "updated_at": now})
         self._changed("consumer.enabled" if active else "consumer.disabled", actor, f"consumer:{row['name']}")
         return out
 
@@ -185,13 +188,14 @@ class IdentityAdmin:
         with self.engine.begin() as conn:
             row = self._consumer_row(conn, name)
             new = json.dumps(_scopes(scopes))
+            now = self.clock()
             conn.execute(
                 update(consumers_table)
                 .where(consumers_table.c.id == row["id"])
-                .values(scopes=new, updated_at=self.clock())
+                .values(scopes=new, updated_at=now)
             )
             bump_revision(conn)
-            out = _consumer_out({**row, "scopes": new})
+            out = _consumer_out({**row, "scopes": new, "updated_at": now})
         self._changed("consumer.updated", actor, f"consumer:{row['name']}", scopes=out["scopes"])
         return out
 
