@@ -29,9 +29,9 @@ from bastion.core.identity import KEY_PATTERN, AuthFailure, api_key_digest, pars
 from bastion.core.request import RequestView
 from bastion.core.router import Route
 from bastion.identity.credentials import Peppers
-from bastion.identity.index import IdentitySnapshot, IdentitySync, load_snapshot
+from bastion.identity.index import IdentitySnapshot, IdentitySync, check_pepper, load_snapshot
 from bastion.identity.manage import IdentityAdmin, IdentityError
-from bastion.identity.signing import SigningKeys
+from bastion.identity.signing import PepperMismatch, SigningKeys
 from bastion.store.database import open_database
 from bastion.store.schema import (
     api_keys_table,
@@ -908,8 +908,14 @@ class TestSigningKeys:
         other = Peppers("a-different-pepper-0123456789abcdef")
         with pytest.raises(InvalidToken):
             other.fernet.decrypt(signing_rows(engine)[0]["private_key"].encode())
-        with pytest.raises(InvalidToken):
+        with pytest.raises(PepperMismatch, match="identity.pepper"):
             self.make(engine, clock, pepper=other).refresh()
+
+    def test_the_pepper_check_tells_a_changed_pepper(self, engine: Engine) -> None:
+        first = Peppers("the-first-pepper-0123456789abcdef")
+        assert check_pepper(engine, first.check_value)  # recorded
+        assert check_pepper(engine, first.check_value)  # and matched
+        assert not check_pepper(engine, Peppers("a-different-pepper-0123456789abcdef").check_value)
 
     def test_eddsa(self, engine: Engine, clock: FakeClock) -> None:
         keys = self.make(engine, clock, alg="EdDSA")

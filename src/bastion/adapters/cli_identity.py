@@ -19,7 +19,9 @@ import click
 
 from ..config.units import parse_duration
 from ..identity.credentials import Peppers
+from ..identity.index import check_pepper
 from ..identity.manage import IdentityAdmin, IdentityError
+from ..identity.signing import PepperMismatch
 from .cli import CONFIG_OPTION, _load, main
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -48,6 +50,8 @@ def _admin(config_path: Path) -> Iterator[IdentityAdmin]:
 
     try:
         peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
+        if peppers is not None and not check_pepper(engine, peppers.check_value):
+            raise IdentityError(409, "pepper_mismatch", str(PepperMismatch()))
         yield IdentityAdmin(engine, peppers, max_key_ttl=ident.max_key_ttl, emit=emit)
     except IdentityError as exc:
         click.echo(f"bastion: {exc.message}", err=True)

@@ -79,6 +79,8 @@ class Authenticate:
                         return _locked(wait, {"subject": "key_id", "key_id": key_id})
                 principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
             elif bearer and not bearer.startswith("bst_"):
+                # Any listed method may authenticate: try each verifier that takes the token; the
+                # first real failure (not "not mine") is the one recorded.
                 for verifier in self.verifiers:
                     if not verifier.claims_like(bearer):
                         continue
@@ -87,9 +89,8 @@ class Authenticate:
                         principal = await verifier.verify(bearer, now)
                         break
                     except AuthFailure as exc:
-                        if exc.code != UNCLAIMED:
-                            raise
-                        failure = exc
+                        if failure is None or failure.code == UNCLAIMED:
+                            failure = exc
         except AuthFailure as exc:
             failure = exc
         if principal is not None:

@@ -216,6 +216,8 @@ def load_config_text(
             loc = tuple(err["loc"])
             if err["type"] == "duplicate_service":
                 loc = (*loc, err["ctx"]["index"], "name")
+            elif err["type"] == "config_cross_check":
+                loc = (*loc, *err["ctx"]["at"])  # a whole-config rule, pointed at the key it is about
             if loc in composer.failed:
                 continue  # already reported, more precisely, while resolving a reference
             issues.append(ConfigIssue(source, _line_for(composer.lines, loc), _dotted(loc), _message(err)))

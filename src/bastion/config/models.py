@@ -485,6 +485,11 @@ class JwtIssuerSettings(_Model):
         return v
 
 
+def _cross(message: str, *at: str | int) -> PydanticCustomError:
+    """An error of a rule that spans the config, located at ``at`` (the loader reports that key's line)."""
+    return PydanticCustomError("config_cross_check", message, {"at": at})
+
+
 class GatewayConfig(_Model):
     listen: ListenAddr = Listen("127.0.0.1", 8080)
     trusted_proxies: list[Cidr] = Field(default_factory=list)
@@ -541,31 +546,36 @@ class GatewayConfig(_Model):
             raise ValueError("admin.listen must differ from listen: the admin API has its own listener")
         issuers = [i.name for i in self.jwt_issuers]
         if len(set(issuers)) != len(issuers):
-            raise ValueError("jwt_issuers names must be unique")
-        uses_keys = False
+            raise _cross("jwt_issuers names must be unique", "jwt_issuers")
+        uses_keys: tuple[str | int, ...] | None = None
         for s_index, svc in enumerate(self.services):
             for r_index, route in enumerate(svc.routes):
-                where = f"services[{s_index}].routes[{r_index}] ({route.path})"
+                at = ("services", s_index, "routes", r_index, "auth")
                 for method in route.auth_methods:
                     if method == "api_key":
-                        uses_keys = True
+                        uses_keys = uses_keys or at
                     elif method == "oauth2" and self.oauth2 is None:
-                        raise ValueError(f"{where} uses oauth2 but there is no oauth2: section")
+                        raise _cross(
+                            f"the route {route.path} uses oauth2 but there is no oauth2: section", *at
+                        )
                     elif method.startswith("jwt:") and method[4:] not in issuers:
-                        raise ValueError(
-                            f"{where} uses {method} but no jwt_issuers entry is named {method[4:]!r}"
+                        raise _cross(
+                            f"the route {route.path} uses {method} but no jwt_issuers entry is named "
+                            f"{method[4:]!r}",
+                            *at,
                         )
         if (uses_keys or self.oauth2 is not None) and self.identity.pepper is None:
-            raise ValueError(
+            raise _cross(
                 "identity.pepper is required when a route uses api_key or oauth2 is configured "
-                "(e.g. pepper: ${env:BASTION_PEPPER})"
+                "(e.g. identity: {pepper: ${env:BASTION_PEPPER}})",
+                *(uses_keys or ("oauth2",)),
             )
         if self.oauth2 is not None:
             paths = {r.path for svc in self.services for r in svc.routes}
             o = self.oauth2
             for p in (o.token_path, o.introspection_path, o.revocation_path, o.jwks_path, o.metadata_path):
                 if p in paths:
-                    raise ValueError(f"oauth2 endpoint path {p} is also a route path")
+                    raise _cross(f"oauth2 endpoint path {p} is also a route path", "oauth2")
         return self
 
     def model_post_init(self, __context: Any) -> None:

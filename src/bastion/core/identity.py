@@ -148,7 +148,7 @@ class Permission:
     text: str
 
     def allows(self, method: str, path: str) -> bool:
-        if self.method != "*" and self.method != method:
+        if self.method != "*" and self.method != method and not (method == "HEAD" and self.method == "GET"):
             return False
         parts = path.strip("/").split("/") if path != "/" else []
         n = len(self.segments)
@@ -185,8 +185,9 @@ def parse_permission(text: str) -> Permission:
 
 
 class Principal(NamedTuple):
-    """Who is calling, as an authentication check found out. ``scopes`` are effective scopes (already
-    narrowed to what the consumer holds)."""
+    """Who is calling, as an authentication check found out. ``scopes`` are the effective scopes: for
+    keys and Bastion's own tokens, already narrowed to what the consumer (and client) hold; for an
+    external issuer's token, what the issuer granted (the issuer is the authority for its subjects)."""
 
     consumer: str  # the consumer's name (or a token's subject for an external issuer)
     scopes: frozenset[str]

@@ -50,6 +50,11 @@ class Peppers:
         # the cost). Same result as api_key_digest(self.keys, key), which a test pins.
         self._key_mac = hmac.new(self.keys, digestmod=sha256)
 
+    @property
+    def check_value(self) -> str:
+        """Stored once in the store; a different pepper later gives a different value."""
+        return hmac.new(self.keys, b"bastion pepper check v1", sha256).hexdigest()
+
     def key_digest(self, key: str) -> bytes:
         mac = self._key_mac.copy()
         mac.update(key.encode("ascii"))

@@ -30,7 +30,7 @@ from ..store.schema import (
 )
 from .manage import bump_revision
 
-__all__ = ["IdentitySnapshot", "IdentitySync", "load_snapshot"]
+__all__ = ["IdentitySnapshot", "IdentitySync", "check_pepper", "load_snapshot"]
 
 log = logging.getLogger("bastion.identity")
 
@@ -96,6 +96,17 @@ class IdentitySnapshot:
     def take_used(self) -> dict[str, float]:
         used, self._used = self._used, {}
         return used
+
+
+def check_pepper(engine: Engine, value: str) -> bool:
+    """Record the pepper's check value the first time; afterwards, say whether it still matches."""
+    t = identity_state_table.c
+    with engine.begin() as conn:
+        stored = conn.execute(select(t.pepper_check).where(t.id == 1)).scalar_one_or_none()
+        if stored is None:
+            conn.execute(update(identity_state_table).where(t.id == 1).values(pepper_check=value))
+            return True
+    return bool(stored == value)
 
 
 def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
@@ -204,19 +215,21 @@ class IdentitySync:
         self.load()
 
     def flush(self) -> None:
-        """Write ``last_used_at`` and pending token revocations."""
-        used = self.snapshot.take_used()
-        pending, self.snapshot.pending_revocations = self.snapshot.pending_revocations, []
-        if not used and not pending:
-            return
-        try:
-            self._write(used, pending)
-        except Exception:
-            # Not written: revocations stay pending (and in force across reloads) until a flush succeeds.
-            self.snapshot.pending_revocations[:0] = pending
-            for kid, t in used.items():
-                self.snapshot._used.setdefault(kid, t)
-            raise
+        """Write ``last_used_at`` and pending token revocations. Under the reload lock: a reload between
+        taking the revocations and committing them would drop them from the snapshot."""
+        with self._lock:
+            used = self.snapshot.take_used()
+            pending, self.snapshot.pending_revocations = self.snapshot.pending_revocations, []
+            if not used and not pending:
+                return
+            try:
+                self._write(used, pending)
+            except Exception:
+                # Not written: revocations stay pending (in force across reloads) until a flush succeeds.
+                self.snapshot.pending_revocations[:0] = pending
+                for kid, t in used.items():
+                    self.snapshot._used.setdefault(kid, t)
+                raise
 
     def _write(self, used: dict[str, float], pending: list[tuple[str, float, float]]) -> None:
         with self.engine.begin() as conn:

@@ -173,6 +173,8 @@ class IdentityAdmin:
         with self.engine.begin() as conn:
             row = self._consumer_row(conn, name)
             status = "active" if active else "disabled"
+            if row["status"] == status:
+                return _consumer_out(row)  # already so: nothing changes, nothing to record
             now = self.clock()
             conn.execute(
                 update(consumers_table)
@@ -472,6 +474,11 @@ def _check_client_jwks(jwks: Mapping[str, Any]) -> None:
             raise IdentityError(400, "invalid_jwks", "the client's JWKS must hold public keys only")
         if key.get("kty") not in ("RSA", "EC", "OKP"):
             raise IdentityError(400, "invalid_jwks", "only RSA, EC and OKP public keys are accepted")
+        if key.get("kty") == "RSA":
+            n = key.get("n")
+            # base64url without padding: 2048 bits are 342 characters
+            if not isinstance(n, str) or len(n.rstrip("=")) * 6 < 2040:
+                raise IdentityError(400, "invalid_jwks", "RSA keys must have at least 2048 bits")
     try:
         KeySet.import_key_set({"keys": [dict(k) for k in keys]})
     except (JoseError, ValueError, TypeError):

@@ -40,17 +40,37 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 INTROSPECT_SCOPE = "bastion:introspect"
 _JSON = (("content-type", "application/json"), ("cache-control", "no-store"), ("pragma", "no-cache"))
+_EMPTY = (("cache-control", "no-store"), ("pragma", "no-cache"))
 
 
 class _OAuthError(Exception):
     """RFC 6749 §5.2 error response."""
 
-    def __init__(self, error: str, description: str, status: int = 400, cause: str = "") -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        cause: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.description = description
         self.status = status
         self.cause = cause or error
+        self.headers = headers
+
+
+def _locked(wait: float) -> _OAuthError:
+    seconds = max(1, int(wait + 0.999))
+    return _OAuthError(
+        "invalid_client",
+        "too many failed authentication attempts; retry later",
+        429,
+        "auth_locked_out",
+        (("retry-after", str(seconds)),),
+    )
 
 
 def _json(status: int, payload: dict[str, Any], extra: tuple[tuple[str, str], ...] = ()) -> Answer:
@@ -96,14 +116,23 @@ class OAuthServer:
                 "introspection_endpoint": issuer + paths["introspection"],
                 "revocation_endpoint": issuer + paths["revocation"],
                 "grant_types_supported": ["client_credentials"],
+                "response_types_supported": [],  # RFC 8414 §2: required; no authorization endpoint
                 "token_endpoint_auth_methods_supported": [
                     "client_secret_basic",
                     "client_secret_post",
                     "private_key_jwt",
                 ],
                 "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
-                "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
-                "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
+                "introspection_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+                "revocation_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
             },
             separators=(",", ":"),
         ).encode()
@@ -237,7 +266,7 @@ class OAuthServer:
         try:
             claims = self.verifier.decode(token, now)
         except AuthFailure:
-            return Answer(200, _JSON)  # RFC 7009 §2.2: an invalid token is not an error
+            return Answer(200, _EMPTY)  # RFC 7009 §2.2: an invalid token is not an error
         if claims["client_id"] != caller.client_id:
             # RFC 7009 §2.1: only the client the token was issued to may revoke it.
             return self._error(
@@ -253,7 +282,7 @@ class OAuthServer:
                 actor=f"client:{caller.client_id}",
                 data={"client_id": caller.client_id, "jti": claims["jti"]},
             )
-        return Answer(200, _JSON)
+        return Answer(200, _EMPTY)
 
     # -- client authentication ---------------------------------------------------------------------
     async def _authenticate_client(
@@ -261,8 +290,9 @@ class OAuthServer:
     ) -> tuple[ClientRecord, ConsumerRecord]:
         now = self.clock()
         source = "ip:" + str(req.client_ip)
-        if await self.limiter.blocked_for(source, now):
-            raise _OAuthError("invalid_client", "client authentication failed", 401, "auth_locked_out")
+        wait = await self.limiter.blocked_for(source, now)
+        if wait:
+            raise _locked(wait)
         basic = _basic(req)
         methods = [
             m
@@ -292,25 +322,37 @@ class OAuthServer:
                 client = self._secret_client(client_id, form["client_secret"])
             else:
                 client_id, client = self._assertion_client(form, now)
-            if await self.limiter.blocked_for("client:" + client.client_id, now):
-                raise AuthFailure("auth_locked_out", client.client_id)
+            wait = await self.limiter.blocked_for("client:" + client.client_id, now)
+            if wait:
+                raise _locked(wait)
             consumer = self.index.consumer(client.consumer_id)
             if consumer is None or not consumer.active:
                 raise AuthFailure("consumer_disabled", client.client_id)
             return client, consumer
         except AuthFailure as failure:
-            if failure.code != "auth_locked_out":
-                blocked = await self.limiter.failed(source, now)
-                if client_id and len(client_id) <= 64:
-                    blocked = await self.limiter.failed("client:" + client_id, now) or blocked
-                if blocked:
-                    self.emit(
-                        "auth.locked_out",
-                        severity="warning",
-                        request_id=req.request_id,
-                        source_ip=str(req.client_ip),
-                        data={"subject": "oauth_client", "block_for": blocked},
-                    )
+            blocked = await self.limiter.failed(source, now)
+            trigger = "source_ip"
+            if client_id and len(client_id) <= 64:
+                blocked_client = await self.limiter.failed("client:" + client_id, now)
+                if blocked_client and not blocked:
+                    blocked, trigger = blocked_client, "client_id"
+            if blocked:
+                self.emit(
+                    "auth.locked_out",
+                    severity="warning",
+                    request_id=req.request_id,
+                    route=req.route.id,
+                    method=req.method,
+                    path=req.path,
+                    source_ip=str(req.client_ip),
+                    data={
+                        "subject": "oauth_client",
+                        "trigger": trigger,
+                        "client_id": client_id if client_id and len(client_id) <= 64 else None,
+                        "cause": failure.code,
+                        "block_for": blocked,
+                    },
+                )
             raise _OAuthError(
                 "invalid_client",
                 "client authentication failed",
@@ -388,9 +430,9 @@ class OAuthServer:
             reason=err.error,
             data={"cause": err.cause, "status": err.status},
         )
-        extra: tuple[tuple[str, str], ...] = ()
+        extra: tuple[tuple[str, str], ...] = err.headers
         if err.status == 401:
-            extra = (("www-authenticate", 'Basic realm="bastion-oauth"'),)
+            extra = (*extra, ("www-authenticate", 'Basic realm="bastion-oauth"'))
         return _json(err.status, {"error": err.error, "error_description": err.description}, extra)
 
 
@@ -419,10 +461,13 @@ async def _form(req: RequestView) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise _OAuthError("invalid_request", "the body is not a valid form") from None
     form: dict[str, str] = {}
+    seen: set[str] = set()
     for name, value in pairs:
-        if name in form:
+        if name in seen:
             raise _OAuthError("invalid_request", f"parameter {name} is repeated")
-        form[name] = value
+        seen.add(name)
+        if value:  # RFC 6749 §3.2: parameters sent without a value are treated as omitted
+            form[name] = value
     return form
 
 

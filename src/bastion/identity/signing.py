@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from joserfc.jwk import ECKey, KeySet, OKPKey
 from sqlalchemy import Engine, select
 
@@ -21,7 +22,16 @@ from ..store.schema import signing_keys_table
 from .credentials import Peppers, random_base62
 from .manage import bump_revision
 
-__all__ = ["SigningKeys"]
+__all__ = ["PepperMismatch", "SigningKeys"]
+
+
+class PepperMismatch(Exception):
+    def __init__(self) -> None:
+        super().__init__(
+            "the store was set up with a different identity.pepper: restore the original pepper "
+            "(with another one, every API key, client secret and token-signing key in the store is unusable)"
+        )
+
 
 Key = ECKey | OKPKey
 
@@ -115,7 +125,10 @@ class SigningKeys:
         if kids == self._loaded_kids and self._current is not None and self._current[0] == newest["kid"]:
             return
         if self._current is None or self._current[0] != newest["kid"]:
-            pem = self.peppers.fernet.decrypt(newest["private_key"].encode("ascii"))
+            try:
+                pem = self.peppers.fernet.decrypt(newest["private_key"].encode("ascii"))
+            except InvalidToken:
+                raise PepperMismatch() from None
             self._current = (newest["kid"], _import(newest["alg"], pem))
         self._published = [json.loads(r["public_jwk"]) for r in published]
         self._verify = KeySet.import_key_set({"keys": self._published})

@@ -11,7 +11,11 @@ being revoked, the consumer being disabled, and the consumer's scopes (a token n
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
 
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
 from .index import IdentitySnapshot
@@ -26,6 +30,19 @@ _CACHE_MAX = 10_000
 
 def _looks_like_jwt(token: str) -> bool:
     return token.startswith("eyJ") and token.count(".") == 2
+
+
+def _unverified(token: str, part: str) -> dict[str, Any]:
+    """The header or claims of a compact JWS *without* verifying it — only to pick the verifier that
+    will verify it. Anything unreadable gives ``{}`` (and then fails verification properly)."""
+    if len(token) > 16384:
+        return {}
+    try:
+        obj = jws.extract_compact(token.encode("ascii"))
+        value = obj.protected if part == "header" else json.loads(obj.payload)
+    except (JoseError, ValueError, UnicodeError, TypeError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def scopes_from_claims(claims: dict[str, Any]) -> frozenset[str]:
@@ -90,12 +107,12 @@ class LocalTokenVerifier:
         claims = self._cache.get(token, now)
         if claims is not None:
             return claims  # type: ignore[no-any-return]
+        kid = _unverified(token, "header").get("kid")
+        if not isinstance(kid, str) or not kid.startswith("bst-"):
+            raise AuthFailure(UNCLAIMED)  # not signed by Bastion: another verifier may take it
         try:
             header = token_header(token, self.policy)
-            kid = header.get("kid")
             keys = self.signing.verify_keys
-            if not isinstance(kid, str) or not kid.startswith("bst-"):
-                raise AuthFailure(UNCLAIMED)
             if not any(k.kid == kid for k in keys.keys):
                 raise AuthFailure("jwt_kid_unknown")
             if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
@@ -162,6 +179,10 @@ class IssuerVerifier:
     async def verify(self, token: str, now: float) -> Principal:
         hit = self._cache.get(token, now)
         if hit is None:
+            if _unverified(token, "payload").get("iss") != self.policy.issuer:
+                # Routing only (the signature and every claim are verified below): a token that does not
+                # even claim this issuer is another verifier's, and must not make us refetch our JWKS.
+                raise AuthFailure(UNCLAIMED)
             try:
                 header = token_header(token, self.policy)
                 kid = header.get("kid")

@@ -1178,6 +1178,11 @@ async def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
         if yielded is None:
             await asyncio.sleep(0)  # a bare yield
         else:
+            # The first step ran outside a Task, so the inner ``await fut`` left the future marked as
+            # "blocking"; a Task clears that mark before it waits, and so must we, or awaiting it here
+            # raises at once and the coroutine resumes with the future still pending.
+            if getattr(yielded, "_asyncio_future_blocking", False):
+                yielded._asyncio_future_blocking = False
             try:
                 await yielded
             except asyncio.CancelledError:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from sqlalchemy import Engine
 
@@ -440,7 +440,7 @@ def _actor(principal: Principal | None) -> str | None:
 
 def _without_api_key(query: str) -> str:
     """The forwarded query, without the key a route accepted there (it never reaches the upstream)."""
-    return "&".join(p for p in query.split("&") if p.split("=", 1)[0] != QUERY_PARAM)
+    return "&".join(p for p in query.split("&") if unquote_plus(p.split("=", 1)[0]) != QUERY_PARAM)
 
 
 def _safe_path(path: str | None) -> str | None:
@@ -555,6 +555,47 @@ def compile_routes(settings: GatewayConfig, identity: IdentityRuntime | None = N
     return routes
 
 
+def _check_oauth_paths(loaded: LoadedConfig, routes: list[Route]) -> None:
+    """The OAuth2 endpoints must be distinct and reachable: no two on one path, and none inside a
+    route's template (a literal endpoint path would silently take requests that route expects)."""
+    from ..config.errors import ConfigError, ConfigIssue
+
+    o = loaded.settings.oauth2
+    if o is None:
+        return
+    named = {
+        "token_path": o.token_path,
+        "introspection_path": o.introspection_path,
+        "revocation_path": o.revocation_path,
+        "jwks_path": o.jwks_path,
+        "metadata_path": o.metadata_path,
+    }
+    issues = []
+    seen: dict[str, str] = {}
+    user = [r for r in routes if r.service != "oauth2"]
+    router = Router(user) if user else None
+    for key, path in named.items():
+        line = loaded.lines.get(("oauth2", key)) or loaded.lines.get(("oauth2",))
+        if path in seen:
+            issues.append(
+                ConfigIssue(loaded.source, line, f"oauth2.{key}", f"same path as oauth2.{seen[path]}")
+            )
+            continue
+        seen[path] = key
+        match = router.match(path) if router is not None else None
+        if match is not None:
+            issues.append(
+                ConfigIssue(
+                    loaded.source,
+                    line,
+                    f"oauth2.{key}",
+                    f"{path} is also matched by the route {match.endpoint.template}",
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+
+
 class _NullSink:
     def emit(self, event: Event) -> None:
         return None
@@ -581,7 +622,7 @@ def build_gateway(
         with contextlib.suppress(Exception):
             sink.emit(new_event(type, **fields))
 
-    identity = IdentityRuntime(settings, engine, emit, clock=clock)
+    identity = IdentityRuntime(settings, engine, emit, clock=clock, source=loaded.source, lines=loaded.lines)
     routes = compile_routes(settings, identity)
     issues: list[ConfigIssue] = []
     for route in routes:
@@ -599,6 +640,7 @@ def build_gateway(
             )
     if issues:
         raise ConfigError(issues)
+    _check_oauth_paths(loaded, routes)
     try:
         router = Router(routes)
     except RouteError as exc:

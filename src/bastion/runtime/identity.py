@@ -8,7 +8,7 @@ keys) from the store before the gateway accepts a request, :meth:`close` writes 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
@@ -16,16 +16,17 @@ from sqlalchemy import Engine
 from ..checks.api_key import ApiKeyAuth
 from ..checks.authn import Authenticate
 from ..checks.scopes import Authorize
+from ..config.errors import ConfigError, ConfigIssue
 from ..config.models import GatewayConfig, RouteSettings
 from ..core.chain import Check
 from ..core.ports import TokenVerifier
 from ..identity.credentials import Peppers
-from ..identity.index import IdentitySnapshot, IdentitySync
+from ..identity.index import IdentitySnapshot, IdentitySync, check_pepper
 from ..identity.jwks import JwksCache
 from ..identity.jwt import JwtPolicy
 from ..identity.manage import IdentityAdmin
 from ..identity.oauth_server import OAuthServer
-from ..identity.signing import SigningKeys
+from ..identity.signing import PepperMismatch, SigningKeys
 from ..identity.tokens import IssuerVerifier, LocalTokenVerifier
 from ..state.memory import MemoryFailureLimiter
 
@@ -40,8 +41,12 @@ class IdentityRuntime:
         emit: Callable[..., None],
         *,
         clock: Callable[[], float] = time.time,
+        source: str = "",
+        lines: Mapping[tuple[str | int, ...], int] | None = None,
     ) -> None:
         ident = settings.identity
+        self.source = source
+        self.settings_lines = lines or {}
         self.settings = settings
         self.engine = engine
         self.clock = clock
@@ -158,8 +163,11 @@ class IdentityRuntime:
             self.sync.wake()
 
     def start(self) -> None:
+        """Load the snapshot and signing keys; a pepper that does not match the store is a ConfigError."""
         if self.engine is None:
             return
+        if self.peppers is not None and not check_pepper(self.engine, self.peppers.check_value):
+            raise self._pepper_error(str(PepperMismatch()))
         self.sync = IdentitySync(
             self.engine,
             self.snapshot,
@@ -168,9 +176,21 @@ class IdentityRuntime:
             on_reload=self._refresh_signing,
             periodic=self._refresh_signing,  # signing-key rotation is due on a schedule, not on a change
         )
-        if self.signing is not None:
-            self.signing.refresh()
+        try:
+            if self.signing is not None:
+                self.signing.refresh()
+        except PepperMismatch as exc:
+            raise self._pepper_error(str(exc)) from None
         self.sync.start()
+
+    def _pepper_error(self, message: str) -> ConfigError:
+        return ConfigError(
+            [
+                ConfigIssue(
+                    self.source, self.settings_lines.get(("identity", "pepper")), "identity.pepper", message
+                )
+            ]
+        )
 
     def _refresh_signing(self) -> None:
         if self.signing is not None:

@@ -115,4 +115,6 @@ identity_state_table = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("revision", Integer, nullable=False),
+    # HMAC of a fixed label under the pepper-derived key: tells a changed pepper from bad credentials.
+    Column("pepper_check", String(64)),
 )

@@ -77,6 +77,7 @@ def upgrade() -> None:
         "identity_state",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("revision", sa.Integer, nullable=False),
+        sa.Column("pepper_check", sa.String(64)),
     )
     op.execute("INSERT INTO identity_state (id, revision) VALUES (1, 0)")
 
