@@ -418,7 +418,7 @@ def alg_none_token() -> str:
 
 BAD_TOKENS = {
     "wrong-audience": (lambda: idp_token(aud="another-api"), "jwt_audience_invalid"),
-    "wrong-issuer": (lambda: idp_token(iss="https://evil.example.com/"), "token_issuer_unknown"),  # no verifier claims a foreign issuer
+    "wrong-issuer": (lambda: idp_token(iss="https://evil.example.com/"), "token_issuer_unknown"),
     "expired": (
         lambda: idp_token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
         "jwt_expired",

@@ -908,7 +908,7 @@ class TestSigningKeys:
         other = Peppers("a-different-pepper-0123456789abcdef")
         with pytest.raises(InvalidToken):
             other.fernet.decrypt(signing_rows(engine)[0]["private_key"].encode())
-        with pytest.raises(PepperMismatch, match="identity.pepper"):
+        with pytest.raises(PepperMismatch, match=r"identity\.pepper"):
             self.make(engine, clock, pepper=other).refresh()
 
     def test_the_pepper_check_tells_a_changed_pepper(self, engine: Engine) -> None:
