@@ -157,6 +157,17 @@ class TestCheck:
         assert result.exit_code == 1
         assert f"{bad}:{line_of(text, '/v1//orders')}: services[0].routes[1].path:" in result.stderr
 
+    def test_identity_example_is_valid_and_quiet(self) -> None:
+        example = ROOT / "examples" / "identity.yaml"
+        env = {**WITH_TOKEN, "BASTION_PEPPER": "example-pepper-0123456789abcdef"}
+        result = cli("check", "-c", str(example), "--json", env=env)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True and doc["warnings"] == []
+        # Without the pepper it is an error that names the missing variable, not a crash.
+        result = cli("check", "-c", str(example), env={**WITH_TOKEN, "BASTION_PEPPER": None})
+        assert result.exit_code == 1 and "BASTION_PEPPER" in result.stderr
+
     def test_json_ok(self) -> None:
         result = cli("check", "-c", str(QUICKSTART), "--json")
         assert result.exit_code == 0
