@@ -47,18 +47,24 @@ class ApiKeyAuth:
 
     def credential(self, req: RequestView, bearer: str | None) -> str | None:
         """The presented key, if any. Two different keys in one request are refused."""
-        found = [bearer] if bearer is not None and bearer.startswith("bst_") else []
+        key = bearer if bearer is not None and bearer.startswith("bst_") else None
         headers = req.headers
-        if self.header in headers:
-            values = headers.getall(self.header)
-            found.extend(v.strip() for v in values)
+        if headers.get(self.header) is not None:
+            for value in headers.getall(self.header):  # every copy: two different keys are refused
+                value = value.strip()
+                if key is None:
+                    key = value
+                elif value != key:
+                    raise AuthFailure("api_key_ambiguous")
         if self.in_query and req.query:
-            found.extend(v for k, v in parse_qsl(req.query, keep_blank_values=True) if k == QUERY_PARAM)
-        if not found:
-            return None
-        if len(found) > 1 and any(f != found[0] for f in found):
-            raise AuthFailure("api_key_ambiguous")
-        return found[0]
+            for name, value in parse_qsl(req.query, keep_blank_values=True):
+                if name != QUERY_PARAM:
+                    continue
+                if key is None:
+                    key = value
+                elif value != key:
+                    raise AuthFailure("api_key_ambiguous")
+        return key
 
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
         key_id = key_id_of(key)

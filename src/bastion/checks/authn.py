@@ -16,6 +16,7 @@ from ..core.identity import UNCLAIMED, AuthFailure, Principal
 from ..core.ports import FailureLimiter, TokenVerifier
 from ..core.request import RequestView
 from .api_key import ApiKeyAuth
+from .scopes import Authorize
 
 __all__ = ["Authenticate"]
 
@@ -33,8 +34,10 @@ class Authenticate:
         limiter: FailureLimiter,
         clock: Callable[[], float],
         realm: str = "bastion",
+        authorize: Authorize | None = None,
     ) -> None:
         self.methods = methods
+        self.authorize = authorize  # run right after a success (authn → authz, fused)
         self.api_keys = api_keys
         self.verifiers = verifiers
         self.limiter = limiter
@@ -95,7 +98,7 @@ class Authenticate:
             failure = exc
         if principal is not None:
             ctx.principal = principal
-            return None
+            return self.authorize.decide(req, principal) if self.authorize is not None else None
         if failure is None:
             if not presented and not bearer and auth is None and not _other_credential(req, self.api_keys):
                 return self._required

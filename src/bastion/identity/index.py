@@ -59,6 +59,8 @@ class IdentitySnapshot:
         self._data = _Data()
         self._used: dict[str, float] = {}
         self.pending_revocations: list[tuple[str, float, float]] = []
+        # Revocations are appended on the event loop and taken by the sync thread: never lose one.
+        self.pending_lock = threading.Lock()
 
     @property
     def revision(self) -> int:
@@ -66,9 +68,10 @@ class IdentitySnapshot:
 
     def replace(self, data: _Data) -> None:
         # Revocations made here but not yet written must survive a reload.
-        for jti, exp, _at in self.pending_revocations:
-            data.revoked.setdefault(jti, exp)
-        self._data = data
+        with self.pending_lock:
+            for jti, exp, _at in self.pending_revocations:
+                data.revoked.setdefault(jti, exp)
+            self._data = data
 
     def key(self, key_id: str) -> KeyRecord | None:
         return self._data.keys.get(key_id)
@@ -91,7 +94,8 @@ class IdentitySnapshot:
     def revoke_token(self, jti: str, expires_at: float, now: float) -> None:
         """Effective at once in this process; written to the store by the sync thread."""
         self._data.revoked[jti] = expires_at
-        self.pending_revocations.append((jti, expires_at, now))
+        with self.pending_lock:
+            self.pending_revocations.append((jti, expires_at, now))
 
     def take_used(self) -> dict[str, float]:
         used, self._used = self._used, {}
@@ -219,14 +223,16 @@ class IdentitySync:
         taking the revocations and committing them would drop them from the snapshot."""
         with self._lock:
             used = self.snapshot.take_used()
-            pending, self.snapshot.pending_revocations = self.snapshot.pending_revocations, []
+            with self.snapshot.pending_lock:
+                pending, self.snapshot.pending_revocations = self.snapshot.pending_revocations, []
             if not used and not pending:
                 return
             try:
                 self._write(used, pending)
             except Exception:
                 # Not written: revocations stay pending (in force across reloads) until a flush succeeds.
-                self.snapshot.pending_revocations[:0] = pending
+                with self.snapshot.pending_lock:
+                    self.snapshot.pending_revocations[:0] = pending
                 for kid, t in used.items():
                     self.snapshot._used.setdefault(kid, t)
                 raise
