@@ -506,3 +506,31 @@ def test_the_first_token_is_verified_while_the_jwks_is_fetched(tmp_path: Path) -
             assert reply.status == 200, reply.body
             assert reply.upstream_headers()["x-bastion-consumer"] == ["partner-a"]
             assert idp.fetches == 1
+
+
+# -- claims of an external issuer never become headers as they are -----------------------------------
+
+
+class TestExternalClaimsAreHeaderSafe:
+    """An issuer signs what it signs: a scope item or a subject with a line break, a NUL or non-ASCII
+    text must not inject or spoof an upstream header, nor crash the exchange."""
+
+    def test_a_scope_with_a_line_break_is_dropped_not_forwarded(self, stack: Stack) -> None:
+        token = idp_token(scope=None, scp=["orders:read", "zz\r\nX-Bastion-Consumer: admin", "a\x00b"])
+        reply = stack.get("/v1/partners/1", bearer(token))
+        assert reply.status == 200, reply.body
+        seen = reply.upstream_headers()
+        assert seen["x-bastion-consumer"] == ["partner-a"]
+        assert seen["x-bastion-scopes"] == ["orders:read"]
+
+    def test_a_space_separated_scope_claim_keeps_only_scope_tokens(self, stack: Stack) -> None:
+        reply = stack.get("/v1/partners/1", bearer(idp_token(scope="orders:read bad\r\nX-Injected:1")))
+        assert reply.status == 200, reply.body
+        assert "x-injected" not in reply.upstream_headers()
+
+    @pytest.mark.parametrize("subject", ["日本", "with space", "line\r\nbreak", "", "x" * 257])
+    def test_a_subject_a_header_cannot_carry_is_refused(self, stack: Stack, subject: str) -> None:
+        reply = stack.get("/v1/partners/1", bearer(idp_token(sub=subject)))
+        assert reply.status == 401, reply.body
+        assert reply.json()["code"] == "auth_invalid"
+        assert stack.event_for("auth.failed", reply)["data"]["cause"] == "jwt_subject_invalid"

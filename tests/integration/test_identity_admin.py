@@ -372,6 +372,19 @@ class TestKeys:
         doc = new_key(gw, "k-seconds", ttl=3600)
         assert before + 3600 <= doc["expires_at"] <= time.time() + 3600
 
+    @pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+    def test_a_lifetime_that_is_not_a_finite_number_is_refused(self, gw: GatewayThread, raw: bytes) -> None:
+        # json.loads accepts NaN and Infinity; a NaN lifetime once compared false both ways and made a
+        # key that never expired.
+        consumer(gw, "k-nan-" + raw.decode().strip("-").lower()[:3] + str(len(raw)), ["orders:read"])
+        name = "k-nan-" + raw.decode().strip("-").lower()[:3] + str(len(raw))
+        body = b'{"consumer": "' + name.encode() + b'", "ttl": ' + raw + b"}"
+        problem(call(gw, "POST", "/admin/v1/keys", raw=body), 400)
+        key = new_key(gw, name)
+        rotate = b'{"grace": ' + raw + b"}"
+        problem(call(gw, "POST", f"/admin/v1/keys/{key['id']}/rotate", raw=rotate), 400)
+        assert ok(gw, "GET", f"/admin/v1/keys/{key['id']}")["rotated_to"] is None
+
     def test_permissions_and_ip_allow(self, gw: GatewayThread) -> None:
         consumer(gw, "k-limits", ["orders:read"])
         narrow = new_key(gw, "k-limits", permissions=["GET /v1/orders/7"])

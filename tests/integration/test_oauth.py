@@ -640,3 +640,27 @@ class TestMetadata:
         response = requests.get(url(stack, "/.well-known/oauth-authorization-server"), timeout=10)
         assert response.status_code == 200
         assert response.json()["issuer"] == ISSUER
+
+
+class TestHostileClientAuthentication:
+    """Inputs that once escaped as 500s: each is an ordinary invalid_client now."""
+
+    def test_a_deeply_nested_client_assertion(self, stack: Stack) -> None:
+        payload = b64url(b"[" * 3000)
+        head = b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+        fields = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": f"{head}.{payload}.AAAA",
+        }
+        for path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+            reply = stack.post_form(path, {**fields, "token": "x"} if path != "/oauth/token" else fields)
+            assert reply.status == 401, (path, reply.body)
+            assert reply.json()["error"] == "invalid_client"
+
+    def test_a_basic_header_that_is_not_ascii(self, stack: Stack) -> None:
+        reply = stack.post_form(
+            "/oauth/token", {"grant_type": "client_credentials"}, {"Authorization": "Basic \xe9\xe9"}
+        )
+        assert reply.status == 401, reply.body
+        assert reply.json()["error"] == "invalid_client"

@@ -137,17 +137,20 @@ def test_stuffing_from_one_source_locks_that_source(stack: Stack) -> None:
     assert {e["data"]["cause"] for e in failed()} == {"api_key_unknown", "api_key_mismatch"}
 
 
-def test_a_key_id_attacked_from_many_sources_is_locked_for_everyone(stack: Stack) -> None:
+def test_a_key_id_attacked_from_many_sources_refuses_guesses_but_not_its_holder(stack: Stack) -> None:
     target = new_key(stack)
     sibling = new_key(stack)  # same consumer, different key id
     for _ in range(FAILURES):
         reply = attempt(stack, new_source(), random_key(key_id(target)))
         assert reply.status == 401
         assert reply.json()["code"] == "auth_invalid"
-    fresh = new_source()
-    assert_locked(attempt(stack, fresh, target))  # the right key, from an address never seen
+    # Further guesses under that id are refused from any address, without a verdict on the secret …
     assert_locked(attempt(stack, new_source(), random_key(key_id(target)), "bearer"))
-    assert attempt(stack, fresh, sibling).status == 200  # the lock is on the key id, not the source
+    assert_locked(attempt(stack, new_source(), random_key(key_id(target))))
+    # … but whoever holds the real key is not locked out by someone else's failures under its id.
+    fresh = new_source()
+    assert attempt(stack, fresh, target).status == 200
+    assert attempt(stack, fresh, sibling).status == 200
     locked = stack.wait_event("auth.locked_out", lambda e: e["data"].get("key_id") == key_id(target))
     assert locked["data"]["subject"] == "key_id"
     text = stack.all_events_text()
@@ -195,14 +198,16 @@ def test_secret_guessing_at_the_token_endpoint_locks_the_source(stack: Stack) ->
     )
 
 
-def test_secret_guessing_for_one_client_from_many_sources_locks_the_client(stack: Stack) -> None:
+def test_secret_guessing_for_one_client_from_many_sources_locks_the_guessing(stack: Stack) -> None:
     client, secret = stack.admin().create_client("victim", actor="test")
     assert secret is not None
     for _ in range(FAILURES):
         reply = token_request(stack, new_source(), client["client_id"], "bcs_" + random_base62(43))
         assert reply.status == 401
         assert reply.json()["error"] == "invalid_client"
-    assert_token_locked(token_request(stack, new_source(), client["client_id"], secret))
+    # More guesses for that client id are refused from any address; the client itself still gets tokens.
+    assert_token_locked(token_request(stack, new_source(), client["client_id"], "bcs_" + random_base62(43)))
+    assert token_request(stack, new_source(), client["client_id"], secret).status == 200
 
 
 # -- every bad key looks the same -------------------------------------------------------------------------

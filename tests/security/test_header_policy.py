@@ -574,3 +574,39 @@ def test_problem_responses_never_echo_request_data(gw: GatewayThread, data: byte
     assert out.first.status >= 400
     assert out.first.code is not None
     assert MARK.encode() not in out.raw, out.raw[:600]
+
+
+# -- Bastion's own headers cannot be spoofed through the underscore spelling ---------------------------
+
+
+def test_underscore_spellings_of_gateway_headers_are_dropped_even_when_underscores_are_allowed() -> None:
+    """With ``underscore_headers: allow``, ``X_Bastion_Consumer`` would reach a CGI/WSGI-style upstream
+    as ``X-Bastion-Consumer`` (both spellings become HTTP_X_BASTION_CONSUMER): it is dropped, like the
+    underscore forms of every header Bastion owns, while other underscore headers pass."""
+    from ipaddress import ip_address
+
+    from bastion.config.loader import load_config_text
+    from bastion.proxy.server import NO_BODY
+    from bastion.runtime.gateway import Forward, build_gateway
+
+    text = config_text(9, Path("/nonexistent/unused.db"), admin=False).replace(
+        "services:", "underscore_headers: allow\nservices:", 1
+    )
+    gateway = build_gateway(load_config_text(text, source="t.yaml"))
+    raw = [
+        ("host", "gw.example"),
+        ("x_bastion_consumer", "admin"),
+        ("x_bastion_scopes", "everything"),
+        ("x_forwarded_for", "10.0.0.1"),
+        ("x_custom_thing", "kept"),
+    ]
+    coro = gateway.admit("GET", "/public/x", "", raw, ip_address("127.0.0.1"), NO_BODY)
+    try:
+        coro.send(None)
+        raise AssertionError("admit suspended")
+    except StopIteration as stop:
+        decision = stop.value
+    assert isinstance(decision, Forward)
+    names = [n for n, _ in decision.headers]
+    assert "x_custom_thing" in names
+    assert not {"x_bastion_consumer", "x_bastion_scopes", "x_forwarded_for"} & set(names)

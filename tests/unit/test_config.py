@@ -545,3 +545,36 @@ services:
         match = gw.router.match("/v1/orders")
         assert match is not None
         assert match.endpoint.allow == "GET, HEAD, POST"
+
+
+class TestIdentitySettings:
+    PEPPER = {"BASTION_PEPPER": "test-pepper-0123456789abcdef"}
+    ISSUER = """
+jwt_issuers:
+  - name: corp
+    issuer: https://idp.example.com/
+    jwks_url: https://idp.example.com/jwks.json
+"""
+
+    def with_issuer(self, extra: str = "") -> str:
+        text = MINIMAL.replace("auth: none", 'auth: ["jwt:corp"]')
+        return text.replace("services:", self.ISSUER.strip() + "\n" + extra + "services:", 1)
+
+    def test_an_issuer_without_audience_is_an_error(self) -> None:
+        issue = only(errors(self.with_issuer()))
+        assert issue.path == "jwt_issuers[0].audience"
+        assert "required" in issue.message.lower()
+
+    def test_an_explicit_null_audience_loads_and_warns(self) -> None:
+        from bastion.adapters.checkup import posture_warnings
+
+        text = self.with_issuer().replace("    jwks_url:", "    audience: null\n    jwks_url:")
+        loaded = load(text)
+        assert loaded.settings.jwt_issuers[0].audience is None
+        assert any(w.path == "jwt_issuers[0].audience" for w in posture_warnings(loaded))
+
+    @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+    def test_durations_must_be_finite(self, value: str) -> None:
+        text = MINIMAL.replace("services:", f"identity:\n  max_key_ttl: {value}\nservices:", 1)
+        issue = only(errors(text))
+        assert issue.path == "identity.max_key_ttl"

@@ -819,7 +819,7 @@ class TestLockout:
         )
         deny(w.admit(view(headers=[bearer(key)], client_ip=ip))[0], 429, "auth_locked_out")
 
-    def test_key_id_is_locked_out_across_source_addresses(self) -> None:
+    def test_key_id_refuses_guesses_across_source_addresses_but_not_its_holder(self) -> None:
         w = World(failures=3, block_for=120)
         shop = w.consumer("shop", ["orders:read"])
         rec, key = w.key(shop)
@@ -829,13 +829,17 @@ class TestLockout:
             verdict, ctx = w.admit(view(headers=[bearer(wrong)], client_ip=f"192.0.2.{i + 1}"))
             deny(verdict, 401, "auth_invalid")
         assert [n[1]["subject"] for n in ctx.notices if n[0] == "auth.locked_out"] == ["key_id"]
-        d = deny(w.admit(view(headers=[bearer(key)], client_ip="192.0.2.200"))[0], 429, "auth_locked_out")
+        # Another guess under that id, from a new address: refused without a verdict on the secret.
+        guess = format_api_key(rec.id, "z" * 33)
+        d = deny(w.admit(view(headers=[bearer(guess)], client_ip="192.0.2.100"))[0], 429, "auth_locked_out")
         assert header(d, "retry-after") == "120"
         assert d.evidence["subject"] == "key_id" and d.evidence["key_id"] == rec.id
-        # Other keys from the same place still work; the key itself works after the cool-down.
+        # The key's holder is not locked out by failures someone else sent under its id; other keys work.
+        assert w.admit(view(headers=[bearer(key)], client_ip="192.0.2.200"))[0] is None
         assert w.admit(view(headers=[bearer(bystander)], client_ip="192.0.2.200"))[0] is None
         w.clock.now = NOW + 120
-        assert w.admit(view(headers=[bearer(key)], client_ip="192.0.2.200"))[0] is None
+        assert w.admit(view(headers=[bearer(guess)], client_ip="192.0.2.201"))[0] is not None
+        assert deny(w.admit(view(headers=[bearer(guess)], client_ip="192.0.2.202"))[0], 401, "auth_invalid")
 
     def test_retry_after_is_a_whole_number_of_seconds_at_least_one(self) -> None:
         w = World(failures=1, block_for=2.5)

@@ -29,6 +29,13 @@ def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
             "identity.max_key_ttl",
             "keys may live longer than a year; rotate credentials at least yearly (P13)",
         )
+    for ii, issuer in enumerate(s.jwt_issuers):
+        if issuer.audience is None:
+            warn(
+                ("jwt_issuers", ii, "audience"),
+                f"jwt_issuers[{ii}].audience",
+                "no audience: tokens the provider issued for any other API are accepted (P5)",
+            )
     if s.tls is None and not s.listen.is_loopback and not s.trusted_proxies:
         warn(("listen",), "listen", "listening beyond loopback without TLS and without a trusted TLS proxy")
     if s.limits.max_body > _TEN_MIB:

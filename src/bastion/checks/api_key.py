@@ -77,7 +77,9 @@ class ApiKeyAuth:
                 raise AuthFailure("api_key_checksum")
             raise AuthFailure("api_key_unknown", key_id)
         if not hmac.compare_digest(self.digest(key), rec.digest):
-            raise AuthFailure("api_key_mismatch" if checksum_ok(key) else "api_key_checksum", key_id)
+            if not checksum_ok(key):  # not counted under the id: it would tell known ids from unknown ones
+                raise AuthFailure("api_key_checksum")
+            raise AuthFailure("api_key_mismatch", key_id)
         if rec.revoked_at is not None:
             raise AuthFailure("api_key_revoked", key_id)
         if rec.expires_at is not None and now >= rec.expires_at:

@@ -71,15 +71,17 @@ class Authenticate:
         failure: AuthFailure | None = None
         principal: Principal | None = None
         presented = False
+        key_blocked = 0.0
+        key_id: str | None = None
         try:
             key = self.api_keys.credential(req, bearer) if self.api_keys is not None else None
             if key is not None:
                 presented = True
                 key_id = key[4:16] if checking and key.startswith("bst_") and len(key) > 16 else None
                 if key_id is not None:
-                    wait = await limiter.blocked_for("key:" + key_id, now)
-                    if wait:
-                        return _locked(wait, {"subject": "key_id", "key_id": key_id})
+                    # A blocked key id refuses guesses, but the key's holder still gets in: anyone can
+                    # send failures under a known id, and must not lock its owner out that way.
+                    key_blocked = await limiter.blocked_for("key:" + key_id, now)
                 principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
             elif bearer and not bearer.startswith("bst_"):
                 # Any listed method may authenticate: try each verifier that takes the token; the
@@ -106,6 +108,8 @@ class Authenticate:
         elif failure.code == UNCLAIMED:
             failure = AuthFailure("token_issuer_unknown")
         blocked = await limiter.failed("ip:" + ip_text(req.client_ip), now)
+        if key_blocked:
+            return _locked(key_blocked, {"subject": "key_id", "key_id": key_id, "cause": failure.code})
         subject = "source_ip"
         if failure.key_id is not None:
             blocked_key = await limiter.failed("key:" + failure.key_id, now)

@@ -465,7 +465,9 @@ JwtAlgorithm = Literal[
 class JwtIssuerSettings(_Model):
     name: str = Field(pattern=_NAME)
     issuer: str
-    audience: str | None = None
+    # Required: without an audience, a token the provider minted for any other API would be accepted.
+    # ``audience: null`` opts out explicitly (and ``bastion check`` warns).
+    audience: str | None = Field(...)
     jwks_url: str
     algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256"], min_length=1)
     consumer_claim: str = "sub"

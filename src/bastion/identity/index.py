@@ -93,9 +93,9 @@ class IdentitySnapshot:
 
     def revoke_token(self, jti: str, expires_at: float, now: float) -> None:
         """Effective at once in this process; written to the store by the sync thread."""
-        self._data.revoked[jti] = expires_at
-        with self.pending_lock:
+        with self.pending_lock:  # replace() takes the same lock: a reload cannot slip in between
             self.pending_revocations.append((jti, expires_at, now))
+            self._data.revoked[jti] = expires_at
 
     def take_used(self) -> dict[str, float]:
         used, self._used = self._used, {}

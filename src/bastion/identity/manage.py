@@ -9,6 +9,7 @@ call that creates them, and only their keyed digests are stored.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time
@@ -218,8 +219,8 @@ class IdentityAdmin:
         """A new key for ``consumer``: ``(record, full key)``. Scopes default to all of the consumer's."""
         peppers = self._need_peppers()
         ttl = self.max_key_ttl if ttl is None else ttl
-        if ttl <= 0:
-            raise IdentityError(400, "invalid_ttl", "the key lifetime must be positive")
+        if not math.isfinite(ttl) or ttl <= 0:  # NaN compares false both ways: reject it explicitly
+            raise IdentityError(400, "invalid_ttl", "the key lifetime must be a positive duration")
         if ttl > self.max_key_ttl:
             raise IdentityError(
                 400,
@@ -333,8 +334,8 @@ class IdentityAdmin:
     ) -> tuple[dict[str, Any], str]:
         """A new key with the same consumer, scopes, permissions and address list; the old one stays
         valid for ``grace`` seconds (never longer than it had left), then expires."""
-        if grace < 0:
-            raise IdentityError(400, "invalid_grace", "the grace period cannot be negative")
+        if not math.isfinite(grace) or grace < 0:
+            raise IdentityError(400, "invalid_grace", "the grace period must be a duration of zero or more")
         with self.engine.begin() as conn:
             old, owner = self._key_row(conn, key_id)
             now = self.clock()

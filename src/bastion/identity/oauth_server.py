@@ -328,14 +328,17 @@ class OAuthServer:
                 client = self._secret_client(client_id, form["client_secret"])
             else:
                 client_id, client = self._assertion_client(form, now)
-            wait = await self.limiter.blocked_for("client:" + client.client_id, now)
-            if wait:
-                raise _locked(wait)
             consumer = self.index.consumer(client.consumer_id)
             if consumer is None or not consumer.active:
                 raise AuthFailure("consumer_disabled", client.client_id)
             return client, consumer
         except AuthFailure as failure:
+            if client_id and len(client_id) <= 64:
+                # A blocked client id refuses guesses; the client with its real secret still gets in.
+                wait = await self.limiter.blocked_for("client:" + client_id, now)
+                if wait:
+                    await self.limiter.failed(source, now)
+                    raise _locked(wait) from None
             blocked = await self.limiter.failed(source, now)
             trigger = "source_ip"
             if client_id and len(client_id) <= 64:
@@ -381,7 +384,7 @@ class OAuthServer:
         assertion = form["client_assertion"]
         try:
             unverified = json.loads(jws.extract_compact(assertion.encode("ascii")).payload)
-        except (JoseError, ValueError, UnicodeError, TypeError):
+        except (JoseError, ValueError, UnicodeError, TypeError, RecursionError):
             raise AuthFailure("client_assertion_invalid") from None
         client_id = unverified.get("iss") if isinstance(unverified, dict) else None
         if not isinstance(client_id, str):
@@ -487,7 +490,7 @@ def _basic(req: RequestView) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text (UnicodeDecodeError is one too)
         raise _OAuthError("invalid_client", "client authentication failed", 401, "basic_malformed") from None
     user, sep, password = decoded.partition(":")
     if not sep:

@@ -12,12 +12,13 @@ being revoked, the consumer being disabled, and the consumer's scopes (a token n
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from ..core.identity import UNCLAIMED, AuthFailure, Principal
+from ..core.identity import UNCLAIMED, AuthFailure, Principal, valid_scope
 from .index import IdentitySnapshot
 from .jwks import JwksCache, JwksError
 from .jwt import JwtPolicy, JwtRejected, token_header, verify_jwt
@@ -46,13 +47,20 @@ def _unverified(token: str, part: str) -> dict[str, Any]:
 
 
 def scopes_from_claims(claims: dict[str, Any]) -> frozenset[str]:
-    """``scope`` (space-separated, RFC 8693/9068) or ``scp`` (a list or a string, as some IdPs send)."""
+    """``scope`` (space-separated, RFC 8693/9068) or ``scp`` (a list or a string, as some IdPs send).
+    Only RFC 6749 scope-tokens are kept: scopes travel upstream in a header, so a claim cannot smuggle
+    a line break, a NUL or non-ASCII text into it."""
     value = claims.get("scope", claims.get("scp"))
     if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return frozenset(value)
-    return frozenset()
+        items: list[str] = value.split(" ")
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = value
+    else:
+        return frozenset()
+    return frozenset(s for s in items if valid_scope(s))
+
+
+_SUBJECT = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: it becomes the X-Bastion-Consumer header
 
 
 class _Cache:
@@ -193,8 +201,9 @@ class IssuerVerifier:
             except JwksError:
                 raise AuthFailure("jwks_unavailable") from None
             subject = claims.get(self.consumer_claim)
-            if not isinstance(subject, str) or not subject or len(subject) > 256 or not subject.isprintable():
-                raise AuthFailure("jwt_missing_claim", claim=self.consumer_claim)
+            if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
+                # Missing, or not something a header can carry verbatim (spaces, controls, non-ASCII).
+                raise AuthFailure("jwt_subject_invalid", claim=self.consumer_claim)
             hit = (subject, scopes_from_claims(claims))
             self._cache.put(token, float(claims["exp"]), hit)
         subject, scopes = hit

@@ -420,6 +420,10 @@ class Gateway:
                     return "header_name_underscore"
                 if self.underscores == "drop":
                     continue
+                dashed = name.replace("_", "-")
+                if dashed in GATEWAY_OWNED or dashed in HOP_BY_HOP:
+                    # X_Bastion_Consumer would reach CGI/WSGI-style upstreams as X-Bastion-Consumer.
+                    continue
             if name in METHOD_OVERRIDE_HEADERS:
                 if self.reject_override:
                     return "method_override_rejected"
