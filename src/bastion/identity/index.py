@@ -149,7 +149,7 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
                 rotated_to=r["rotated_to"],
             )
             owner = data.consumers.get(rec.consumer_id)
-            if owner is not None:
+            if owner is not None and owner.active:  # no principal: the check then refuses the key
                 rec = dataclasses.replace(rec, principal=key_principal(rec, owner))
             data.keys[rec.id] = rec
         o = oauth_clients_table.c
