@@ -186,6 +186,16 @@ class TestDigest:
         assert api_key_digest(pepper, key) == hmac.new(pepper, key.encode(), hashlib.sha256).digest()
         assert len(api_key_digest(pepper, key)) == 32
 
+    def test_the_peppers_fast_digest_is_the_same_hmac(self) -> None:
+        """Peppers.key_digest copies a precomputed OpenSSL HMAC state: it must equal the plain HMAC,
+        every time (the copied state is never consumed)."""
+        peppers = Peppers("fast-path-pepper-0123456789abcdef")
+        for _ in range(3):
+            _, key = new_api_key()
+            assert peppers.key_digest(key) == api_key_digest(peppers.keys, key)
+            assert peppers.key_digest(key) == peppers.key_digest(key)
+        assert peppers.key_digest("bst_" + "é" * 52) != api_key_digest(peppers.keys, "bst_" + "e" * 52)
+
     def test_digest_depends_on_pepper_and_key(self) -> None:
         _, key = new_api_key()
         _, other = new_api_key()
