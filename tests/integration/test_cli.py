@@ -418,6 +418,16 @@ class TestDemo:
         status, body = call(port, "POST", "/v1/orders", order, {"content-type": "application/json"})
         assert status == 200
 
+        # The API key the demo made works on the keyed route; the origin sees the consumer, not the key.
+        key = re.search(r"X-API-Key: (bst_[0-9A-Za-z_]{52})'", text).group(1)  # type: ignore[union-attr]
+        status, body = call(port, "GET", "/v1/account", headers={"X-API-Key": key})
+        assert status == 200 and isinstance(body, dict), body
+        assert body["headers"]["x-bastion-consumer"] == "demo-app"
+        assert key not in json.dumps(body)
+        wrong = key[:-1] + ("x" if key[-1] != "x" else "y")
+        status, body = call(port, "GET", "/v1/account", headers={"X-API-Key": wrong})
+        assert status == 401 and isinstance(body, dict) and body["code"] == "auth_invalid"
+
         # Every simple denied line does what its comment says.
         denied = [m for m in map(DENIED_LINE.match, text.splitlines()) if m]
         assert len(denied) >= 5, text

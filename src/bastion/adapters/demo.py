@@ -141,6 +141,11 @@ _DEMO_ROUTE = """      - path: /v1/account
 """
 
 
+def _altered(key: str) -> str:
+    """The key with its last character changed: a wrong key to try."""
+    return key[:-1] + ("x" if key[-1] != "x" else "y")
+
+
 def _instructions(port: int, admin_port: int, token: str, config_file: Path, key: str) -> str:
     g = f"http://127.0.0.1:{port}"
     return f"""
@@ -159,7 +164,7 @@ Allowed:
 
 Denied (each one is an event):
   curl -i {g}/v1/account                                        # 401 auth_required
-  curl -i -H 'X-API-Key: {key[:-1]}x' {g}/v1/account   # 401 auth_invalid
+  curl -i -H 'X-API-Key: {_altered(key)}' {g}/v1/account   # 401 auth_invalid
   curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
   curl -i {g}/admin                                             # 404 route_not_found (deny by default)
   curl -i --path-as-is '{g}/public/..%2f..%2fetc/passwd'        # 400 path_encoded_slash
@@ -171,9 +176,10 @@ Denied (each one is an event):
 Ignored, not believed (the client is not a trusted proxy):
   curl -s -H 'X-Forwarded-For: 10.9.9.9' {g}/public/x          # forwarded as your real address
 
-Manage keys (bastion keys --help):
-  BASTION_ADMIN_TOKEN={token} BASTION_PEPPER=... bastion keys list -c {config_file}
+Manage keys through the admin API (or `bastion keys --help` with your own config):
   curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{admin_port}/admin/v1/keys
+  curl -s -H 'Authorization: Bearer {token}' -H 'content-type: application/json' \\
+       -d '{{"consumer": "demo-app", "ttl": "1h"}}' http://127.0.0.1:{admin_port}/admin/v1/keys
 
 The event log:
   curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{admin_port}/admin/v1/events?type=request.'
