@@ -279,7 +279,10 @@ class TestLifecycle:
         key = new_consumer(stack, "revoked-co")
         assert stack.get("/v1/orders/1", {"X-API-Key": key}).status == 200
         stack.admin().revoke_key(key_id(key), actor="test")
-        assert_problem(stack.get("/v1/orders/1", {"X-API-Key": key}), 401, "auth_invalid")
+        reply = stack.get("/v1/orders/1", {"X-API-Key": key})
+        assert_problem(reply, 401, "auth_invalid")
+        # The client cannot tell, but the event log names the use of a revoked key (a leak signal).
+        assert stack.event_for("auth.failed", reply)["data"]["cause"] == "api_key_revoked"
 
     def test_disabling_the_consumer_is_immediate(self, stack: Stack) -> None:
         key = new_consumer(stack, "disabled-co")

@@ -29,7 +29,7 @@ from bastion.core.identity import KEY_PATTERN, AuthFailure, api_key_digest, pars
 from bastion.core.request import RequestView
 from bastion.core.router import Route
 from bastion.identity.credentials import Peppers
-from bastion.identity.index import IdentitySnapshot, IdentitySync, check_pepper, load_snapshot
+from bastion.identity.index import RECENTLY_ENDED, IdentitySnapshot, IdentitySync, check_pepper, load_snapshot
 from bastion.identity.manage import IdentityAdmin, IdentityError
 from bastion.identity.signing import PepperMismatch, SigningKeys
 from bastion.store.database import open_database
@@ -350,11 +350,18 @@ class TestKeys:
             short.create_key("shop", ttl=8 * DAY, actor=ACTOR)
         assert error(exc) == (400, "invalid_ttl")
 
-    def test_expired_key_leaves_the_snapshot(self, admin: IdentityAdmin, engine: Engine) -> None:
+    def test_an_expired_key_fails_as_expired_then_leaves_the_snapshot(
+        self, admin: IdentityAdmin, engine: Engine
+    ) -> None:
         out, key = admin.create_key("shop", ttl=3600, actor=ACTOR)
         assert out["id"] in load_snapshot(engine, T0 + 3599).keys
         assert authenticate(engine, key, T0 + 3599).key_id == out["id"]
-        assert out["id"] not in load_snapshot(engine, T0 + 3600).keys
+        # Kept for a while, so that using the real (expired) key is named as such in the event log …
+        with pytest.raises(AuthFailure) as failure:
+            authenticate(engine, key, T0 + 3600)
+        assert failure.value.code == "api_key_expired"
+        # … then dropped: memory does not grow with every key that ever existed.
+        assert out["id"] not in load_snapshot(engine, T0 + 3600 + RECENTLY_ENDED).keys
 
     def test_permissions_and_addresses_are_validated_and_stored(
         self, admin: IdentityAdmin, engine: Engine
@@ -394,9 +401,11 @@ class TestKeys:
             "bob",
             {"resource": f"api_key:{out['id']}", "key_id": out["id"], "consumer": "shop"},
         )
-        assert out["id"] not in load_snapshot(engine, T0 + 50).keys
-        with pytest.raises(AuthFailure):
+        assert load_snapshot(engine, T0 + 50).keys[out["id"]].revoked_at == T0 + 50
+        with pytest.raises(AuthFailure) as failure:
             authenticate(engine, key, T0 + 50)
+        assert failure.value.code == "api_key_revoked"  # the real key of a revoked record: named
+        assert out["id"] not in load_snapshot(engine, T0 + 50 + RECENTLY_ENDED).keys
         assert authenticate(engine, other, T0 + 50).consumer == "shop"
 
         clock.now = T0 + 99
@@ -442,7 +451,9 @@ class TestKeys:
         assert authenticate(engine, new_key, T0 + DAY + 10).key_id == new["id"]
         assert authenticate(engine, old_key, T0 + DAY + 10).key_id == old["id"]
         # After it, only the new one.
-        assert old["id"] not in load_snapshot(engine, T0 + DAY + 3600).keys
+        with pytest.raises(AuthFailure) as failure:
+            authenticate(engine, old_key, T0 + DAY + 3600)
+        assert failure.value.code == "api_key_expired"
         assert authenticate(engine, new_key, T0 + DAY + 3600).key_id == new["id"]
 
     def test_grace_never_extends_the_original_expiry(self, admin: IdentityAdmin, engine: Engine) -> None:

@@ -34,6 +34,8 @@ __all__ = ["IdentitySnapshot", "IdentitySync", "check_pepper", "load_snapshot"]
 
 log = logging.getLogger("bastion.identity")
 
+RECENTLY_ENDED = 30 * 86400.0  # revoked or expired keys kept in the snapshot this long, to name their use
+
 
 def _nets(text: str) -> NetworkSet | None:
     values = json.loads(text)
@@ -133,9 +135,14 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
             data.consumers[rec.id] = rec
             data.by_name[rec.name] = rec
         k = api_keys_table.c
-        # Revoked keys are left out: a missing key and a revoked one fail the same way.
-        for r in conn.execute(select(api_keys_table).where(k.revoked_at.is_(None))).mappings():
-            if r["expires_at"] is not None and r["expires_at"] <= now:
+        # Revoked and expired keys stay for a while (the client sees the same 401 either way): when the
+        # real secret of a revoked or expired key is presented, the event says so — a strong signal that a
+        # leaked or forgotten credential is in use — instead of "unknown key".
+        recent = now - RECENTLY_ENDED
+        for r in conn.execute(select(api_keys_table)).mappings():
+            if (r["revoked_at"] is not None and r["revoked_at"] <= recent) or (
+                r["expires_at"] is not None and r["expires_at"] <= recent
+            ):
                 continue
             rec = KeyRecord(
                 id=r["id"],
