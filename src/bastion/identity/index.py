@@ -134,7 +134,6 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
             )
             data.consumers[rec.id] = rec
             data.by_name[rec.name] = rec
-        k = api_keys_table.c
         # Revoked and expired keys stay for a while (the client sees the same 401 either way): when the
         # real secret of a revoked or expired key is presented, the event says so — a strong signal that a
         # leaked or forgotten credential is in use — instead of "unknown key".
