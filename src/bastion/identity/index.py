@@ -138,11 +138,12 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
         # real secret of a revoked or expired key is presented, the event says so — a strong signal that a
         # leaked or forgotten credential is in use — instead of "unknown key".
         recent = now - RECENTLY_ENDED
-        for r in conn.execute(select(api_keys_table)).mappings():
-            if (r["revoked_at"] is not None and r["revoked_at"] <= recent) or (
-                r["expires_at"] is not None and r["expires_at"] <= recent
-            ):
-                continue
+        k = api_keys_table.c
+        live = select(api_keys_table).where(
+            (k.revoked_at.is_(None) | (k.revoked_at > recent))
+            & (k.expires_at.is_(None) | (k.expires_at > recent))
+        )
+        for r in conn.execute(live).mappings():
             rec = KeyRecord(
                 id=r["id"],
                 consumer_id=r["consumer_id"],
