@@ -351,7 +351,7 @@ def test_acceptable_jwks_urls(url: str) -> None:
         ("https://idp.example.com@evil.example/jwks", "user info"),
         ("https://idp.example.com/jwks#frag", "fragment"),
         ("https:///jwks", "no host"),
-        ("https://idp.example.com:99999/jwks", "Port"),
+        ("https://idp.example.com:99999/jwks", "invalid port"),
         ("https://idp.example.com/jw ks", "whitespace"),
         ("", "non-empty"),
     ],

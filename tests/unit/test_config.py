@@ -578,3 +578,21 @@ jwt_issuers:
         text = MINIMAL.replace("services:", f"identity:\n  max_key_ttl: {value}\nservices:", 1)
         issue = only(errors(text))
         assert issue.path == "identity.max_key_ttl"
+
+    @pytest.mark.parametrize(
+        ("url", "reason"),
+        [
+            ("https://idp.example.com:99999/jwks.json", "invalid port"),
+            ("http://idp.example.com/jwks.json", "https://"),
+            ("https://idp.example.com/jw ks", "whitespace"),
+            ("https://user:pw@idp.example.com/jwks.json", "user info"),
+        ],
+    )
+    def test_a_jwks_url_is_judged_at_load_by_the_fetchers_rule(self, url: str, reason: str) -> None:
+        # Config and the JWKS cache share one rule: what loads can be fetched (no failure at start).
+        text = self.with_issuer().replace("https://idp.example.com/jwks.json", url)
+        text = text.replace("    jwks_url:", "    audience: api\n    jwks_url:")
+        issue = only(errors(text))
+        assert issue.path == "jwt_issuers[0].jwks_url"
+        assert reason in issue.message
+        assert "pw@" not in issue.message

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..core.urls import require_secure_url
 from .units import parse_duration, parse_size
 
 __all__ = [
@@ -396,24 +397,6 @@ class IdentitySettings(_Model):
         return v
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _https_url(v: str, what: str) -> str:
-    parts = urlsplit(v)
-    if parts.username or parts.password or parts.fragment or not parts.hostname:
-        raise ValueError(f"{what} must be an absolute URL without credentials or fragment")
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback_host(parts.hostname)):
-        return v
-    raise ValueError(f"{what} must use https:// (http:// is accepted only for loopback addresses)")
-
-
 class OAuth2Settings(_Model):
     issuer: str
     audience: str | None = None  # the ``aud`` of issued tokens; default: the issuer
@@ -430,7 +413,7 @@ class OAuth2Settings(_Model):
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, v: str) -> str:
-        _https_url(v, "oauth2.issuer")
+        require_secure_url(v, "oauth2.issuer")
         if urlsplit(v).query:
             raise ValueError("oauth2.issuer cannot have a query")
         return v.rstrip("/")
@@ -477,7 +460,7 @@ class JwtIssuerSettings(_Model):
     @field_validator("jwks_url")
     @classmethod
     def _jwks(cls, v: str) -> str:
-        return _https_url(v, "jwks_url")
+        return require_secure_url(v, "jwks_url")
 
     @field_validator("leeway")
     @classmethod

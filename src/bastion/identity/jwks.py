@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import httpx
 from joserfc.jwk import JWKRegistry, Key, KeySet, RSAKey
+
+from ..core.urls import require_secure_url
 
 __all__ = ["JwksCache", "JwksError", "check_jwks_url"]
 
 # Tuples, not sets: membership tests on untrusted JSON values must not hash them (a list is unhashable).
 _SIGNING_KEY_TYPES = ("RSA", "EC", "OKP")
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _SIGNING_OKP_CURVES = ("Ed25519", "Ed448")
 _MIN_RSA_BITS = 2048
 # base64url length of a 256-byte modulus: shorter ones are skipped before joserfc imports them (and warns).
-_MIN_RSA_N_CHARS = 342
+MIN_RSA_N_CHARS = 342
 
 
 class JwksError(Exception):
@@ -43,40 +43,9 @@ class JwksError(Exception):
 
 
 def check_jwks_url(url: str) -> str:
-    """Return ``url`` if it is fit to fetch keys from, else raise ``ValueError`` saying why.
-
-    ``https://`` is required; plain ``http://`` only to ``localhost`` or a loopback IP literal, for
-    development and tests. No user info (credentials do not belong in config URLs or logs), no fragment.
-    """
-    if not isinstance(url, str) or not url:
-        raise ValueError("the JWKS URL must be a non-empty string")
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise ValueError("the JWKS URL must not contain whitespace or control characters")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http"):
-        raise ValueError(f"the JWKS URL must use https:// (not {parts.scheme or 'a relative URL'})")
-    if "@" in parts.netloc:
-        raise ValueError("the JWKS URL must not contain user info (user:password@)")
-    if "#" in url:
-        raise ValueError("the JWKS URL must not contain a fragment (#...)")
-    if not parts.hostname:
-        raise ValueError("the JWKS URL has no host")
-    _ = parts.port  # raises ValueError for a port that is not a number in range
-    if scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(
-            "the JWKS URL must use https://; http:// is allowed only to localhost or a loopback IP address"
-        )
-    return url
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Return ``url`` if it is fit to fetch keys from, else raise ``ValueError`` saying why
+    (the rule of :func:`bastion.core.urls.require_secure_url`)."""
+    return require_secure_url(url, "the JWKS URL")
 
 
 class JwksCache:
@@ -221,7 +190,7 @@ def _public_signing_key(entry: object) -> Key | None:
     recipient does not use; one odd entry must not cost us the whole set)."""
     if not isinstance(entry, dict) or entry.get("kty") not in _SIGNING_KEY_TYPES:
         return None
-    if _PRIVATE_MEMBERS & entry.keys():
+    if PRIVATE_MEMBERS & entry.keys():
         return None
     if entry.get("use", "sig") != "sig":
         return None
@@ -230,9 +199,7 @@ def _public_signing_key(entry: object) -> Key | None:
         return None
     if entry["kty"] == "OKP" and entry.get("crv") not in _SIGNING_OKP_CURVES:
         return None
-    if entry["kty"] == "RSA" and not (
-        isinstance(entry.get("n"), str) and len(entry["n"]) >= _MIN_RSA_N_CHARS
-    ):
+    if entry["kty"] == "RSA" and not (isinstance(entry.get("n"), str) and len(entry["n"]) >= MIN_RSA_N_CHARS):
         return None
     try:
         key = JWKRegistry.import_key(entry)

@@ -28,6 +28,7 @@ from ..store.schema import (
     oauth_clients_table,
 )
 from .credentials import Peppers, new_api_key, random_base62
+from .jwks import MIN_RSA_N_CHARS, PRIVATE_MEMBERS
 
 __all__ = ["Emit", "IdentityAdmin", "IdentityError"]
 
@@ -239,11 +240,7 @@ class IdentityAdmin:
 
         def _do(conn: Connection) -> tuple[dict[str, Any], str, str]:
             owner = self._consumer_row(conn, consumer)
-            held = frozenset(json.loads(owner["scopes"]))
-            try:
-                granted = sorted(check_scope_subset(_scopes(scopes), held) if scopes is not None else held)
-            except ScopeError as exc:
-                raise IdentityError(400, "invalid_scope", str(exc)) from None
+            granted = _granted(scopes, owner)
             public_id, key = new_api_key()
             now = self.clock()
             row = {
@@ -393,11 +390,7 @@ class IdentityAdmin:
             _check_client_jwks(jwks)
         with self.engine.begin() as conn:
             owner = self._consumer_row(conn, consumer)
-            held = frozenset(json.loads(owner["scopes"]))
-            try:
-                granted = sorted(check_scope_subset(_scopes(scopes), held) if scopes is not None else held)
-            except ScopeError as exc:
-                raise IdentityError(400, "invalid_scope", str(exc)) from None
+            granted = _granted(scopes, owner)
             client_id = "bcl_" + random_base62(20)
             secret = None if jwks is not None else "bcs_" + random_base62(43)
             row = {
@@ -469,21 +462,32 @@ def _check_client_jwks(jwks: Mapping[str, Any]) -> None:
     keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
     if not isinstance(keys, list) or not keys or len(keys) > 10:
         raise IdentityError(400, "invalid_jwks", "jwks must be a JSON Web Key Set with 1-10 public keys")
-    private_members = {"d", "p", "q", "dp", "dq", "qi", "k"}
     for key in keys:
-        if not isinstance(key, Mapping) or private_members & set(key):
+        if not isinstance(key, Mapping) or PRIVATE_MEMBERS & set(key):
             raise IdentityError(400, "invalid_jwks", "the client's JWKS must hold public keys only")
         if key.get("kty") not in ("RSA", "EC", "OKP"):
             raise IdentityError(400, "invalid_jwks", "only RSA, EC and OKP public keys are accepted")
         if key.get("kty") == "RSA":
             n = key.get("n")
             # base64url without padding: 2048 bits are 342 characters
-            if not isinstance(n, str) or len(n.rstrip("=")) * 6 < 2040:
+            if not isinstance(n, str) or len(n.rstrip("=")) < MIN_RSA_N_CHARS:
                 raise IdentityError(400, "invalid_jwks", "RSA keys must have at least 2048 bits")
     try:
         KeySet.import_key_set({"keys": [dict(k) for k in keys]})
     except (JoseError, ValueError, TypeError):
         raise IdentityError(400, "invalid_jwks", "the JWKS could not be read") from None
+
+
+def _granted(asked: Iterable[str] | None, owner: Mapping[str, Any]) -> list[str]:
+    """Least privilege for a new key or client: the scopes asked for, all held by the consumer (an
+    error names any that are not); none asked for means all of the consumer's."""
+    held = frozenset(json.loads(owner["scopes"]))
+    if asked is None:
+        return sorted(held)
+    try:
+        return sorted(check_scope_subset(_scopes(asked), held))
+    except ScopeError as exc:
+        raise IdentityError(400, "invalid_scope", str(exc)) from None
 
 
 def _days(seconds: float) -> str:

@@ -26,6 +26,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from ..core.decision import Answer, Context, Verdict
+from ..core.forwarding import ip_text
 from ..core.identity import AuthFailure, ClientRecord, ConsumerRecord
 from ..core.ports import FailureLimiter, IdentityIndex
 from ..core.request import BodyReadError, RequestView
@@ -201,7 +202,7 @@ class OAuthServer:
             route=req.route.id,
             method=req.method,
             path=req.path,
-            source_ip=str(req.client_ip),
+            source_ip=ip_text(req.client_ip),
             actor=f"client:{client.client_id}",
             data={
                 "client_id": client.client_id,
@@ -220,13 +221,18 @@ class OAuthServer:
             body["scope"] = claims["scope"]
         return _json(200, body)
 
+    async def _token_request(self, req: RequestView) -> tuple[ClientRecord, ConsumerRecord, str]:
+        """What introspection and revocation share: a form, an authenticated client, a ``token``."""
+        form = await _form(req)
+        caller, consumer = await self._authenticate_client(req, form)
+        token = form.get("token")
+        if not token:
+            raise _OAuthError("invalid_request", "token is required")
+        return caller, consumer, token
+
     async def _introspect(self, req: RequestView, ctx: Context) -> Verdict:
         try:
-            form = await _form(req)
-            caller, caller_consumer = await self._authenticate_client(req, form)
-            token = form.get("token")
-            if not token:
-                raise _OAuthError("invalid_request", "token is required")
+            caller, caller_consumer, token = await self._token_request(req)
         except _OAuthError as err:
             return self._error(req, err)
         now = self.clock()
@@ -258,11 +264,7 @@ class OAuthServer:
 
     async def _revoke(self, req: RequestView, ctx: Context) -> Verdict:
         try:
-            form = await _form(req)
-            caller, _consumer = await self._authenticate_client(req, form)
-            token = form.get("token")
-            if not token:
-                raise _OAuthError("invalid_request", "token is required")
+            caller, _consumer, token = await self._token_request(req)
         except _OAuthError as err:
             return self._error(req, err)
         now = self.clock()
@@ -284,7 +286,7 @@ class OAuthServer:
                 route=req.route.id,
                 method=req.method,
                 path=req.path,
-                source_ip=str(req.client_ip),
+                source_ip=ip_text(req.client_ip),
                 actor=f"client:{caller.client_id}",
                 data={"client_id": caller.client_id, "jti": claims["jti"]},
             )
@@ -295,7 +297,7 @@ class OAuthServer:
         self, req: RequestView, form: dict[str, str]
     ) -> tuple[ClientRecord, ConsumerRecord]:
         now = self.clock()
-        source = "ip:" + str(req.client_ip)
+        source = "ip:" + ip_text(req.client_ip)
         wait = await self.limiter.blocked_for(source, now)
         if wait:
             raise _locked(wait)
@@ -353,7 +355,7 @@ class OAuthServer:
                     route=req.route.id,
                     method=req.method,
                     path=req.path,
-                    source_ip=str(req.client_ip),
+                    source_ip=ip_text(req.client_ip),
                     data={
                         "subject": "oauth_client",
                         "trigger": trigger,
@@ -435,7 +437,7 @@ class OAuthServer:
             route=req.route.id,
             method=req.method,
             path=req.path,
-            source_ip=str(req.client_ip),
+            source_ip=ip_text(req.client_ip),
             reason=err.error,
             data={"cause": err.cause, "status": err.status},
         )
