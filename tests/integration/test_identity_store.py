@@ -143,6 +143,7 @@ def request_view() -> RequestView:
         params={},
         body=None,  # type: ignore[arg-type]  # authentication never reads the body
         request_id="req-1",
+        raw_path="/v1/orders/1",
     )
 
 

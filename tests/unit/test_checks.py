@@ -61,6 +61,7 @@ def view(
         params={},
         body=FakeBody(length),
         request_id="req-1",
+        raw_path="/v1/orders",
     )
 
 

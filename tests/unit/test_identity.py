@@ -461,6 +461,7 @@ def view(
         params={},
         body=FakeBody(),
         request_id="req-1",
+        raw_path=path,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "CorsSettings",
     "EventSettings",
     "GatewayConfig",
+    "HmacSettings",
     "IdentitySettings",
     "JwtIssuerSettings",
     "Limits",
@@ -45,6 +46,7 @@ __all__ = [
     "StorageSettings",
     "Timeouts",
     "TlsSettings",
+    "TwilioSettings",
     "UpstreamTimeouts",
 ]
 
@@ -254,7 +256,12 @@ class CorsSettings(_Model):
         return self
 
 
-_AUTH_METHOD = re.compile(r"^(api_key|oauth2|jwt:[a-z0-9][a-z0-9_-]{0,62})$")
+_AUTH_METHOD = re.compile(
+    r"^(api_key|oauth2|twilio_signature|hmac_signature|pkcv|jwt:[a-z0-9][a-z0-9_-]{0,62})$"
+)
+# Methods that authenticate a message's sender, not a consumer: each stands alone on a route.
+SIGNATURE_METHODS = ("twilio_signature", "hmac_signature", "pkcv")
+_METHOD_LIST = "api_key, oauth2, jwt:<issuer name>, twilio_signature, hmac_signature or pkcv"
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")
 
 
@@ -266,19 +273,134 @@ def _auth(value: object) -> str | list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise ValueError("expected 'none' or a list of methods: api_key, oauth2, jwt:<issuer name>")
+        raise ValueError(f"expected 'none' or a list of methods: {_METHOD_LIST}")
     if not value:
-        raise ValueError("list at least one method (api_key, oauth2, jwt:<issuer>), or write auth: none")
+        raise ValueError("list at least one method (api_key, oauth2, jwt:<issuer>…), or write auth: none")
     for m in value:
         if m == "none":
             raise ValueError("'none' cannot be combined with other methods")
         if not _AUTH_METHOD.match(m):
-            raise ValueError(
-                f"unknown auth method {m!r}; expected 'none', api_key, oauth2 or jwt:<issuer name>"
-            )
+            raise ValueError(f"unknown auth method {m!r}; expected 'none', {_METHOD_LIST}")
     if len(set(value)) != len(value):
         raise ValueError("an auth method is listed twice")
+    alone = [m for m in value if m in SIGNATURE_METHODS]
+    if alone and len(value) > 1:
+        hint = (
+            " (to require PKCV in addition to a key or token, write require_pkcv: true)"
+            if "pkcv" in alone
+            else ""
+        )
+        raise ValueError(f"{alone[0]} cannot be combined with other methods{hint}")
     return list(value)
+
+
+def _public_url(value: str, what: str) -> str:
+    """An absolute http(s) URL as a sender calls it: no query, fragment or user info."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{what} must not contain whitespace or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute http:// or https:// URL")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(f"{what} cannot carry a query or fragment (the request's own query is appended)")
+    if "@" in parts.netloc:
+        raise ValueError(f"{what} must not contain user info")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{what} has an invalid port") from None
+    return value
+
+
+class TwilioSettings(_Model):
+    # The account's Auth Tokens: the primary, and the secondary during a rotation.
+    auth_tokens: list[SecretStr] = Field(min_length=1, max_length=4)
+    # SharedKey id -> secret, for webhooks Twilio signs with a SharedKey (HMAC_SHA256).
+    shared_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _public_url(v, "public_url")
+
+    @field_validator("shared_keys")
+    @classmethod
+    def _keys(cls, v: dict[str, Secret]) -> dict[str, Secret]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", key):
+                raise ValueError(f"{key[:40]!r} is not a SharedKey id")
+        return v
+
+
+_HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+
+
+class HmacSettings(_Model):
+    secrets: list[SecretStr] = Field(min_length=1, max_length=8)
+    preset: Literal["standard_webhooks", "github", "stripe", "custom"] = "standard_webhooks"
+    tolerance: Duration = 300.0
+    # preset: custom only
+    signature_header: str | None = None
+    timestamp_header: str | None = None
+    id_header: str | None = None
+    algorithm: Literal["sha256", "sha512"] | None = None
+    encoding: Literal["hex", "base64"] | None = None
+    signature_prefix: str | None = None
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if not 10 <= v <= 3600:
+            raise ValueError("tolerance must be between 10s and 1h")
+        return v
+
+    @field_validator("signature_header", "timestamp_header", "id_header")
+    @classmethod
+    def _header(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_HEADER_NAME, v):
+            raise ValueError(f"{v[:40]!r} is not a header name")
+        return v
+
+    @field_validator("signature_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 32 or not v.isprintable() or any(c.isspace() or c == "," for c in v)):
+            raise ValueError("signature_prefix: up to 32 printable characters, no spaces or commas")
+        return v
+
+    @model_validator(mode="after")
+    def _layout(self) -> HmacSettings:
+        custom = (
+            "signature_header",
+            "timestamp_header",
+            "id_header",
+            "algorithm",
+            "encoding",
+            "signature_prefix",
+        )
+        if self.preset == "custom":
+            if self.signature_header is None:
+                raise ValueError("preset: custom needs signature_header")
+        else:
+            given = [name for name in custom if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]} is only for preset: custom ({self.preset} fixes its own layout)"
+                )
+        if self.preset == "standard_webhooks":
+            for secret in self.secrets:
+                value = secret.reveal()
+                if value.startswith("whsec_"):
+                    import base64
+                    import binascii
+
+                    try:
+                        if not base64.b64decode(value[6:], validate=True):
+                            raise ValueError
+                    except (binascii.Error, ValueError):
+                        raise ValueError("a whsec_ secret must be followed by base64") from None
+        return self
 
 
 class RouteSettings(_Model):
@@ -293,6 +415,9 @@ class RouteSettings(_Model):
     ip_deny: list[Cidr] = Field(default_factory=list)
     cors: CorsSettings | None = None
     trailing_slash: Literal["exact", "either"] = "exact"
+    twilio: TwilioSettings | None = None
+    hmac: HmacSettings | None = None
+    require_pkcv: bool = False
 
     @field_validator("methods")
     @classmethod
@@ -320,6 +445,26 @@ class RouteSettings(_Model):
                 raise ValueError("api_key_in_query needs auth: [api_key]")
         elif self.api_key_in_query and "api_key" not in self.auth:
             raise ValueError("api_key_in_query needs api_key among the route's auth methods")
+        methods = self.auth_methods
+        if ("twilio_signature" in methods) != (self.twilio is not None):
+            raise ValueError(
+                "auth: [twilio_signature] needs a twilio: section (auth_tokens), and twilio: needs that auth"
+            )
+        if ("hmac_signature" in methods) != (self.hmac is not None):
+            raise ValueError(
+                "auth: [hmac_signature] needs an hmac: section (secrets), and hmac: needs that auth"
+            )
+        if self.scopes and methods and methods[0] in ("twilio_signature", "hmac_signature"):
+            raise ValueError(f"scopes need a consumer; {methods[0]} authenticates a sender, not a consumer")
+        if self.require_pkcv and (not methods or methods[0] in SIGNATURE_METHODS):
+            raise ValueError(
+                "require_pkcv: true adds PKCV to a consumer credential: use it with auth api_key, oauth2 or "
+                "jwt:<issuer> (or write auth: [pkcv] for PKCV alone)"
+            )
+        if self.twilio is not None and self.twilio.public_url is not None and "{" in self.path:
+            raise ValueError(
+                "twilio.public_url is one fixed URL; a route with path parameters needs public_base_url"
+            )
         return self
 
     @property
@@ -490,7 +635,14 @@ class GatewayConfig(_Model):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     oauth2: OAuth2Settings | None = None
     jwt_issuers: list[JwtIssuerSettings] = Field(default_factory=list)
+    # The gateway's URL as senders of signed webhooks call it (behind a TLS proxy or a path prefix).
+    public_base_url: str | None = None
     services: list[ServiceSettings] = Field(min_length=1)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base(cls, v: str | None) -> str | None:
+        return None if v is None else _public_url(v, "public_base_url").rstrip("/")
 
     @field_validator("response_headers")
     @classmethod

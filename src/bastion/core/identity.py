@@ -36,6 +36,7 @@ __all__ = [
     "KeyRecord",
     "Permission",
     "Principal",
+    "PublicKeyRecord",
     "ScopeError",
     "api_key_digest",
     "check_scope_subset",
@@ -46,6 +47,7 @@ __all__ = [
     "parse_api_key",
     "parse_permission",
     "parse_scopes",
+    "public_key_principal",
     "valid_scope",
 ]
 
@@ -198,6 +200,7 @@ class Principal(NamedTuple):
     ip_allow: tuple[NetworkSet, ...] = ()
     permissions: tuple[Permission, ...] = ()
     scopes_text: str = ""  # the sorted, space-separated scopes (X-Bastion-Scopes), when prebuilt
+    credential_id: str | None = None  # PKCV: the public key (``CR…``) that signed the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,16 @@ class ClientRecord:
     active: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PublicKeyRecord:
+    """A consumer's registered RSA public key for PKCV; ``key`` is the verification key object."""
+
+    id: str
+    consumer_id: str
+    key: object
+    principal: Principal | None = None  # prebuilt at load; None when the consumer is disabled
+
+
 UNCLAIMED = "token_unclaimed"  # a verifier's "not one of mine": the next verifier may try
 
 
@@ -259,4 +272,17 @@ def key_principal(rec: KeyRecord, consumer: ConsumerRecord) -> Principal:
         ip_allow=tuple(n for n in (consumer.ip_allow, rec.ip_allow) if n),
         permissions=rec.permissions,
         scopes_text=" ".join(sorted(scopes)),
+    )
+
+
+def public_key_principal(rec: PublicKeyRecord, consumer: ConsumerRecord) -> Principal:
+    """What a PKCV-signed request authenticates as: the key's consumer, with the consumer's scopes."""
+    return Principal(
+        consumer=consumer.name,
+        scopes=consumer.scopes,
+        method="pkcv",
+        consumer_id=consumer.id,
+        ip_allow=(consumer.ip_allow,) if consumer.ip_allow else (),
+        scopes_text=" ".join(sorted(consumer.scopes)),
+        credential_id=rec.id,
     )

@@ -6,12 +6,21 @@ Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from .events import Event
-from .identity import ClientRecord, ConsumerRecord, KeyRecord, Principal
+from .identity import ClientRecord, ConsumerRecord, KeyRecord, Principal, PublicKeyRecord
 
-__all__ = ["Clock", "EventSink", "FailureLimiter", "IdentityIndex", "TokenVerifier"]
+__all__ = [
+    "ClientValidator",
+    "Clock",
+    "EventSink",
+    "FailureLimiter",
+    "IdentityIndex",
+    "ReplayCache",
+    "StateUnavailable",
+    "TokenVerifier",
+]
 
 
 class Clock(Protocol):
@@ -43,6 +52,8 @@ class IdentityIndex(Protocol):
 
     def token_revoked(self, jti: str) -> bool: ...
 
+    def public_key(self, credential_id: str) -> PublicKeyRecord | None: ...
+
     def key_used(self, key_id: str, now: float) -> None:
         """Note a successful use (``last_used_at``); written in batches, never per request."""
         ...
@@ -60,6 +71,14 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str, now: float) -> Principal: ...
 
 
+class ClientValidator(Protocol):
+    """Verifies a PKCV token (``Twilio-Client-Validation``): its signature with a consumer's registered
+    public key and its claims. Returns the principal and the claims the check compares with the request
+    (``hrh``, ``rqh``, ``exp``); raises :class:`bastion.core.identity.AuthFailure`."""
+
+    def verify(self, token: str, now: float) -> tuple[Principal, Any]: ...
+
+
 class FailureLimiter(Protocol):
     """Counts failed authentications per subject (``ip:…``, ``key:…``) and blocks a subject for a while
     after too many (brute force, credential stuffing)."""
@@ -75,4 +94,17 @@ class FailureLimiter(Protocol):
 
     async def failed(self, subject: str, now: float) -> float:
         """Record a failure; the block (seconds) it triggered, or 0."""
+        ...
+
+
+class StateUnavailable(Exception):
+    """A state backend cannot answer (full, unreachable). Security checks treat it as a refusal."""
+
+
+class ReplayCache(Protocol):
+    """Remembers one-time values (webhook ids, signed-request hashes) until they expire."""
+
+    async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
+        """Record ``key`` until ``expires_at``; True the first time, False if it is already recorded.
+        Raises :class:`StateUnavailable` when it cannot remember (the caller refuses the request)."""
         ...

@@ -61,3 +61,4 @@ class RequestView(NamedTuple):
     params: Mapping[str, str]
     body: Body
     request_id: str
+    raw_path: str  # the path exactly as the client sent it (signatures cover what the sender signed)

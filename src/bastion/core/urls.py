@@ -7,7 +7,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
-__all__ = ["is_loopback_host", "require_secure_url"]
+__all__ = ["is_loopback_host", "require_secure_url", "split_authority"]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -44,3 +44,17 @@ def require_secure_url(url: object, what: str) -> str:
             f"{what} must use https://; http:// is allowed only to localhost or a loopback address"
         )
     return url
+
+
+def split_authority(authority: str) -> tuple[str, str | None]:
+    """``host[:port]`` → ``(host, port or None)``; an IPv6 literal keeps its brackets."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end >= 0:
+            rest = authority[end + 1 :]
+            return authority[: end + 1], rest[1:] if rest.startswith(":") else None
+        return authority, None
+    host, sep, port = authority.rpartition(":")
+    if not sep:
+        return authority, None
+    return host, port

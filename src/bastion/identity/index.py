@@ -20,12 +20,21 @@ from ipaddress import ip_network
 from sqlalchemy import Engine, bindparam, delete, select, update
 
 from ..core.forwarding import NetworkSet
-from ..core.identity import ClientRecord, ConsumerRecord, KeyRecord, key_principal, parse_permission
+from ..core.identity import (
+    ClientRecord,
+    ConsumerRecord,
+    KeyRecord,
+    PublicKeyRecord,
+    key_principal,
+    parse_permission,
+    public_key_principal,
+)
 from ..store.schema import (
     api_keys_table,
     consumers_table,
     identity_state_table,
     oauth_clients_table,
+    public_keys_table,
     revoked_tokens_table,
 )
 from .manage import bump_revision
@@ -43,7 +52,7 @@ def _nets(text: str) -> NetworkSet | None:
 
 
 class _Data:
-    __slots__ = ("by_name", "clients", "consumers", "keys", "revision", "revoked")
+    __slots__ = ("by_name", "clients", "consumers", "keys", "public_keys", "revision", "revoked")
 
     def __init__(self) -> None:
         self.keys: dict[str, KeyRecord] = {}
@@ -51,6 +60,7 @@ class _Data:
         self.by_name: dict[str, ConsumerRecord] = {}
         self.clients: dict[str, ClientRecord] = {}
         self.revoked: dict[str, float] = {}  # jti -> expires_at
+        self.public_keys: dict[str, PublicKeyRecord] = {}
         self.revision = -1
 
 
@@ -90,6 +100,9 @@ class IdentitySnapshot:
     def token_revoked(self, jti: str) -> bool:
         return jti in self._data.revoked
 
+    def public_key(self, credential_id: str) -> PublicKeyRecord | None:
+        return self._data.public_keys.get(credential_id)
+
     def key_used(self, key_id: str, now: float) -> None:
         self._used[key_id] = now
 
@@ -116,7 +129,8 @@ def check_pepper(engine: Engine, value: str) -> bool:
 
 
 def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
-    from joserfc.jwk import KeySet
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet, RSAKey
 
     now = time.time() if now is None else now
     data = _Data()
@@ -169,6 +183,18 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
                 secret_digest=bytes.fromhex(r["secret_digest"]) if r["secret_digest"] else None,
                 jwks=jwks,
             )
+        p = public_keys_table.c
+        for r in conn.execute(select(public_keys_table).where(p.revoked_at.is_(None))).mappings():
+            try:
+                key = RSAKey.import_key(r["public_key"])
+            except (JoseError, ValueError, TypeError):  # registered through checks; a corrupt row is skipped
+                log.error("public key %s could not be read; requests signed with it are refused", r["id"])
+                continue
+            pk = PublicKeyRecord(id=r["id"], consumer_id=r["consumer_id"], key=key)
+            owner = data.consumers.get(pk.consumer_id)
+            if owner is not None and owner.active:
+                pk = dataclasses.replace(pk, principal=public_key_principal(pk, owner))
+            data.public_keys[pk.id] = pk
         t = revoked_tokens_table.c
         for r in conn.execute(select(t.jti, t.expires_at).where(t.expires_at > now)).mappings():
             data.revoked[r["jti"]] = r["expires_at"]

@@ -44,7 +44,7 @@ from joserfc.errors import (
 from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey
 
-__all__ = ["CODES", "JwtPolicy", "JwtRejected", "sign_jwt", "token_header", "verify_jwt"]
+__all__ = ["CODES", "JwtPolicy", "JwtRejected", "sign_jwt", "token_header", "verify_jwt", "verify_signature"]
 
 #: Every code a :class:`JwtRejected` can carry.
 CODES = frozenset(
@@ -207,6 +207,14 @@ def verify_jwt(token: str, keys: KeySet, policy: JwtPolicy, now: float) -> dict[
     header = token_header(token, policy)
     alg: str = header["alg"]
     key = _choose_key(keys, header.get("kid"), alg)
+    claims = verify_signature(token, key, alg)
+    _check_claims(claims, policy, now)
+    return claims
+
+
+def verify_signature(token: str, key: Key, alg: str) -> dict[str, Any]:
+    """The claims of ``token`` if ``key`` verifies its ``alg`` signature (the header already vetted by
+    :func:`token_header`, the key chosen for ``alg``); :class:`JwtRejected` otherwise. Claims unchecked."""
     try:
         claims = jwt.decode(token, key, registry=_REGISTRIES[alg]).claims
     except BadSignatureError as exc:
@@ -217,7 +225,8 @@ def verify_jwt(token: str, keys: KeySet, policy: JwtPolicy, now: float) -> dict[
     except (JoseError, ValueError, TypeError) as exc:
         # The key was vetted by _choose_key, so joserfc refusing it is a failed verification all the same.
         raise JwtRejected("jwt_signature_invalid", _describe(exc)) from exc
-    _check_claims(claims, policy, now)
+    if not isinstance(claims, dict):
+        raise JwtRejected("jwt_malformed", "claims are not a JSON object")
     return claims
 
 

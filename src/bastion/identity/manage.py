@@ -26,6 +26,7 @@ from ..store.schema import (
     consumers_table,
     identity_state_table,
     oauth_clients_table,
+    public_keys_table,
 )
 from .credentials import Peppers, new_api_key, random_base62
 from .jwks import MIN_RSA_N_CHARS, PRIVATE_MEMBERS
@@ -453,6 +454,134 @@ class IdentityAdmin:
             bump_revision(conn)
         self._changed("client.revoked", actor, f"client:{client_id}", client_id=client_id)
         return _client_out({**row, "revoked_at": now, "revoked_by": actor}, row["consumer_name"])
+
+    # -- public keys for PKCV ------------------------------------------------------------------------
+    def add_public_key(
+        self, consumer: str, public_key: str | bytes, *, name: str = "", actor: str
+    ) -> dict[str, Any]:
+        """Register an RSA public key (2048-8192 bits, e = 65537) for ``consumer``; its id (``CR…``)
+        is the ``kid`` of the consumer's PKCV tokens."""
+        pem, fingerprint = _check_public_key(public_key)
+        if len(name) > 128:
+            raise IdentityError(400, "invalid_request", "name: at most 128 characters")
+        with self.engine.begin() as conn:
+            owner = self._consumer_row(conn, consumer)
+            row = {
+                "id": "CR" + secrets.token_hex(16),
+                "consumer_id": owner["id"],
+                "name": name,
+                "public_key": pem,
+                "fingerprint": fingerprint,
+                "created_at": self.clock(),
+                "created_by": actor,
+                "revoked_at": None,
+                "revoked_by": None,
+            }
+            conn.execute(public_keys_table.insert().values(**row))
+            bump_revision(conn)
+        self._changed(
+            "credential.created",
+            actor,
+            f"credential:{row['id']}",
+            credential_id=row["id"],
+            consumer=owner["name"],
+            fingerprint=fingerprint,
+        )
+        return _public_key_out(row, owner["name"])
+
+    def list_public_keys(self, consumer: str | None = None) -> list[dict[str, Any]]:
+        p, c = public_keys_table.c, consumers_table.c
+        query = select(public_keys_table, c.name.label("consumer_name")).join(
+            consumers_table, p.consumer_id == c.id
+        )
+        with self.engine.connect() as conn:
+            if consumer is not None:
+                owner = self._consumer_row(conn, consumer)
+                query = query.where(p.consumer_id == owner["id"])
+            rows = conn.execute(query.order_by(p.created_at, p.id)).all()
+        return [_public_key_out(r._mapping, r._mapping["consumer_name"]) for r in rows]
+
+    def get_public_key(self, credential_id: str) -> dict[str, Any]:
+        for item in self.list_public_keys():
+            if item["id"] == credential_id:
+                return item
+        raise _not_found("credential")
+
+    def revoke_public_key(self, credential_id: str, *, actor: str) -> dict[str, Any]:
+        p, c = public_keys_table.c, consumers_table.c
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                select(public_keys_table, c.name.label("consumer_name"))
+                .join(consumers_table, p.consumer_id == c.id)
+                .where(p.id == credential_id)
+            ).first()
+            if r is None:
+                raise _not_found("credential")
+            row = r._mapping
+            if row["revoked_at"] is not None:
+                return _public_key_out(row, row["consumer_name"])
+            now = self.clock()
+            conn.execute(
+                update(public_keys_table)
+                .where(p.id == credential_id)
+                .values(revoked_at=now, revoked_by=actor)
+            )
+            bump_revision(conn)
+        self._changed("credential.revoked", actor, f"credential:{credential_id}", credential_id=credential_id)
+        return _public_key_out({**row, "revoked_at": now, "revoked_by": actor}, row["consumer_name"])
+
+
+MAX_PUBLIC_KEY_BYTES = 16 * 1024
+
+
+def _check_public_key(value: str | bytes) -> tuple[str, str]:
+    """The key as normalised PEM and its fingerprint, or an IdentityError saying what is wrong."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(raw) > MAX_PUBLIC_KEY_BYTES:
+        raise IdentityError(400, "invalid_public_key", "the public key file is too large")
+    if b"PRIVATE KEY" in raw:
+        raise IdentityError(
+            400,
+            "invalid_public_key",
+            "this is a private key: register the public key only (and keep this safe)",
+        )
+    try:
+        key = serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError):
+        try:
+            key = serialization.load_der_public_key(raw)
+        except (ValueError, TypeError):
+            raise IdentityError(
+                400, "invalid_public_key", "expected an RSA public key in PEM (or DER) form"
+            ) from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise IdentityError(400, "invalid_public_key", "PKCV keys must be RSA keys")
+    if not 2048 <= key.key_size <= 8192:
+        raise IdentityError(400, "invalid_public_key", "PKCV keys must have 2048 to 8192 bits")
+    if key.public_numbers().e != 65537:
+        raise IdentityError(400, "invalid_public_key", "PKCV keys must use the public exponent 65537")
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode("ascii"), hashlib.sha256(der).hexdigest()
+
+
+def _public_key_out(row: Mapping[str, Any], consumer: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "consumer": consumer,
+        "name": row["name"],
+        "fingerprint": row["fingerprint"],
+        "public_key": row["public_key"],
+        "created_at": row["created_at"],
+        "created_by": row["created_by"],
+        "revoked_at": row["revoked_at"],
+        "revoked_by": row["revoked_by"],
+    }
 
 
 def _check_client_jwks(jwks: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from ..checks.api_key import QUERY_PARAM
 from ..checks.cors import Cors
 from ..checks.ip_access import IpAccess
 from ..checks.limits import BodyLimit
+from ..checks.pkcv import HEADER as PKCV_HEADER
 from ..config.loader import LoadedConfig
 from ..config.models import GatewayConfig, ServiceSettings
 from ..core.chain import Check
@@ -330,6 +331,7 @@ class Gateway:
             match.params_for(route),
             body,
             request_id,
+            raw_path,
         )
         if body.declared_length != 0:
             body.cap(route.max_body)  # a check that reads the body reads at most this
@@ -513,16 +515,17 @@ def compile_routes(settings: GatewayConfig, identity: IdentityRuntime | None = N
                         max_age=rs.cors.max_age,
                     )
                 )
+            route_id = f"{svc.name}:{' '.join(sorted(methods))} {rs.path}"
             if rs.auth != "none":
                 if identity is None:
                     raise RuntimeError("routes with auth need the identity runtime")
-                checks.extend(identity.checks_for(rs))
+                checks.extend(identity.checks_for(rs, route_id))
             strip: frozenset[str] = frozenset()
             if rs.auth != "none" and not rs.forward_credentials:
-                strip = frozenset({"authorization", api_key_header})
+                strip = frozenset({"authorization", api_key_header, PKCV_HEADER})
             routes.append(
                 Route(
-                    id=f"{svc.name}:{' '.join(sorted(methods))} {rs.path}",
+                    id=route_id,
                     service=svc.name,
                     template=rs.path,
                     methods=methods,

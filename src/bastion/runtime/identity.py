@@ -15,7 +15,10 @@ from sqlalchemy import Engine
 
 from ..checks.api_key import ApiKeyAuth
 from ..checks.authn import Authenticate
+from ..checks.hmac_webhook import PRESETS, HmacWebhook, custom_scheme, standard_webhooks_secret
+from ..checks.pkcv import Pkcv
 from ..checks.scopes import Authorize
+from ..checks.twilio_signature import TwilioSignature
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.models import GatewayConfig, RouteSettings
 from ..core.chain import Check
@@ -26,9 +29,10 @@ from ..identity.jwks import JwksCache
 from ..identity.jwt import JwtPolicy
 from ..identity.manage import IdentityAdmin
 from ..identity.oauth_server import OAuthServer
+from ..identity.pkcv import PkcvVerifier
 from ..identity.signing import PepperMismatch, SigningKeys
 from ..identity.tokens import IssuerVerifier, LocalTokenVerifier
-from ..state.memory import MemoryFailureLimiter
+from ..state.memory import MemoryFailureLimiter, MemoryReplayCache
 
 __all__ = ["IdentityRuntime"]
 
@@ -56,6 +60,9 @@ class IdentityRuntime:
         self.sync: IdentitySync | None = None
         lock = ident.lockout
         self.limiter = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
+        # One-time values (webhook ids, PKCV request hashes): per process until the scale-out backends.
+        self.replay = MemoryReplayCache()
+        self.pkcv = PkcvVerifier(self.snapshot)
         self.api_keys = (
             ApiKeyAuth(self.snapshot, self.peppers.key_digest, header=ident.api_key_header)
             if self.peppers is not None
@@ -118,10 +125,49 @@ class IdentityRuntime:
     def needed(self) -> bool:
         return self.peppers is not None or bool(self.verifiers)
 
-    def checks_for(self, route: RouteSettings) -> list[Check]:
+    def checks_for(self, route: RouteSettings, route_id: str = "") -> list[Check]:
         methods = route.auth_methods
         if not methods:
             return []
+        if methods == ("twilio_signature",):
+            t = route.twilio
+            assert t is not None  # the config requires it
+            return [
+                TwilioSignature(
+                    [s.reveal().encode("utf-8") for s in t.auth_tokens],
+                    {k: s.reveal().encode("utf-8") for k, s in t.shared_keys.items()},
+                    public_url=t.public_url,
+                    public_base_url=self.settings.public_base_url,
+                )
+            ]
+        if methods == ("hmac_signature",):
+            h = route.hmac
+            assert h is not None
+            if h.preset == "custom":
+                assert h.signature_header is not None
+                scheme = custom_scheme(
+                    signature_header=h.signature_header,
+                    timestamp_header=h.timestamp_header,
+                    id_header=h.id_header,
+                    algorithm=h.algorithm or "sha256",
+                    encoding=h.encoding or "hex",
+                    prefix=h.signature_prefix or "",
+                )
+            else:
+                scheme = PRESETS[h.preset]
+            decode = standard_webhooks_secret if h.preset == "standard_webhooks" else str.encode
+            return [
+                HmacWebhook(
+                    scheme,
+                    [decode(s.reveal()) for s in h.secrets],
+                    tolerance=h.tolerance,
+                    replay=self.replay,
+                    clock=self.clock,
+                    namespace=route_id or route.path,
+                )
+            ]
+        if methods == ("pkcv",):
+            return [Pkcv(self.pkcv, self.replay, self.clock, authorize=Authorize(route.scopes))]
         api_keys = None
         if "api_key" in methods:
             api_keys = self.api_keys
@@ -139,7 +185,7 @@ class IdentityRuntime:
             verifiers.append(verifier)
         # Authorisation runs inside authentication's call (one await fewer per request): same verdicts
         # and order as two checks in the chain.
-        return [
+        checks: list[Check] = [
             Authenticate(
                 methods,
                 api_keys,
@@ -149,6 +195,9 @@ class IdentityRuntime:
                 authorize=Authorize(route.scopes),
             )
         ]
+        if route.require_pkcv:
+            checks.append(Pkcv(self.pkcv, self.replay, self.clock, required=True))
+        return checks
 
     def admin(self, *, on_change: Callable[[], None] | None = None) -> IdentityAdmin:
         if self.engine is None:

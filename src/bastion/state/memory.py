@@ -6,9 +6,12 @@ than growing memory without limit.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 
-__all__ = ["MemoryFailureLimiter"]
+from ..core.ports import StateUnavailable
+
+__all__ = ["MemoryFailureLimiter", "MemoryReplayCache"]
 
 
 class MemoryFailureLimiter:
@@ -58,3 +61,36 @@ class MemoryFailureLimiter:
     def clear(self) -> None:
         self._seen.clear()
         self._blocked.clear()
+
+
+class MemoryReplayCache:
+    """One-time values until they expire. Implements :class:`bastion.core.ports.ReplayCache`.
+
+    Only values that passed a signature check are recorded, so filling it takes valid signatures. When
+    ``max_entries`` unexpired values are held it refuses (:class:`StateUnavailable`) rather than forget
+    one: forgetting would let that value be replayed.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        self._until: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
+        until = self._until
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            at, old = heapq.heappop(heap)
+            if until.get(old) == at:
+                del until[old]
+        seen = until.get(key)
+        if seen is not None and seen > now:
+            return False
+        if len(until) >= self.max_entries:
+            raise StateUnavailable("replay cache full")
+        until[key] = expires_at
+        heapq.heappush(heap, (expires_at, key))
+        return True

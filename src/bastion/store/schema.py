@@ -12,6 +12,7 @@ __all__ = [
     "identity_state_table",
     "metadata",
     "oauth_clients_table",
+    "public_keys_table",
     "revoked_tokens_table",
     "signing_keys_table",
 ]
@@ -89,6 +90,22 @@ oauth_clients_table = Table(
     Column("revoked_at", Float),
     Column("revoked_by", String(256)),
     Index("ix_oauth_clients_consumer", "consumer_id"),
+)
+
+# Public Key Client Validation (PKCV): RSA public keys registered by consumers, named by id (``CR…``).
+public_keys_table = Table(
+    "public_keys",
+    metadata,
+    Column("id", String(34), primary_key=True),
+    Column("consumer_id", String(26), ForeignKey("consumers.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("public_key", Text, nullable=False),  # PEM (SubjectPublicKeyInfo)
+    Column("fingerprint", String(64), nullable=False),  # hex SHA-256 of the DER
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("revoked_at", Float),
+    Column("revoked_by", String(256)),
+    Index("ix_public_keys_consumer", "consumer_id"),
 )
 
 signing_keys_table = Table(

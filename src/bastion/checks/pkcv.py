@@ -1,0 +1,195 @@
+"""Public Key Client Validation (P18): requests signed by the client's private key.
+
+The client sends ``Twilio-Client-Validation: <JWT>``; the token (verified through the
+:class:`ClientValidator` port) names the consumer's public key and carries ``rqh``, the SHA-256 of the
+*canonical request*. This check recomputes that hash from the request actually received — method,
+path, query, the headers named in ``hrh`` and the body — and refuses any difference, so a token cannot
+be moved to another request. Twilio's SDKs disagree on the canonical form, so both are accepted:
+
+* the Python form: the path and query as sent (query ``k=v`` pairs sorted), header values as sent;
+* the Java form (the reference Twilio's documentation links): the path with dot-segments removed and
+  re-encoded (RFC 3986 unreserved characters bare, everything else ``%XX``), the query with ``+`` → ``%20``,
+  ``*`` → ``%2A``, ``%7E`` → ``~``, and the Host value without ``:443`` / ``:80``.
+
+A token is good for one request: its ``rqh`` + ``exp`` pair is remembered (replay-cache port) until it
+expires. Used alone (``auth: [pkcv]``) it authenticates the key's consumer; with ``require_pkcv: true``
+it must come from the same consumer as the route's other credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from urllib.parse import quote, unquote
+
+from ..core.decision import Context, Deny, Verdict
+from ..core.headers import Headers
+from ..core.identity import AuthFailure
+from ..core.ports import ClientValidator, ReplayCache, StateUnavailable
+from ..core.request import BodyReadError, RequestView
+from ..core.urls import split_authority
+from .scopes import Authorize
+
+__all__ = ["HEADER", "Pkcv", "canonical_java", "canonical_python", "request_hash"]
+
+HEADER = "twilio-client-validation"
+_UNRESERVED_AND_SLASH = "/-._~"
+
+
+def _header_lines(headers: Headers, signed: Sequence[str], strip_default_port: bool) -> list[str]:
+    lines = []
+    for name in signed:
+        values = headers.getall(name) if name in headers else None
+        if not values:
+            continue
+        if strip_default_port and name == "host":
+            values = [_host_without_default_port(v) for v in values]
+        lines.append(f"{name}:{','.join(sorted(values))}")
+    return lines
+
+
+def _host_without_default_port(value: str) -> str:
+    host, port = split_authority(value)
+    return host if port in ("443", "80") else value
+
+
+def _assemble(
+    method: str, path: str, query: str, lines: list[str], signed: Sequence[str], body: bytes
+) -> str:
+    parts = [method, path, query]
+    if lines:
+        parts.append("\n".join(lines))
+    parts.append("")
+    parts.append(";".join(signed))
+    parts.append(hashlib.sha256(body).hexdigest() if body else "")
+    return "\n".join(parts)
+
+
+def canonical_python(
+    method: str, path: str, query: str, headers: Headers, signed: Sequence[str], body: bytes
+) -> str:
+    """twilio-python's canonical request."""
+    sorted_query = "&".join(sorted(query.split("&")))
+    return _assemble(method, path, sorted_query, _header_lines(headers, signed, False), signed, body)
+
+
+def _remove_dot_segments(path: str) -> str:
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        if seg == ".":
+            if i == len(segments) - 1:
+                out.append("")
+            continue
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if i == len(segments) - 1:
+                out.append("")
+            continue
+        out.append(seg)
+    return "/".join(out)
+
+
+def canonical_java(
+    method: str, path: str, query: str, headers: Headers, signed: Sequence[str], body: bytes
+) -> str:
+    """twilio-java's canonical request (RequestCanonicalizer)."""
+    if not path:
+        java_path = "/"
+    else:
+        decoded = unquote(_remove_dot_segments(path), errors="strict")
+        java_path = quote(decoded, safe=_UNRESERVED_AND_SLASH)
+    replaced = query.replace("+", "%20").replace("*", "%2A").replace("%7E", "~")
+    java_query = "&".join(sorted(replaced.split("&")))
+    return _assemble(method, java_path, java_query, _header_lines(headers, signed, True), signed, body)
+
+
+def request_hash(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Pkcv:
+    """``auth: [pkcv]`` (``required`` False: authenticates) or ``require_pkcv: true`` (``required``
+    True: runs after the route's authentication, and the consumers must match)."""
+
+    name = "pkcv"
+
+    def __init__(
+        self,
+        validator: ClientValidator,
+        replay: ReplayCache,
+        clock: Callable[[], float],
+        *,
+        required: bool = False,
+        authorize: Authorize | None = None,
+    ) -> None:
+        self.validator = validator
+        self.replay = replay
+        self.clock = clock
+        self.required = required
+        self.authorize = authorize
+
+    async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        token = req.headers.get(HEADER)
+        if token is None:
+            return _refuse("pkcv_missing", status=401)
+        now = self.clock()
+        try:
+            principal, claims = self.validator.verify(token.strip(), now)
+        except AuthFailure as exc:
+            return _refuse(exc.code, **exc.evidence)
+        credential = principal.credential_id
+        if self.required:
+            current = ctx.principal
+            if current is None or current.consumer_id != principal.consumer_id:
+                return _refuse("pkcv_consumer_mismatch", credential_id=credential)
+        try:
+            body = await req.body.read()
+        except BodyReadError as exc:
+            return Deny(exc.status, exc.code, "The request body could not be read.")
+        signed = claims.hrh
+        expected = claims.rqh.encode("ascii")
+        method, path, query, headers = req.method, req.raw_path, req.query, req.headers
+        matched = hmac.compare_digest(
+            request_hash(canonical_python(method, path, query, headers, signed, body)).encode("ascii"),
+            expected,
+        )
+        if not matched:
+            try:
+                java = canonical_java(method, path, query, headers, signed, body)
+            except UnicodeDecodeError:
+                java = ""
+            matched = bool(java) and hmac.compare_digest(request_hash(java).encode("ascii"), expected)
+        if not matched:
+            return _refuse("pkcv_request_hash_mismatch", credential_id=credential)
+        try:
+            first = await self.replay.first_seen(f"pkcv|{claims.rqh}|{claims.exp!r}", claims.exp + 60.0, now)
+        except StateUnavailable:
+            return Deny(
+                503,
+                "state_unavailable",
+                "The gateway cannot check this request right now.",
+                headers=(("retry-after", "1"),),
+                evidence={"state": "replay_cache"},
+                severity="error",
+            )
+        if not first:
+            return _refuse("pkcv_replayed", credential_id=credential)
+        if self.required:
+            return None
+        ctx.principal = principal
+        return self.authorize.decide(req, principal) if self.authorize is not None else None
+
+
+def _refuse(cause: str, status: int = 401, **evidence: object) -> Deny:
+    return Deny(
+        status,
+        "pkcv_invalid" if cause != "pkcv_missing" else "pkcv_required",
+        "Public key client validation failed."
+        if cause != "pkcv_missing"
+        else "This endpoint requires a Twilio-Client-Validation header.",
+        evidence={"cause": cause, **evidence},
+        event="auth.failed",
+    )
