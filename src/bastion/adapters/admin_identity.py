@@ -1,4 +1,4 @@
-"""Admin API for identities: ``/admin/v1/consumers``, ``/admin/v1/keys``, ``/admin/v1/clients``.
+"""Admin API for identities: ``/admin/v1/consumers``, ``/keys``, ``/clients``, ``/credentials``.
 
 The same operations as ``bastion consumers | keys | clients`` (one implementation:
 :class:`bastion.identity.manage.IdentityAdmin`). A change is visible to this gateway's requests before
@@ -73,6 +73,12 @@ class ClientIn(_Body):
     consumer: str = Field(max_length=64)
     scopes: list[str] | None = Field(None, max_length=256)
     jwks: dict[str, Any] | None = Field(None, description="public JWKS for private_key_jwt (RFC 7523)")
+
+
+class PublicKeyIn(_Body):
+    consumer: str = Field(max_length=64)
+    public_key: str = Field(max_length=16384, description="RSA public key, PEM (2048+ bits, e = 65537)")
+    name: str = Field("", max_length=128)
 
 
 def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: float) -> None:
@@ -157,3 +163,26 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.post(PREFIX + "/clients/{client_id}/revoke", tags=["clients"], summary="Revoke a client")
     def revoke_client(client_id: str) -> dict[str, Any]:
         return admin.revoke_client(client_id, actor=ACTOR)
+
+    @app.post(
+        f"{PREFIX}/credentials",
+        tags=["credentials"],
+        status_code=201,
+        summary="Register a consumer's public key for PKCV",
+    )
+    def add_credential(body: PublicKeyIn) -> dict[str, Any]:
+        return admin.add_public_key(body.consumer, body.public_key, name=body.name, actor=ACTOR)
+
+    @app.get(f"{PREFIX}/credentials", tags=["credentials"], summary="List public keys")
+    def list_credentials(consumer: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+        return {"credentials": admin.list_public_keys(consumer)}
+
+    @app.get(PREFIX + "/credentials/{credential_id}", tags=["credentials"], summary="One public key")
+    def get_credential(credential_id: str) -> dict[str, Any]:
+        return admin.get_public_key(credential_id)
+
+    @app.post(
+        PREFIX + "/credentials/{credential_id}/revoke", tags=["credentials"], summary="Revoke a public key"
+    )
+    def revoke_credential(credential_id: str) -> dict[str, Any]:
+        return admin.revoke_public_key(credential_id, actor=ACTOR)

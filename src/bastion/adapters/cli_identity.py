@@ -1,4 +1,4 @@
-"""``bastion consumers | keys | clients``: manage identities in the configured store.
+"""``bastion consumers | keys | clients | credentials``: manage identities in the configured store.
 
 Changes go straight to the store (the running gateways pick them up within
 ``identity.refresh_interval``) and are recorded as events with the actor ``cli:<user>``. A key or
@@ -365,3 +365,61 @@ def clients_revoke(client_id: str, config_path: Path, as_json: bool) -> None:
     with _admin(config_path) as admin:
         out = admin.revoke_client(client_id, actor=_actor())
     _echo(out, as_json, lambda c: f"revoked client {c['client_id']}")
+
+
+# -- public keys for PKCV ---------------------------------------------------------------------------
+
+
+@main.group()
+def credentials() -> None:
+    """Public keys consumers sign requests with (Public Key Client Validation, PKCV)."""
+
+
+@credentials.command("add")
+@click.option("--consumer", required=True, help="The consumer the key belongs to.")
+@click.option(
+    "--public-key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The RSA public key (PEM or DER; 2048+ bits, exponent 65537).",
+)
+@click.option("--name", default="", help="A label for the key.")
+@CONFIG_OPTION
+@JSON_OPTION
+def credentials_add(consumer: str, key_file: Path, name: str, config_path: Path, as_json: bool) -> None:
+    """Register a public key; its id (CR…) is the kid of the consumer's PKCV tokens."""
+    try:
+        raw = key_file.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read the file: {exc.strerror}", param_hint="--public-key") from None
+    with _admin(config_path) as admin:
+        out = admin.add_public_key(consumer, raw, name=name, actor=_actor())
+    data = {"id": out["id"], "consumer": out["consumer"], "fingerprint": out["fingerprint"]}
+    _echo(
+        data,
+        as_json,
+        lambda d: f"id:          {d['id']}\nconsumer:    {d['consumer']}\nfingerprint: {d['fingerprint']}",
+    )
+
+
+@credentials.command("list")
+@click.option("--consumer", help="Only this consumer's keys.")
+@CONFIG_OPTION
+@JSON_OPTION
+def credentials_list(consumer: str | None, config_path: Path, as_json: bool) -> None:
+    """List registered public keys."""
+    with _admin(config_path) as admin:
+        rows = admin.list_public_keys(consumer)
+    _echo(rows, as_json, lambda r: _table(r, ["id", "consumer", "name", "fingerprint", "revoked_at"]))
+
+
+@credentials.command("revoke")
+@click.argument("credential_id")
+@CONFIG_OPTION
+@JSON_OPTION
+def credentials_revoke(credential_id: str, config_path: Path, as_json: bool) -> None:
+    """Revoke a public key: requests signed with it are refused at once."""
+    with _admin(config_path) as admin:
+        out = admin.revoke_public_key(credential_id, actor=_actor())
+    _echo(out, as_json, lambda c: f"revoked credential {c['id']}")
