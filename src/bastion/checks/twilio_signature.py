@@ -161,7 +161,10 @@ class TwilioSignature:
         elif _is_form(headers.get("content-type")):
             try:
                 pairs = parse_qsl(
-                    body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+                    body.decode("utf-8"),
+                    keep_blank_values=True,
+                    max_num_fields=MAX_FORM_FIELDS,
+                    errors="strict",
                 )
             except (UnicodeDecodeError, ValueError):
                 return _refuse("body_malformed")

@@ -28,6 +28,10 @@ __all__ = ["LoadedConfig", "load_config", "load_config_text"]
 Loc = tuple[str | int, ...]
 _REF = re.compile(r"\$\$\{|\$\{([a-z]+):([^}]*)\}")
 _MAX_SECRET_FILE = 64 * 1024
+# A bare reference inside a flow collection (``[${env:A}, ${env:B}]``, ``{user: ${env:U}}``) is not a plain
+# scalar in YAML (``{`` is a flow indicator there), yet it is the natural way to write a list of secrets:
+# such references are quoted before parsing. Same line numbers; the value is the same string.
+_FLOW_REF = re.compile(r"([\[,{]|: )(\s*)(\$\{(?:env|file):[^{}\s,\]\[\"']*\})(?=\s*[,\]}])")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,16 @@ class LoadedConfig:
     source: str
     warnings: list[ConfigIssue] = field(default_factory=list)
     lines: Mapping[Loc, int] = field(default_factory=dict)
+
+
+def _quote_flow_references(text: str) -> str:
+    def quote(m: re.Match[str]) -> str:
+        before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        if before.count('"') % 2 or before.count("'") % 2 or "#" in before:
+            return m.group(0)  # inside a quoted scalar or a comment: leave it as written
+        return f'{m.group(1)}{m.group(2)}"{m.group(3)}"'
+
+    return _FLOW_REF.sub(quote, text) if "${" in text else text
 
 
 class _Composer:
@@ -50,7 +64,7 @@ class _Composer:
         self._yaml = YAML(typ="safe", pure=True)
 
     def compose(self, text: str) -> Node | None:
-        return self._yaml.compose(text)  # type: ignore[no-any-return]
+        return self._yaml.compose(_quote_flow_references(text))  # type: ignore[no-any-return]
 
     def build(self, node: Node, loc: Loc) -> Any:
         self.lines[loc] = node.start_mark.line + 1
