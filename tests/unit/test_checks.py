@@ -20,8 +20,12 @@ from bastion.core.headers import Headers
 from bastion.core.request import RequestView
 from bastion.core.router import Route
 
-ROUTE = Route(id="orders:GET POST /v1/orders", service="orders", template="/v1/orders",
-              methods=frozenset({"GET", "POST"}))
+ROUTE = Route(
+    id="orders:GET POST /v1/orders",
+    service="orders",
+    template="/v1/orders",
+    methods=frozenset({"GET", "POST"}),
+)
 
 
 class FakeBody:
@@ -259,8 +263,13 @@ class TestCorsPreflight:
 
     def test_origin_must_match_exactly(self) -> None:
         # Suffix/prefix tricks and a different scheme or port are different origins.
-        for origin in ("https://app.example.evil.example", "http://app.example", "https://app.example:8443",
-                       "https://xapp.example", "null"):
+        for origin in (
+            "https://app.example.evil.example",
+            "http://app.example",
+            "https://app.example:8443",
+            "https://xapp.example",
+            "null",
+        ):
             assert_deny(run(cors(), preflight(origin=origin)), 403, "cors_preflight_denied")
 
     def test_bad_method(self) -> None:

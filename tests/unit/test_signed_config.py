@@ -198,3 +198,39 @@ def test_issue_yaml_verbatim_with_references_in_flow_lists() -> None:
     with pytest.raises(ConfigError) as info:
         load(config(TWILIO.replace("${env:TWILIO_AUTH_TOKEN}", "${env:NOT_SET_ANYWHERE}")))
     assert "NOT_SET_ANYWHERE is not set" in str(info.value.issues[0])
+
+
+def test_posture_warnings_for_signed_routes() -> None:
+    from bastion.adapters.checkup import posture_warnings
+
+    pinned = load(config(TWILIO))
+    assert not [w for w in posture_warnings(pinned) if "twilio" in w.path]
+    unpinned = load(config(TWILIO.replace("          public_url: https://hooks.example.com/hooks/sms\n", "")))
+    assert any(
+        w.path == "services[0].routes[0].twilio" and "public_url" in w.message
+        for w in posture_warnings(unpinned)
+    )
+    plain = load(config(TWILIO.replace("https://hooks.example.com", "http://hooks.example.com")))
+    assert any("plain http" in w.message for w in posture_warnings(plain))
+    github = load(config(HMAC.replace("tolerance: 2m", "preset: github")))
+    assert any(
+        w.path == "services[0].routes[0].hmac" and "no timestamp" in w.message
+        for w in posture_warnings(github)
+    )
+
+
+def test_literal_secrets_in_signed_routes_are_flagged() -> None:
+    text = config("""\
+      - path: /hooks/sms
+        methods: [POST]
+        auth: [twilio_signature]
+        twilio:
+          auth_tokens: [literal-token-value]
+          shared_keys: {ks_1: literal-shared-key}
+          public_url: https://hooks.example.com/hooks/sms
+""")
+    loaded = load(text)
+    flagged = {w.path for w in loaded.warnings if "literal secret" in w.message}
+    assert "services[0].routes[0].twilio.auth_tokens[0]" in flagged
+    assert "services[0].routes[0].twilio.shared_keys.ks_1" in flagged
+    assert all("literal-token-value" not in str(w) for w in loaded.warnings)

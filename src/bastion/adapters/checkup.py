@@ -69,6 +69,28 @@ def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
                     f"services[{si}].routes[{ri}].auth",
                     "a route that changes data (POST/PUT/PATCH/DELETE) has auth: none (P5)",
                 )
+            if route.twilio is not None:
+                url = route.twilio.public_url or s.public_base_url
+                if url is None:
+                    warn(
+                        (*where, "twilio"),
+                        f"services[{si}].routes[{ri}].twilio",
+                        "the signed URL is rebuilt from each request's Host and scheme; set public_url or "
+                        "public_base_url to the URL Twilio calls (P19)",
+                    )
+                elif url.startswith("http://"):
+                    warn(
+                        (*where, "twilio"),
+                        f"services[{si}].routes[{ri}].twilio",
+                        "Twilio calls this webhook over plain http: its parameters travel unencrypted (P6)",
+                    )
+            if route.hmac is not None and route.hmac.preset == "github":
+                warn(
+                    (*where, "hmac"),
+                    f"services[{si}].routes[{ri}].hmac",
+                    "GitHub signs no timestamp: a captured delivery is refused as a replay only while it is "
+                    "remembered (tolerance), and accepted after that (P19)",
+                )
             if route.max_body is not None and route.max_body > _TEN_MIB:
                 warn(
                     ("services", si, "routes", ri, "max_body"),

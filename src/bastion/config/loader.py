@@ -195,8 +195,9 @@ def _secret_locs(model: BaseModel, loc: Loc = ()) -> list[Loc]:
             found.append(here)
         elif isinstance(value, BaseModel):
             found.extend(_secret_locs(value, here))
-        elif isinstance(value, list | tuple):
-            for i, item in enumerate(value):
+        elif isinstance(value, list | tuple | dict):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for i, item in items:
                 if isinstance(item, Secret):
                     found.append((*here, i))
                 elif isinstance(item, BaseModel):
