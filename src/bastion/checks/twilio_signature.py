@@ -181,7 +181,9 @@ class TwilioSignature:
                 computed = twilio_signature(secret, candidate, params, algorithm).encode("ascii")
                 matched |= hmac.compare_digest(computed, expected)
         if not matched:
-            return _refuse("signature_mismatch", url=url[:512])
+            # The URL it was checked against (without the query, which may carry anything) helps an operator
+            # spot a public_url / proxy mismatch, the usual cause.
+            return _refuse("signature_mismatch", url=url.partition("?")[0][:512])
         ctx.notes["verified_by"] = "twilio_signature"
         return None
 
