@@ -168,6 +168,21 @@ class TestCheck:
         result = cli("check", "-c", str(example), env={**WITH_TOKEN, "BASTION_PEPPER": None})
         assert result.exit_code == 1 and "BASTION_PEPPER" in result.stderr
 
+    def test_webhooks_example_is_valid_and_quiet(self) -> None:
+        example = ROOT / "examples" / "webhooks.yaml"
+        env = {
+            **WITH_TOKEN,
+            "TWILIO_AUTH_TOKEN": "example-twilio-token",
+            "TWILIO_AUTH_TOKEN_SECONDARY": "example-twilio-token-2",
+            "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "STRIPE_WEBHOOK_SECRET": "whsec_stripe_example",
+        }
+        result = cli("check", "-c", str(example), "--json", env=env)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True and doc["warnings"] == []
+        assert "example-twilio-token" not in result.output
+
     def test_json_ok(self) -> None:
         result = cli("check", "-c", str(QUICKSTART), "--json")
         assert result.exit_code == 0
