@@ -443,6 +443,16 @@ class TestDemo:
         status, body = call(port, "GET", "/v1/account", headers={"X-API-Key": wrong})
         assert status == 401 and isinstance(body, dict) and body["code"] == "auth_invalid"
 
+        # The signed Twilio webhook as printed passes and reaches the origin; the tampered one does not.
+        signature = re.search(r"X-Twilio-Signature: ([A-Za-z0-9+/=]+)'", text).group(1)  # type: ignore[union-attr]
+        bodies = re.findall(r"-d '(From=[^']*)' http://127\.0\.0\.1:\d+/hooks/sms", text)
+        assert len(bodies) == 2, text
+        form = {"content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature}
+        status, body = call(port, "POST", "/hooks/sms", bodies[0].encode(), form)
+        assert status == 200 and isinstance(body, dict) and body["body_bytes"] == len(bodies[0]), body
+        status, body = call(port, "POST", "/hooks/sms", bodies[1].encode(), form)
+        assert status == 403 and isinstance(body, dict) and body["code"] == "webhook_signature_invalid"
+
         # Every simple denied line does what its comment says.
         denied = [m for m in map(DENIED_LINE.match, text.splitlines()) if m]
         assert len(denied) >= 5, text

@@ -88,7 +88,13 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
     workdir = Path(tempfile.mkdtemp(prefix="bastion-demo-"))
     token = os.environ.get("BASTION_ADMIN_TOKEN") or secrets.token_urlsafe(32)
     # A pepper for this demo's throwaway database only; a real deployment keeps its own in a secret store.
-    env = {**os.environ, "BASTION_ADMIN_TOKEN": token, "BASTION_PEPPER": secrets.token_urlsafe(32)}
+    twilio_token = secrets.token_hex(16)  # a demo "Twilio Auth Token" to sign a webhook with
+    env = {
+        **os.environ,
+        "BASTION_ADMIN_TOKEN": token,
+        "BASTION_PEPPER": secrets.token_urlsafe(32),
+        "DEMO_TWILIO_TOKEN": twilio_token,
+    }
     text = (
         _quickstart_text()
         .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
@@ -113,7 +119,7 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
             admin = running.gateway.identity.admin()
             admin.create_consumer("demo-app", ["account:read"], actor="system:demo")
             _, key = admin.create_key("demo-app", ttl=86400.0, name="demo", actor="system:demo")
-            print(_instructions(port, admin_port, token, config_file, key), flush=True)
+            print(_instructions(port, admin_port, token, config_file, key, twilio_token), flush=True)
             if duration:
                 loop.call_later(duration, stop.set)
 
@@ -138,7 +144,13 @@ _DEMO_ROUTE = """      - path: /v1/account
         methods: [GET]
         auth: [api_key]
         scopes: [account:read]
+      - path: /hooks/sms
+        methods: [POST]
+        auth: [twilio_signature]
+        twilio:
+          auth_tokens: [${env:DEMO_TWILIO_TOKEN}]
 """
+_DEMO_WEBHOOK_BODY = "From=%2B15551234567&Body=hello"
 
 
 def _altered(key: str) -> str:
@@ -146,8 +158,16 @@ def _altered(key: str) -> str:
     return key[:-1] + ("x" if key[-1] != "x" else "y")
 
 
-def _instructions(port: int, admin_port: int, token: str, config_file: Path, key: str) -> str:
+def _instructions(
+    port: int, admin_port: int, token: str, config_file: Path, key: str, twilio_token: str
+) -> str:
+    from urllib.parse import parse_qs
+
+    from ..checks.twilio_signature import twilio_signature
+
     g = f"http://127.0.0.1:{port}"
+    signature = twilio_signature(twilio_token.encode(), f"{g}/hooks/sms", parse_qs(_DEMO_WEBHOOK_BODY))
+    form = f"-H 'Content-Type: application/x-www-form-urlencoded' -H 'X-Twilio-Signature: {signature}'"
     return f"""
 Bastion demo is running.
   gateway  {g}   (config: {config_file})
@@ -161,10 +181,16 @@ Allowed:
   curl -i {g}/public/docs/readme.txt
   curl -i -H 'X-API-Key: {key}' {g}/v1/account
         # an API key of consumer demo-app (scope account:read); the origin sees X-Bastion-Consumer
+  curl -i {form} \\
+       -d '{_DEMO_WEBHOOK_BODY}' {g}/hooks/sms
+        # a Twilio webhook, signed as Twilio signs it (the demo's auth token: {twilio_token})
 
 Denied (each one is an event):
   curl -i {g}/v1/account                                        # 401 auth_required
   curl -i -H 'X-API-Key: {_altered(key)}' {g}/v1/account   # 401 auth_invalid
+  curl -i {form} \\
+       -d '{_DEMO_WEBHOOK_BODY.replace("hello", "HELLO")}' {g}/hooks/sms
+        # 403 webhook_signature_invalid: the same signature, a tampered body
   curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
   curl -i {g}/admin                                             # 404 route_not_found (deny by default)
   curl -i --path-as-is '{g}/public/..%2f..%2fetc/passwd'        # 400 path_encoded_slash
