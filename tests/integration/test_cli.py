@@ -183,6 +183,21 @@ class TestCheck:
         assert doc["ok"] is True and doc["warnings"] == []
         assert "example-twilio-token" not in result.output
 
+    def test_serve_refuses_workers_with_per_process_replay_protection(self, tmp_path: Path) -> None:
+        example = ROOT / "examples" / "webhooks.yaml"
+        text = example.read_text().replace("sqlite:///bastion-webhooks.db", f"sqlite:///{tmp_path / 'b.db'}")
+        cfg = write(tmp_path / "webhooks.yaml", text)
+        env = {
+            **WITH_TOKEN,
+            "TWILIO_AUTH_TOKEN": "t1",
+            "TWILIO_AUTH_TOKEN_SECONDARY": "t2",
+            "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "STRIPE_WEBHOOK_SECRET": "s",
+        }
+        result = cli("serve", "-c", str(cfg), "--workers", "2", env=env)
+        assert result.exit_code == 1
+        assert "/hooks/generic has replay protection" in result.stderr and "--workers 1" in result.stderr
+
     def test_json_ok(self) -> None:
         result = cli("check", "-c", str(QUICKSTART), "--json")
         assert result.exit_code == 0

@@ -70,6 +70,22 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
     from ..runtime.gateway import build_gateway
     from .serve import run
 
+    if workers > 1:
+        replayed = [
+            r.path
+            for svc in loaded.settings.services
+            for r in svc.routes
+            if r.require_pkcv or any(m in ("hmac_signature", "pkcv") for m in r.auth_methods)
+        ]
+        if replayed:
+            # Fail closed: each worker would remember only the messages it saw, so a replay sent to another
+            # worker would pass. Shared state (state: redis://) comes with the scale-out work.
+            click.echo(
+                f"bastion: {replayed[0]} has replay protection, which the in-memory state keeps per process; "
+                "run it with --workers 1",
+                err=True,
+            )
+            sys.exit(1)
     try:
         build_gateway(loaded)  # route table errors before any listener opens
         run(loaded, workers=workers)
