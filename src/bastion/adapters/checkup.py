@@ -84,12 +84,31 @@ def posture_warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
                         f"services[{si}].routes[{ri}].twilio",
                         "Twilio calls this webhook over plain http: its parameters travel unencrypted (P6)",
                     )
-            if route.hmac is not None and route.hmac.preset == "github":
+            h = route.hmac
+            if h is not None and (
+                h.preset == "github" or (h.preset == "custom" and h.timestamp_header is None)
+            ):
+                sender = "GitHub signs" if h.preset == "github" else "this layout signs"
                 warn(
                     (*where, "hmac"),
                     f"services[{si}].routes[{ri}].hmac",
-                    "GitHub signs no timestamp: a captured delivery is refused as a replay only while it is "
+                    f"{sender} no timestamp: a captured delivery is refused as a replay only while it is "
                     "remembered (tolerance), and accepted after that (P19)",
+                )
+            short = [
+                name
+                for name, secrets in (
+                    ("twilio.auth_tokens", route.twilio.auth_tokens if route.twilio else []),
+                    ("twilio.shared_keys", list(route.twilio.shared_keys.values()) if route.twilio else []),
+                    ("hmac.secrets", h.secrets if h else []),
+                )
+                if any(len(sec.reveal().encode("utf-8")) < 16 for sec in secrets)
+            ]
+            for name in short:
+                warn(
+                    (*where, *name.split(".")),
+                    f"services[{si}].routes[{ri}].{name}",
+                    "a signing secret under 16 bytes can be guessed offline from one signed request (P19)",
                 )
             if route.max_body is not None and route.max_body > _TEN_MIB:
                 warn(

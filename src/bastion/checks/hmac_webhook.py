@@ -6,9 +6,9 @@ Presets for the common layouts:
 preset              signature header                     signed content                 replay key
 =================== ==================================== ============================== ===============
 standard_webhooks   ``webhook-signature: v1,<b64> …``    ``{id}.{timestamp}.{body}``    ``webhook-id``
-stripe              ``Stripe-Signature: t=…,v1=<hex>…``  ``{t}.{body}``                 ``t`` + signature
-github              ``X-Hub-Signature-256: sha256=<hex>`` ``{body}``                    the signature
-custom              configured                           ``[id.][timestamp.]body``      id, else signature
+stripe              ``Stripe-Signature: t=…,v1=<hex>…``  ``{t}.{body}``                 ``t`` + body
+github              ``X-Hub-Signature-256: sha256=<hex>`` ``{body}``                    the body
+custom              configured                           ``[id.][timestamp.]body``      id, else the rest
 =================== ==================================== ============================== ===============
 
 Several signatures in one header and several configured secrets both pass if any pair matches (secret
@@ -35,8 +35,8 @@ from ..core.request import BodyReadError, RequestView
 __all__ = ["PRESETS", "HmacScheme", "HmacWebhook", "custom_scheme", "standard_webhooks_secret"]
 
 _DIGESTS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
-_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
-_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_ID = re.compile(r"[\x21-\x7e]{1,256}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 MAX_SIGNATURES = 8
 
 
@@ -194,11 +194,11 @@ class HmacWebhook:
         message_id = None
         if scheme.id_header is not None:
             message_id = headers.get(scheme.id_header)
-            if message_id is None or not _ID.match(message_id):
+            if message_id is None or not _ID.fullmatch(message_id):
                 return _refuse(scheme, "id_missing" if message_id is None else "id_malformed")
         now = self.clock()
         if scheme.timestamped:
-            if timestamp is None or not _TIMESTAMP.match(timestamp.strip()):
+            if timestamp is None or not _TIMESTAMP.fullmatch(timestamp.strip()):
                 return _refuse(scheme, "timestamp_missing" if timestamp is None else "timestamp_malformed")
             timestamp = timestamp.strip()
             skew = now - int(timestamp)
@@ -214,21 +214,22 @@ class HmacWebhook:
             prefix += message_id.encode("ascii") + b"."
         if scheme.timestamped and timestamp is not None:
             prefix += timestamp.encode("ascii") + b"."
-        matched: bytes | None = None
+        matched = False
         for secret in self.secrets:
             mac = hmac.new(secret, prefix, self.digest)
             mac.update(body)
             expected = mac.digest()
             for sig in signatures:
-                if hmac.compare_digest(expected, sig) and matched is None:
-                    matched = sig
-        if matched is None:
+                matched |= hmac.compare_digest(expected, sig)
+        if not matched:
             return _refuse(scheme, "signature_mismatch")
 
         if message_id is not None:
             once = "id:" + message_id
         else:
-            once = "sig:" + (timestamp or "") + ":" + matched.hex()
+            # No id: the message itself (timestamp and body) is the one-time value — not the signature that
+            # matched, which a replay could swap for another valid one during a secret rotation.
+            once = "msg:" + hashlib.sha256(prefix + body).hexdigest()
         expires_at = int(timestamp) + self.tolerance if scheme.timestamped and timestamp else now
         expires_at = max(expires_at, now) + (0.0 if scheme.timestamped else self.tolerance)
         try:

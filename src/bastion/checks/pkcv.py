@@ -164,8 +164,16 @@ class Pkcv:
             matched = bool(java) and hmac.compare_digest(request_hash(java).encode("ascii"), expected)
         if not matched:
             return _refuse("pkcv_request_hash_mismatch", credential_id=credential)
+        verdict = None
+        if not self.required and self.authorize is not None:
+            # Authorise before the token is remembered: a caller without the route's scope uses up nothing.
+            verdict = self.authorize.decide(req, principal)
+            if verdict is not None:
+                return verdict
         try:
-            first = await self.replay.first_seen(f"pkcv|{claims.rqh}|{claims.exp!r}", claims.exp + 60.0, now)
+            # Per credential: another consumer's identical request cannot use up this one's token.
+            once = f"pkcv|{credential}|{claims.rqh}|{claims.exp!r}"
+            first = await self.replay.first_seen(once, claims.until, now)
         except StateUnavailable:
             return Deny(
                 503,
@@ -177,10 +185,9 @@ class Pkcv:
             )
         if not first:
             return _refuse("pkcv_replayed", credential_id=credential)
-        if self.required:
-            return None
-        ctx.principal = principal
-        return self.authorize.decide(req, principal) if self.authorize is not None else None
+        if not self.required:
+            ctx.principal = principal
+        return verdict
 
 
 def _refuse(cause: str, status: int = 401, **evidence: object) -> Deny:

@@ -23,24 +23,28 @@ HEADER = "twilio-client-validation"
 CONTENT_TYPE = "twilio-pkrv;v=1"
 MAX_TTL = 300.0
 _POLICY = JwtPolicy(issuer="pkcv", audience=None, algorithms=("RS256", "PS256"), max_token_bytes=8192)
-_KID = re.compile(r"^CR[0-9a-f]{32}$")
-_RQH = re.compile(r"^[0-9a-f]{64}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+_KID = re.compile(r"CR[0-9a-f]{32}")
+_RQH = re.compile(r"[0-9a-f]{64}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 class PkcvClaims:
-    __slots__ = ("exp", "hrh", "rqh")
+    __slots__ = ("exp", "hrh", "rqh", "until")
 
-    def __init__(self, hrh: tuple[str, ...], rqh: str, exp: float) -> None:
+    def __init__(self, hrh: tuple[str, ...], rqh: str, exp: float, until: float | None = None) -> None:
         self.hrh = hrh  # signed header names, lower-case, in the token's order
         self.rqh = rqh
         self.exp = exp
+        self.until = exp + 60.0 if until is None else until  # accepted until then: remember it as long
 
 
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an integer beyond any date
+        return None
     return f if f == f and f not in (float("inf"), float("-inf")) else None
 
 
@@ -63,7 +67,7 @@ class PkcvVerifier:
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise AuthFailure("pkcv_type_invalid")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not _KID.match(kid):
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
             raise AuthFailure("pkcv_kid_invalid" if kid is not None else "pkcv_kid_missing")
         record = self.index.public_key(kid)
         if record is None:
@@ -96,11 +100,11 @@ class PkcvVerifier:
         if not isinstance(hrh, str) or len(hrh) > 1024:
             raise AuthFailure("pkcv_claim_invalid", credential_id=kid, claim="hrh")
         names = tuple(hrh.split(";"))
-        if len(names) > 32 or not all(_HEADER_NAME.match(n) for n in names):
+        if len(names) > 32 or not all(_HEADER_NAME.fullmatch(n) for n in names):
             raise AuthFailure("pkcv_claim_invalid", credential_id=kid, claim="hrh")
         if "authorization" not in names or "host" not in names:
             raise AuthFailure("pkcv_headers_not_signed", credential_id=kid)
         rqh = claims.get("rqh")
-        if not isinstance(rqh, str) or not _RQH.match(rqh):
+        if not isinstance(rqh, str) or not _RQH.fullmatch(rqh):
             raise AuthFailure("pkcv_claim_invalid", credential_id=kid, claim="rqh")
-        return PkcvClaims(names, rqh, exp)
+        return PkcvClaims(names, rqh, exp, exp + self.leeway)
