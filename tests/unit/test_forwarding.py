@@ -293,3 +293,13 @@ class TestNetworkSet:
     def test_invalid_cidr_raises(self) -> None:
         with pytest.raises(ValueError):
             NetworkSet(["not-a-network"])
+
+
+def test_headers_know_which_fields_repeat() -> None:
+    from bastion.core.headers import Headers
+
+    single = Headers([("host", "a"), ("x-api-key", "k")])
+    assert not single.repeated("host") and not single.repeated("X-API-Key")
+    twice = Headers([("host", "a"), ("x-api-key", "k1"), ("X-Other", "o"), ("x-api-key", "k2")])
+    assert twice.repeated("X-API-Key") and not twice.repeated("host")
+    assert twice.get("x-api-key") == "k1" and twice.getall("x-api-key") == ["k1", "k2"]

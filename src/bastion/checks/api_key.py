@@ -49,7 +49,14 @@ class ApiKeyAuth:
         """The presented key, if any. Two different keys in one request are refused."""
         key = bearer if bearer is not None and bearer.startswith("bst_") else None
         headers = req.headers
-        if headers.get(self.header) is not None:
+        value = headers.get(self.header)
+        if value is not None and not headers.repeated(self.header):
+            value = value.strip()
+            if key is None:
+                key = value
+            elif value != key:
+                raise AuthFailure("api_key_ambiguous")
+        elif value is not None:
             for value in headers.getall(self.header):  # every copy: two different keys are refused
                 value = value.strip()
                 if key is None:

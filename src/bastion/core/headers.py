@@ -14,15 +14,25 @@ class Headers:
     what policy needs to notice duplicates (two ``Host`` fields, two ``Content-Length`` fields).
     """
 
-    __slots__ = ("_first", "_items")
+    __slots__ = ("_first", "_items", "_repeated")
 
     def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
         self._items: tuple[tuple[str, str], ...] = tuple(items)
         first: dict[str, str] = {}
+        repeated: set[str] | None = None
         for name, value in self._items:
             if name not in first:
                 first[name] = value
+            elif repeated is None:
+                repeated = {name}
+            else:
+                repeated.add(name)
         self._first = first
+        self._repeated = repeated  # names that occur more than once (None: none do, the usual case)
+
+    def repeated(self, name: str) -> bool:
+        """Whether the field occurs more than once (then :meth:`getall` has every value)."""
+        return self._repeated is not None and name.lower() in self._repeated
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._first.get(name.lower(), default)

@@ -259,7 +259,8 @@ class Gateway:
                 head=head,
             )
 
-        hosts = headers.getall("host")
+        host = headers.get("host")
+        hosts = [host] if host is not None and not headers.repeated("host") else headers.getall("host")
         if len(hosts) != 1 or not _HOST.match(hosts[0]):
             code = "host_missing" if not hosts else ("host_duplicate" if len(hosts) > 1 else "host_invalid")
             return self.deny(
