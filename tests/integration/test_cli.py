@@ -196,7 +196,7 @@ class TestCheck:
         }
         result = cli("serve", "-c", str(cfg), "--workers", "2", env=env)
         assert result.exit_code == 1
-        assert "/hooks/generic has replay protection" in result.stderr and "--workers 1" in result.stderr
+        assert "/hooks/sms has replay protection" in result.stderr and "--workers 1" in result.stderr
 
     def test_json_ok(self) -> None:
         result = cli("check", "-c", str(QUICKSTART), "--json")

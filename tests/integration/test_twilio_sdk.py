@@ -65,6 +65,7 @@ SMS_ROUTE = """
         methods: [POST]
         auth: [twilio_signature]
         twilio:
+          replay_window: 0  # identical messages are resent on purpose (replays: test_webhook_replay.py)
           auth_tokens: [${env:TWILIO_AUTH_TOKEN}, ${env:TWILIO_AUTH_TOKEN_SECONDARY}]
           shared_keys: {webhooks_sharedkey_1: ${env:TWILIO_SHARED_KEY}}
 """
@@ -76,12 +77,14 @@ ROUTES = (
         methods: [POST]
         auth: [twilio_signature]
         twilio:
+          replay_window: 0  # identical messages are resent on purpose (replays: test_webhook_replay.py)
           auth_tokens:
             - ${env:TWILIO_AUTH_TOKEN}
       - path: /hooks/x
         methods: [POST]
         auth: [twilio_signature]
         twilio:
+          replay_window: 0  # identical messages are resent on purpose (replays: test_webhook_replay.py)
           auth_tokens:
             - ${env:TWILIO_AUTH_TOKEN}
           public_url: http://hooks.example.com/hooks/x
@@ -89,6 +92,7 @@ ROUTES = (
         methods: [POST]
         auth: [twilio_signature]
         twilio:
+          replay_window: 0  # identical messages are resent on purpose (replays: test_webhook_replay.py)
           auth_tokens:
             - ${env:TWILIO_AUTH_TOKEN}
           public_url: https://hooks.example.com:443/hooks/y

@@ -567,3 +567,50 @@ def test_signature_helpers_are_stdlib_hmac() -> None:
     expected = base64.b64encode(hmac.new(TOKEN, data.encode(), hashlib.sha1).digest()).decode()
     assert twilio_signature(TOKEN, URL, PARAMS) == expected
     assert json.loads(json.dumps({"ok": True}))
+
+
+def test_twilio_replay_window_and_undo() -> None:
+    params = {"MessageSid": ["SM1"], "Body": ["x"]}
+    sig = twilio_signature(TOKEN, "https://mycompany.com/hooks/sms", params)
+    clock = Clock(1000.0)
+    replay = MemoryReplayCache()
+    check = TwilioSignature([TOKEN], replay=replay, replay_window=300.0, clock=clock, namespace="r")
+
+    def send(ctx: Context | None = None) -> Verdict:
+        req = view(
+            headers=[("Content-Type", FORM), ("X-Twilio-Signature", sig)], body=Body(form_body(params))
+        )
+        return run(check, req, ctx)
+
+    first = Context("a")
+    assert send(first) is None and first.undo is not None
+    verdict = send()
+    assert isinstance(verdict, Deny) and (verdict.status, verdict.code, verdict.event) == (
+        409,
+        "webhook_replayed",
+        "webhook.replayed",
+    )
+    # The upstream never answered the first delivery: undoing it lets the sender's retry through.
+    for action in first.undo:
+        action()
+    assert send() is None
+    clock.now += 301  # after the window the same signed message is accepted again (Twilio signs no time)
+    assert send() is None
+    # replay_window 0: off (explicitly configured), no record kept.
+    off = TwilioSignature([TOKEN], replay=replay, replay_window=0.0, clock=clock)
+    ctx = Context("b")
+    req = view(headers=[("Content-Type", FORM), ("X-Twilio-Signature", sig)], body=Body(form_body(params)))
+    assert run(off, req, ctx) is None and ctx.undo is None
+
+
+def test_hmac_undo_forgets_the_id() -> None:
+    clock = Clock(SW_TS)
+    replay = MemoryReplayCache()
+    check = hmac_check("standard_webhooks", [standard_webhooks_secret(SW_SECRET)], clock, replay)
+    ctx = Context("a")
+    assert run(check, view(headers=sw_headers(), body=Body(SW_BODY)), ctx) is None
+    assert ctx.undo is not None and len(replay) == 1
+    for action in ctx.undo:
+        action()
+    assert len(replay) == 0
+    assert run(check, view(headers=sw_headers(), body=Body(SW_BODY))) is None

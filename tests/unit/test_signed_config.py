@@ -126,6 +126,10 @@ def test_require_pkcv_with_a_key() -> None:
         ),
         (TWILIO.replace("auth_tokens: [${env:TWILIO_AUTH_TOKEN}]", "auth_tokens: []"), "auth_tokens"),
         (TWILIO + "        scopes: [a]\n", "scopes need a consumer"),
+        (
+            TWILIO.replace("          public_url:", "          replay_window: 5s\n          public_url:"),
+            "replay_window",
+        ),
         (HMAC.replace("tolerance: 2m", "tolerance: 2h"), "tolerance must be between"),
         (HMAC.replace("tolerance: 2m", "signature_header: X-Sig"), "only for preset: custom"),
         (HMAC.replace("tolerance: 2m", "preset: custom"), "needs signature_header"),

@@ -75,7 +75,9 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
             r.path
             for svc in loaded.settings.services
             for r in svc.routes
-            if r.require_pkcv or any(m in ("hmac_signature", "pkcv") for m in r.auth_methods)
+            if r.require_pkcv
+            or any(m in ("hmac_signature", "pkcv") for m in r.auth_methods)
+            or (r.twilio is not None and r.twilio.replay_window > 0)
         ]
         if replayed:
             # Fail closed: each worker would remember only the messages it saw, so a replay sent to another

@@ -232,8 +232,9 @@ class HmacWebhook:
             once = "msg:" + hashlib.sha256(prefix + body).hexdigest()
         expires_at = int(timestamp) + self.tolerance if scheme.timestamped and timestamp else now
         expires_at = max(expires_at, now) + (0.0 if scheme.timestamped else self.tolerance)
+        key = f"hmac|{self.namespace}|{once}"
         try:
-            first = await self.replay.first_seen(f"hmac|{self.namespace}|{once}", expires_at + 1.0, now)
+            first = await self.replay.first_seen(key, expires_at + 1.0, now)
         except StateUnavailable:
             return Deny(
                 503,
@@ -251,6 +252,7 @@ class HmacWebhook:
                 evidence={"scheme": scheme.name, "id": message_id} if message_id else {"scheme": scheme.name},
                 event="webhook.replayed",
             )
+        ctx.on_upstream_failure(lambda: self.replay.forget(key))
         ctx.notes["verified_by"] = "hmac_signature"
         return None
 

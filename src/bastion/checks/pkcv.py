@@ -185,6 +185,7 @@ class Pkcv:
             )
         if not first:
             return _refuse("pkcv_replayed", credential_id=credential)
+        ctx.on_upstream_failure(lambda: self.replay.forget(once))
         if not self.required:
             ctx.principal = principal
         return verdict

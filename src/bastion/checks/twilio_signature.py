@@ -14,6 +14,10 @@ The URL is the *public* one Twilio called, not what the gateway sees behind a TL
 (``X-Forwarded-Proto``/``-Host`` believed from trusted proxies only, as everywhere in Bastion).
 
 A body that is neither a form nor covered by ``bodySHA256`` is not signed by anything: refused.
+
+Twilio signs no timestamp or nonce, so replays can only be caught by remembering: a signature seen again
+within ``replay_window`` (default 5 minutes) is ``webhook.replayed`` (409). The record is dropped if the
+upstream never answered, so a retry after an outage is delivered.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, parse_qsl
 
 from ..core.decision import Context, Deny, Verdict
+from ..core.ports import ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
 from ..core.urls import split_authority
 
@@ -113,6 +119,10 @@ class TwilioSignature:
         *,
         public_url: str | None = None,
         public_base_url: str | None = None,
+        replay: ReplayCache | None = None,
+        replay_window: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        namespace: str = "",
     ) -> None:
         self.auth_tokens = tuple(auth_tokens)
         if not self.auth_tokens:
@@ -120,6 +130,10 @@ class TwilioSignature:
         self.shared_keys = dict(shared_keys or {})
         self.public_url = public_url
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.replay = replay if replay_window > 0 else None
+        self.replay_window = replay_window
+        self.clock = clock
+        self.namespace = namespace
 
     def signed_url(self, req: RequestView) -> str:
         if self.public_url is not None:
@@ -184,7 +198,40 @@ class TwilioSignature:
             # The URL it was checked against (without the query, which may carry anything) helps an operator
             # spot a public_url / proxy mismatch, the usual cause.
             return _refuse("signature_mismatch", url=url.partition("?")[0][:512])
+        if self.replay is not None:
+            # Twilio signs no timestamp or id: the same signature (same URL and parameters) seen again within
+            # the window is a replay. Twilio's SIDs make genuine repeats of one signed message rare.
+            refused = await self._once(signature, ctx)
+            if refused is not None:
+                return refused
         ctx.notes["verified_by"] = "twilio_signature"
+        return None
+
+    async def _once(self, signature: str, ctx: Context) -> Deny | None:
+        assert self.replay is not None
+        replay = self.replay
+        now = self.clock()
+        key = f"twilio|{self.namespace}|{signature}"
+        try:
+            first = await replay.first_seen(key, now + self.replay_window, now)
+        except StateUnavailable:
+            return Deny(
+                503,
+                "state_unavailable",
+                "The gateway cannot check this request right now.",
+                headers=(("retry-after", "1"),),
+                evidence={"scheme": "twilio", "state": "replay_cache"},
+                severity="error",
+            )
+        if not first:
+            return Deny(
+                409,
+                "webhook_replayed",
+                "This message was already delivered.",
+                evidence={"scheme": "twilio"},
+                event="webhook.replayed",
+            )
+        ctx.on_upstream_failure(lambda: replay.forget(key))
         return None
 
 

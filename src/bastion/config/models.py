@@ -318,6 +318,16 @@ class TwilioSettings(_Model):
     # SharedKey id -> secret, for webhooks Twilio signs with a SharedKey (HMAC_SHA256).
     shared_keys: dict[str, SecretStr] = Field(default_factory=dict)
     public_url: str | None = None
+    # Twilio signs no timestamp: the same signed message seen again within this window is refused as a
+    # replay. 0 turns that off (explicitly).
+    replay_window: Duration = 300.0
+
+    @field_validator("replay_window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v != 0 and not 10 <= v <= 86400:
+            raise ValueError("replay_window must be 0 (off) or between 10s and 24h")
+        return v
 
     @field_validator("public_url")
     @classmethod

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -49,6 +49,7 @@ class Context:
     """What checks learn about one request, passed along the chain. Nothing global.
 
     ``response_headers`` are added to whatever response the client gets (allowed or denied).
+    ``undo`` holds what to revert if the upstream never answers (see :meth:`on_upstream_failure`).
     ``principal`` is filled by authentication checks. ``notices`` are events a check wants recorded
     even when the request goes on (``api_key.used_after_rotation``): ``(type, data)`` pairs the gateway
     emits with the request's details.
@@ -59,3 +60,11 @@ class Context:
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     notices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Run when the upstream never answered (502/504 from the gateway): a check that recorded a one-time
+    # value (a webhook id) undoes it, so the sender's retry is not refused as a replay. None: nothing to undo.
+    undo: list[Callable[[], None]] | None = None
+
+    def on_upstream_failure(self, action: Callable[[], None]) -> None:
+        if self.undo is None:
+            self.undo = []
+        self.undo.append(action)

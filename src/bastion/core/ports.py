@@ -1,7 +1,7 @@
 """Ports: the small protocols through which policy reaches time and state.
 
 Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events/``, injected by
-``runtime/``. Later issues add ``Counters.hit`` and ``ReplayCache.first_seen`` beside these.
+``runtime/``. The rate-limit issue adds ``Counters.hit`` beside these.
 """
 
 from __future__ import annotations
@@ -107,4 +107,9 @@ class ReplayCache(Protocol):
     async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
         """Record ``key`` until ``expires_at``; True the first time, False if it is already recorded.
         Raises :class:`StateUnavailable` when it cannot remember (the caller refuses the request)."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (best effort, never raises): the message it recorded never reached the application
+        (the upstream did not answer), so the sender's retry must not be refused as a replay."""
         ...

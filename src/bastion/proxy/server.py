@@ -1027,6 +1027,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_failed(self, fwd: Forward, ex: Exchange, status: int, code: str, why: str) -> bool:
         req = fwd.req
+        if fwd.ctx.undo is not None:
+            self.gateway.upstream_failed(fwd.ctx)  # no answer: the sender's retry is not a replay
         detail = (
             "The upstream service did not answer in time."
             if status == 504

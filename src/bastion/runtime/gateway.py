@@ -392,6 +392,13 @@ class Gateway:
             target += "?" + query
         return Forward(req, ctx, upstream, target, up_headers)
 
+    def upstream_failed(self, ctx: Context) -> None:
+        """The upstream never answered this request: undo what checks recorded for it (replay records)."""
+        undo, ctx.undo = ctx.undo, None
+        for action in undo or ():
+            with contextlib.suppress(Exception):  # best effort: never turn a 502 into a 500
+                action()
+
     def _notices(self, req: RequestView, ctx: Context) -> None:
         for type_, data in ctx.notices:
             self.emit(

@@ -138,6 +138,10 @@ class IdentityRuntime:
                     {k: s.reveal().encode("utf-8") for k, s in t.shared_keys.items()},
                     public_url=t.public_url,
                     public_base_url=self.settings.public_base_url,
+                    replay=self.replay,
+                    replay_window=t.replay_window,
+                    clock=self.clock,
+                    namespace=route_id or route.path,
                 )
             ]
         if methods == ("hmac_signature",):

@@ -94,3 +94,8 @@ class MemoryReplayCache:
         until[key] = expires_at
         heapq.heappush(heap, (expires_at, key))
         return True
+
+    def forget(self, key: str) -> None:
+        self._until.pop(
+            key, None
+        )  # its heap entry is skipped when it comes up (the times differ or it's gone)
