@@ -22,7 +22,7 @@ from ipaddress import ip_address
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.checks.api_key import ApiKeyAuth
@@ -195,6 +195,23 @@ class TestDigest:
             assert peppers.key_digest(key) == api_key_digest(peppers.keys, key)
             assert peppers.key_digest(key) == peppers.key_digest(key)
         assert peppers.key_digest("bst_" + "é" * 52) != api_key_digest(peppers.keys, "bst_" + "e" * 52)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        pepper=st.text(min_size=16, max_size=80).filter(lambda p: len(p.encode()) >= 16),
+        key=st.text(max_size=120),
+    )
+    def test_both_fast_digests_equal_the_plain_hmac(self, pepper: str, key: str) -> None:
+        """The hash-halves path and the OpenSSL-object fallback give the RFC 2104 HMAC for any input."""
+        peppers = Peppers(pepper)
+        expected = hmac.new(peppers.keys, key.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+        assert peppers._halves is not None
+        assert peppers.key_digest(key) == expected
+        halves, peppers._halves = peppers._halves, None
+        try:
+            assert peppers.key_digest(key) == expected
+        finally:
+            peppers._halves = halves
 
     def test_digest_depends_on_pepper_and_key(self) -> None:
         _, key = new_api_key()

@@ -52,13 +52,20 @@ class Peppers:
         self.clients = _derive(raw, b"client-secret-digest/v1")
         self.fernet = Fernet(base64.urlsafe_b64encode(_derive(raw, b"signing-key-encryption/v1")))
         # HMAC state after the key is absorbed; copying it per request skips the key setup. OpenSSL's
-        # HMAC object directly (what hmac.HMAC wraps) halves the cost again: copy, update and digest are
-        # then C calls. Same result as api_key_digest(self.keys, key), which a test pins.
+        # HMAC object directly (what hmac.HMAC wraps) makes copy, update and digest C calls.
         self._key_mac = (
             _openssl_hmac(self.keys, digestmod="sha256")
             if _openssl_hmac is not None
             else hmac.new(self.keys, digestmod=sha256)
         )
+        # Faster still (measured 0.9 µs against 2.0 µs: duplicating an OpenSSL 3 HMAC context is slow,
+        # duplicating a SHA-256 one is not): the standard library's own HMAC in its hash-object form,
+        # whose inner and outer states it derives from the key (RFC 2104 pads). Per request: inner + key,
+        # outer + inner digest, exactly what hmac.HMAC.digest does. Same result as
+        # api_key_digest(self.keys, key), which a test pins; without those states, the OpenSSL object.
+        halves = hmac.HMAC(self.keys, digestmod=lambda data=b"": sha256(data))
+        inner, outer = getattr(halves, "_inner", None), getattr(halves, "_outer", None)
+        self._halves = (inner, outer) if inner is not None and outer is not None else None
 
     @property
     def check_value(self) -> str:
@@ -66,8 +73,16 @@ class Peppers:
         return hmac.new(self.keys, b"bastion pepper check v1", sha256).hexdigest()
 
     def key_digest(self, key: str) -> bytes:
+        data = key.encode("utf-8", "surrogateescape")  # a non-ASCII string simply never matches
+        halves = self._halves
+        if halves is not None:
+            inner = halves[0].copy()
+            inner.update(data)
+            outer = halves[1].copy()
+            outer.update(inner.digest())
+            return outer.digest()  # type: ignore[no-any-return]
         mac = self._key_mac.copy()
-        mac.update(key.encode("utf-8", "surrogateescape"))  # a non-ASCII string simply never matches
+        mac.update(data)
         return mac.digest()
 
     def client_secret_digest(self, secret: str) -> bytes:
