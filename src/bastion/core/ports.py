@@ -6,14 +6,17 @@ Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .events import Event
 from .identity import ClientRecord, ConsumerRecord, KeyRecord, Principal, PublicKeyRecord
+from .ratelimit import Decision, Limit
 
 __all__ = [
     "ClientValidator",
     "Clock",
+    "Counters",
     "EventSink",
     "FailureLimiter",
     "IdentityIndex",
@@ -95,6 +98,16 @@ class FailureLimiter(Protocol):
     async def failed(self, subject: str, now: float) -> float:
         """Record a failure; the block (seconds) it triggered, or 0."""
         ...
+
+
+class Counters(Protocol):
+    """Rate limits and quotas (:mod:`bastion.core.ratelimit`): one atomic call per request for all of a
+    route's limits. ``keys[i]`` names limit i's counter (a quota's key gets its calendar window appended by
+    the backend); ``member`` is unique per request. Raises :class:`StateUnavailable`."""
+
+    async def hit(
+        self, keys: Sequence[str], limits: Sequence[Limit], now: float, member: str
+    ) -> Decision: ...
 
 
 class StateUnavailable(Exception):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from ..core.ports import StateUnavailable
+from ..core.ratelimit import Decision, Limit, decide, window_of
 
-__all__ = ["MemoryFailureLimiter", "MemoryReplayCache"]
+__all__ = ["MemoryCounters", "MemoryFailureLimiter", "MemoryReplayCache"]
 
 
 class MemoryFailureLimiter:
@@ -99,3 +101,57 @@ class MemoryReplayCache:
         self._until.pop(
             key, None
         )  # its heap entry is skipped when it comes up (the times differ or it's gone)
+
+
+class MemoryCounters:
+    """Rate limits and quotas in this process. Implements :class:`bastion.core.ports.Counters` with
+    :func:`bastion.core.ratelimit.decide`. Bounded: at most ``max_keys`` counters, least recently used
+    evicted first (an attacker varying the subject evicts old subjects, never grows memory)."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.max_keys = max_keys
+        self._logs: OrderedDict[str, deque[float]] = OrderedDict()
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key|window -> (window end, n)
+
+    async def hit(self, keys: Sequence[str], limits: Sequence[Limit], now: float, member: str) -> Decision:
+        logs: list[list[float]] = []
+        counts: list[int] = []
+        windows: list[str] = []
+        for key, limit in zip(keys, limits, strict=True):
+            if limit.calendar is None:
+                log = self._logs.get(key)
+                if log is not None:
+                    edge = now - limit.period
+                    while log and log[0] <= edge:
+                        log.popleft()
+                    self._logs.move_to_end(key)
+                logs.append(list(log) if log else [])
+                counts.append(0)
+                windows.append("")
+            else:
+                window, end = window_of(limit, now)
+                slot = f"{key}|{window}"
+                entry = self._counts.get(slot)
+                counts.append(entry[1] if entry is not None else 0)
+                logs.append([])
+                windows.append(slot)
+        decision, record = decide(limits, logs, counts, now)
+        if record:
+            for key, limit, slot in zip(keys, limits, windows, strict=True):
+                if limit.calendar is None:
+                    log = self._logs.get(key)
+                    if log is None:
+                        log = self._logs[key] = deque()
+                        self._evict(self._logs)
+                    log.append(now)
+                else:
+                    end = window_of(limit, now)[1]
+                    entry = self._counts.get(slot)
+                    self._counts[slot] = (end, (entry[1] if entry else 0) + 1)
+                    self._counts.move_to_end(slot)
+                    self._evict(self._counts)
+        return decision
+
+    def _evict(self, table: OrderedDict) -> None:  # type: ignore[type-arg]
+        while len(table) > self.max_keys:
+            table.popitem(last=False)

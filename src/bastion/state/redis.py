@@ -1,0 +1,220 @@
+"""Shared state on Redis (``storage.state: redis://…``): rate limits and quotas, and the replay cache.
+
+Every rate-limit decision is **one round trip**: a Lua script trims, counts and — only when every limit
+passes — records, atomically, with exactly the steps of :func:`bastion.core.ratelimit.decide` (a contract
+test runs one suite against this and the in-memory backend). Keys are namespaced (``bastion:``) and carry a
+Redis Cluster hash tag, so all keys of one request live in one slot.
+
+Redis must never hang a request: each call has a short timeout (``timeout``, 50 ms by default), and a
+circuit breaker stops calling for ``breaker_reset`` seconds after ``breaker_failures`` failures in a row.
+A failure raises :class:`StateUnavailable`; the caller decides (a route's ``on_state_failure``). When Redis
+answers again, the breaker closes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..core.ports import StateUnavailable
+from ..core.ratelimit import Decision, Limit, window_of
+
+__all__ = ["Breaker", "RedisCounters", "RedisReplayCache", "RedisState"]
+
+T = TypeVar("T")
+
+# KEYS[i]: limit i's key. ARGV: now ("" for the Redis server's clock: one clock for every gateway), member,
+# then per limit: kind ("s" sliding | "c" calendar), N, and the
+# period in seconds (sliding) or the window's end in epoch seconds (calendar).
+_HIT = """
+local now = tonumber(ARGV[1])
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local member = ARGV[2]
+local refused_i, refused_wait = 0, -1
+local best_i, best_left, best_reset = 0, nil, 0
+for i = 1, #KEYS do
+  local kind, n, p = ARGV[3 * i], tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
+  local used, frees
+  if kind == 's' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - p)
+    used = redis.call('ZCARD', KEYS[i])
+    if used > 0 then
+      frees = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]) + p - now
+    else
+      frees = p
+    end
+  else
+    used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    frees = p - now
+  end
+  if used >= n then
+    if frees > refused_wait then refused_i, refused_wait = i, frees end
+  else
+    local left = n - used - 1
+    if best_left == nil or left < best_left or (left == best_left and frees > best_reset) then
+      best_i, best_left, best_reset = i, left, frees
+    end
+  end
+end
+if refused_i > 0 then
+  return {0, refused_i, 0, tostring(refused_wait)}
+end
+for i = 1, #KEYS do
+  local kind, p = ARGV[3 * i], tonumber(ARGV[3 * i + 2])
+  if kind == 's' then
+    redis.call('ZADD', KEYS[i], now, member)
+    redis.call('PEXPIRE', KEYS[i], math.ceil(p * 1000) + 1000)
+  else
+    redis.call('INCR', KEYS[i])
+    redis.call('EXPIREAT', KEYS[i], math.ceil(p) + 60)
+  end
+end
+return {1, best_i, best_left, tostring(best_reset)}
+"""
+
+
+class Breaker:
+    """Closed → (``failures`` in a row) → open for ``reset`` seconds → one trial call → closed or open."""
+
+    def __init__(self, failures: int = 5, reset: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.failures = failures
+        self.reset = reset
+        self.clock = clock
+        self._count = 0
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self._count >= self.failures and self.clock() < self._open_until
+
+    def success(self) -> None:
+        self._count = 0
+
+    def failure(self) -> None:
+        self._count += 1
+        if self._count >= self.failures:
+            self._open_until = self.clock() + self.reset
+
+
+class RedisState:
+    """One Redis client per process (created on first use, on the running loop), with the timeout and the
+    breaker every call goes through."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.05,
+        breaker_failures: int = 5,
+        breaker_reset: float = 2.0,
+        prefix: str = "bastion",
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.prefix = prefix
+        self.breaker = Breaker(breaker_failures, breaker_reset)
+        self._client: Any = None
+        self._hit: Any = None
+        self.failures = 0  # calls that failed or were skipped by the open breaker (for stats and tests)
+
+    def client(self) -> Any:
+        if self._client is None:
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                health_check_interval=0,
+                retry_on_timeout=False,
+            )
+            self._hit = self._client.register_script(_HIT)
+        return self._client
+
+    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
+        if self.breaker.open:
+            self.failures += 1
+            raise StateUnavailable("redis circuit open")
+        try:
+            result = await asyncio.wait_for(make(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any Redis, socket or timeout error: the caller decides what to do
+            self.breaker.failure()
+            self.failures += 1
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+        self.breaker.success()
+        return result
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.aclose()
+            except Exception:  # closing a client whose server is gone
+                pass
+
+
+class RedisCounters:
+    """Implements :class:`bastion.core.ports.Counters` on Redis (one Lua round trip per request)."""
+
+    def __init__(self, state: RedisState, *, server_time: bool = True) -> None:
+        self.state = state
+        # The Redis server's clock decides windows, so instances with drifting clocks still agree; a test
+        # passes server_time=False to drive the decision with its own clock, like the in-memory backend.
+        self.server_time = server_time
+
+    async def hit(self, keys: Sequence[str], limits: Sequence[Limit], now: float, member: str) -> Decision:
+        state = self.state
+        state.client()
+        full: list[str] = []
+        args: list[Any] = ["" if self.server_time else repr(now), member]
+        for key, limit in zip(keys, limits, strict=True):
+            if limit.calendar is None:
+                full.append(f"{state.prefix}:rl:{key}")
+                args += ["s", limit.requests, repr(limit.period)]
+            else:
+                window, end = window_of(limit, now)
+                full.append(f"{state.prefix}:quota:{key}:{window}")
+                args += ["c", limit.requests, repr(end)]
+        script = state._hit
+        allowed, index, remaining, reset = await state.call(lambda: script(keys=full, args=args))
+        limit = limits[int(index) - 1]
+        wait = max(float(reset), 0.0)
+        if int(allowed):
+            return Decision(True, limit.requests, int(remaining), wait)
+        return Decision(False, limit.requests, 0, wait, limit.text)
+
+
+class RedisReplayCache:
+    """Implements :class:`bastion.core.ports.ReplayCache`: ``SET NX`` with an expiry (milliseconds)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
+        client = self.state.client()
+        ttl = max(1, math.ceil((expires_at - now) * 1000))
+        name = f"{self.state.prefix}:once:{key}"
+        return bool(await self.state.call(lambda: client.set(name, b"1", nx=True, px=ttl)))
+
+    def forget(self, key: str) -> None:
+        client = self.state.client()
+        name = f"{self.state.prefix}:once:{key}"
+
+        async def drop() -> None:
+            try:
+                await self.state.call(lambda: client.delete(name))
+            except StateUnavailable:
+                pass  # best effort: the record then expires by itself
+
+        try:
+            asyncio.get_running_loop().create_task(drop())
+        except RuntimeError:  # no loop (called outside a request): nothing to schedule on
+            pass
