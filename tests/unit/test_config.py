@@ -232,19 +232,19 @@ class TestFieldErrors:
         cors = loaded.settings.services[0].routes[0].cors
         assert cors is not None and cors.allow_origins == ["*"]
 
-    @pytest.mark.parametrize(
-        ("field", "url", "scheme"),
-        [
-            ("database", "postgresql://bastion@db/bastion", "postgresql://"),
-            ("state", "redis://127.0.0.1:6379/0", "redis://"),
-        ],
-    )
-    def test_distributed_backends_not_yet_supported(self, field: str, url: str, scheme: str) -> None:
-        text = f"storage:\n  {field}: {url}\n" + MINIMAL
+    def test_postgresql_not_yet_supported(self) -> None:
+        text = "storage:\n  database: postgresql://bastion@db/bastion\n" + MINIMAL
         issue = only(errors(text))
-        assert (issue.line, issue.path) == (2, f"storage.{field}")
-        assert scheme in issue.message
-        assert "not supported yet" in issue.message
+        assert (issue.line, issue.path) == (2, "storage.database")
+        assert "postgresql://" in issue.message and "not supported yet" in issue.message
+
+    def test_redis_state(self) -> None:
+        loaded = load("storage:\n  state: redis://127.0.0.1:6379/0\n  state_timeout: 20ms\n" + MINIMAL)
+        assert loaded.settings.storage.state == "redis://127.0.0.1:6379/0"
+        assert loaded.settings.storage.state_timeout == pytest.approx(0.02)
+        for bad, message in (("redis://:99999/0", "redis"), ("memcached://x", "memory://")):
+            issue = only(errors(f"storage:\n  state: {bad}\n" + MINIMAL))
+            assert issue.path == "storage.state" and message in issue.message
 
     def test_several_problems_are_all_reported_in_line_order(self) -> None:
         text = "listen: nowhere\nlimits: {max_body: lots}\n" + MINIMAL.replace("auth: none", "auth: x")

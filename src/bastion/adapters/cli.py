@@ -70,7 +70,7 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
     from ..runtime.gateway import build_gateway
     from .serve import run
 
-    if workers > 1:
+    if workers > 1 and not loaded.settings.storage.state.startswith(("redis://", "rediss://")):
         replayed = [
             r.path
             for svc in loaded.settings.services

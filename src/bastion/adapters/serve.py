@@ -183,6 +183,8 @@ async def run_process(
         if running.gateway is not None and running.gateway.identity is not None:
             running.gateway.identity.close()
             await running.gateway.identity.aclose()
+        if running.gateway is not None and running.gateway.state is not None:
+            await running.gateway.state.aclose()  # rate-limit summaries are written before the writer closes
         writer.close()
         engine.dispose()
 

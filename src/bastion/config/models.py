@@ -25,11 +25,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..core.ratelimit import Limit, LimitParseError, parse_limit, parse_quota
 from ..core.urls import require_secure_url
 from .units import parse_duration, parse_size
 
 __all__ = [
     "AdminSettings",
+    "ConsumersDefaults",
     "CorsSettings",
     "EventSettings",
     "GatewayConfig",
@@ -191,6 +193,7 @@ class AdminSettings(_Model):
 class StorageSettings(_Model):
     database: str = "sqlite:///bastion.db"
     state: str = "memory://"
+    state_timeout: Duration = 0.05  # each call to a shared state backend (redis://)
 
     @field_validator("database")
     @classmethod
@@ -209,8 +212,22 @@ class StorageSettings(_Model):
         if v == "memory://":
             return v
         if v.startswith(("redis://", "rediss://")):
-            raise ValueError("redis:// is not supported yet (it comes with distributed state); use memory://")
-        raise ValueError("expected memory://")
+            parts = urlsplit(v)
+            if not parts.hostname:
+                raise ValueError("expected redis://host:port/db")
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError("the redis URL has an invalid port") from None
+            return v
+        raise ValueError("expected memory:// or redis://host:port/db")
+
+    @field_validator("state_timeout")
+    @classmethod
+    def _state_timeout(cls, v: float) -> float:
+        if not 0.001 <= v <= 5:
+            raise ValueError("state_timeout must be between 1ms and 5s")
+        return v
 
 
 class EventSettings(_Model):
@@ -413,6 +430,40 @@ class HmacSettings(_Model):
         return self
 
 
+def _rate_limits(value: object) -> list[Limit]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("expected a list of rates such as [10/second, 1000/hour]")
+    if len(value) > 8:
+        raise ValueError("at most 8 rates per route")
+    out = []
+    for item in value:
+        if isinstance(item, Limit):
+            out.append(item)
+            continue
+        try:
+            out.append(parse_limit(item))
+        except LimitParseError as exc:
+            raise ValueError(str(exc)) from None
+    if len({limit.period for limit in out}) != len(out):
+        raise ValueError("two rates with the same period: keep the smaller one")
+    return out
+
+
+def _quota(value: object) -> Limit | None:
+    if value is None or isinstance(value, Limit):
+        return value
+    try:
+        return parse_quota(value)
+    except LimitParseError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class ConsumersDefaults(_Model):
+    quota: Annotated[Limit | None, PlainValidator(_quota)] = None  # e.g. 100000/month, per consumer
+
+
 class RouteSettings(_Model):
     path: str
     methods: list[Method] = Field(min_length=1)
@@ -428,6 +479,18 @@ class RouteSettings(_Model):
     twilio: TwilioSettings | None = None
     hmac: HmacSettings | None = None
     require_pkcv: bool = False
+    rate_limit: Annotated[list[Limit], PlainValidator(_rate_limits)] = Field(default_factory=list)
+    rate_limit_by: str | None = None  # consumer | key | ip | route | header:<name>
+    on_state_failure: Literal["local", "closed", "open"] = "local"
+
+    @field_validator("rate_limit_by")
+    @classmethod
+    def _by(cls, v: str | None) -> str | None:
+        if v is None or v in ("consumer", "key", "ip", "route"):
+            return v
+        if v.startswith("header:") and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v[7:]):
+            return v
+        raise ValueError("expected consumer, key, ip, route or header:<name>")
 
     @field_validator("methods")
     @classmethod
@@ -471,6 +534,14 @@ class RouteSettings(_Model):
                 "require_pkcv: true adds PKCV to a consumer credential: use it with auth api_key, oauth2 or "
                 "jwt:<issuer> (or write auth: [pkcv] for PKCV alone)"
             )
+        consumer_auth = bool(methods) and methods[0] not in ("twilio_signature", "hmac_signature")
+        if self.rate_limit_by in ("consumer", "key") and not consumer_auth:
+            raise ValueError(
+                f"rate_limit_by: {self.rate_limit_by} needs a route that authenticates consumers "
+                "(api_key, oauth2, jwt:<issuer> or pkcv); use ip, route or header:<name>"
+            )
+        if self.rate_limit_by is not None and not self.rate_limit:
+            raise ValueError("rate_limit_by needs rate_limit (e.g. rate_limit: [10/second])")
         if self.twilio is not None and self.twilio.public_url is not None and "{" in self.path:
             raise ValueError(
                 "twilio.public_url is one fixed URL; a route with path parameters needs public_base_url"
@@ -480,6 +551,16 @@ class RouteSettings(_Model):
     @property
     def auth_methods(self) -> tuple[str, ...]:
         return () if self.auth == "none" else tuple(self.auth)
+
+    @property
+    def authenticates_consumers(self) -> bool:
+        methods = self.auth_methods
+        return bool(methods) and methods[0] not in ("twilio_signature", "hmac_signature")
+
+    @property
+    def limit_by(self) -> str:
+        """Who a rate limit counts: as configured, else the consumer on authenticated routes, else the IP."""
+        return self.rate_limit_by or ("consumer" if self.authenticates_consumers else "ip")
 
 
 class UpstreamTimeouts(_Model):
@@ -647,6 +728,7 @@ class GatewayConfig(_Model):
     jwt_issuers: list[JwtIssuerSettings] = Field(default_factory=list)
     # The gateway's URL as senders of signed webhooks call it (behind a TLS proxy or a path prefix).
     public_base_url: str | None = None
+    consumers_defaults: ConsumersDefaults = Field(default_factory=ConsumersDefaults)
     services: list[ServiceSettings] = Field(min_length=1)
 
     @field_validator("public_base_url")

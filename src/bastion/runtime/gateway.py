@@ -24,6 +24,7 @@ from ..checks.cors import Cors
 from ..checks.ip_access import IpAccess
 from ..checks.limits import BodyLimit
 from ..checks.pkcv import HEADER as PKCV_HEADER
+from ..checks.rate_limit import RateLimitCheck
 from ..config.loader import LoadedConfig
 from ..config.models import GatewayConfig, ServiceSettings
 from ..core.chain import Check
@@ -39,6 +40,7 @@ from ..core.request import Body, IPAddress, RequestView
 from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
 from .identity import IdentityRuntime
+from .state import StateRuntime
 
 __all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "build_gateway"]
 
@@ -118,9 +120,11 @@ class Gateway:
         *,
         source: str = "",
         identity: IdentityRuntime | None = None,
+        state: StateRuntime | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
+        self.state = state
         self.router = router
         self.events = events
         self.source = source
@@ -178,18 +182,19 @@ class Gateway:
         data = {"status": status}
         if evidence:
             data.update(evidence)
-        self.emit(
-            event,
-            severity=severity,
-            request_id=request_id,
-            route=route.id if route else None,
-            method=method,
-            path=_safe_path(path),
-            source_ip=str(source_ip) if source_ip is not None else None,
-            actor=actor,
-            reason=code,
-            data=data,
-        )
+        if event:  # "": counted into a summary by the check (rate-limit refusals), not recorded one by one
+            self.emit(
+                event,
+                severity=severity,
+                request_id=request_id,
+                route=route.id if route else None,
+                method=method,
+                path=_safe_path(path),
+                source_ip=str(source_ip) if source_ip is not None else None,
+                actor=actor,
+                reason=code,
+                data=data,
+            )
         return self.problem(status, code, detail, request_id, headers, close=close, head=head)
 
     def problem(
@@ -494,7 +499,12 @@ def _upstream_spec(svc: ServiceSettings) -> UpstreamSpec:
     )
 
 
-def compile_routes(settings: GatewayConfig, identity: IdentityRuntime | None = None) -> list[Route]:
+def compile_routes(
+    settings: GatewayConfig,
+    identity: IdentityRuntime | None = None,
+    state: StateRuntime | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[Route]:
     """Each route's chain, cheap checks first: ip → size → cors → authn → authz (→ rate → … later)."""
     routes: list[Route] = []
     api_key_header = settings.identity.api_key_header.lower()
@@ -528,6 +538,23 @@ def compile_routes(settings: GatewayConfig, identity: IdentityRuntime | None = N
                 if identity is None:
                     raise RuntimeError("routes with auth need the identity runtime")
                 checks.extend(identity.checks_for(rs, route_id))
+            quota = settings.consumers_defaults.quota if rs.authenticates_consumers else None
+            if rs.rate_limit or quota is not None:
+                if state is None:
+                    raise RuntimeError("rate limits need the state runtime")
+                checks.append(
+                    RateLimitCheck(
+                        route_id=route_id,
+                        limits=rs.rate_limit,
+                        by=rs.limit_by,
+                        on_failure=rs.on_state_failure,
+                        counters=state.counters,
+                        fallback=state.fallback,
+                        clock=clock,
+                        refusals=state.refusals,
+                        quota=quota,
+                    )
+                )
             strip: frozenset[str] = frozenset()
             if rs.auth != "none" and not rs.forward_credentials:
                 strip = frozenset({"authorization", api_key_header, PKCV_HEADER})
@@ -640,8 +667,11 @@ def build_gateway(
         with contextlib.suppress(Exception):
             sink.emit(new_event(type, **fields))
 
-    identity = IdentityRuntime(settings, engine, emit, clock=clock, source=loaded.source, lines=loaded.lines)
-    routes = compile_routes(settings, identity)
+    state = StateRuntime(settings.storage, emit)
+    identity = IdentityRuntime(
+        settings, engine, emit, clock=clock, source=loaded.source, lines=loaded.lines, replay=state.replay
+    )
+    routes = compile_routes(settings, identity, state, clock)
     issues: list[ConfigIssue] = []
     for route in routes:
         try:
@@ -669,4 +699,4 @@ def build_gateway(
         raise ConfigError(
             [ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), dotted, str(exc))]
         ) from None
-    return Gateway(settings, router, sink, source=loaded.source, identity=identity)
+    return Gateway(settings, router, sink, source=loaded.source, identity=identity, state=state)

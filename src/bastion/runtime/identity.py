@@ -22,7 +22,7 @@ from ..checks.twilio_signature import TwilioSignature
 from ..config.errors import ConfigError, ConfigIssue
 from ..config.models import GatewayConfig, RouteSettings
 from ..core.chain import Check
-from ..core.ports import TokenVerifier
+from ..core.ports import ReplayCache, TokenVerifier
 from ..identity.credentials import Peppers
 from ..identity.index import IdentitySnapshot, IdentitySync, check_pepper
 from ..identity.jwks import JwksCache
@@ -47,6 +47,7 @@ class IdentityRuntime:
         clock: Callable[[], float] = time.time,
         source: str = "",
         lines: Mapping[tuple[str | int, ...], int] | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         ident = settings.identity
         self.source = source
@@ -60,8 +61,8 @@ class IdentityRuntime:
         self.sync: IdentitySync | None = None
         lock = ident.lockout
         self.limiter = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
-        # One-time values (webhook ids, PKCV request hashes): per process until the scale-out backends.
-        self.replay = MemoryReplayCache()
+        # One-time values (webhook ids, PKCV request hashes): from the state backend (storage.state).
+        self.replay: ReplayCache = replay if replay is not None else MemoryReplayCache()
         self.pkcv = PkcvVerifier(self.snapshot)
         self.api_keys = (
             ApiKeyAuth(self.snapshot, self.peppers.key_digest, header=ident.api_key_header)

@@ -14,6 +14,7 @@ answers again, the breaker closes by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -155,10 +156,8 @@ class RedisState:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
+            with contextlib.suppress(Exception):  # closing a client whose server is gone
                 await client.aclose()
-            except Exception:  # closing a client whose server is gone
-                pass
 
 
 class RedisCounters:
@@ -197,6 +196,7 @@ class RedisReplayCache:
 
     def __init__(self, state: RedisState) -> None:
         self.state = state
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
         client = self.state.client()
@@ -209,12 +209,9 @@ class RedisReplayCache:
         name = f"{self.state.prefix}:once:{key}"
 
         async def drop() -> None:
-            try:
+            with contextlib.suppress(StateUnavailable):  # best effort: else the record expires by itself
                 await self.state.call(lambda: client.delete(name))
-            except StateUnavailable:
-                pass  # best effort: the record then expires by itself
 
-        try:
-            asyncio.get_running_loop().create_task(drop())
-        except RuntimeError:  # no loop (called outside a request): nothing to schedule on
-            pass
+        with contextlib.suppress(RuntimeError):  # no loop (called outside a request): nothing to schedule
+            self._tasks.add(task := asyncio.get_running_loop().create_task(drop()))
+            task.add_done_callback(self._tasks.discard)
