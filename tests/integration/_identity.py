@@ -156,9 +156,14 @@ def identity_stack(
     *,
     trusted_proxies: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    state: str = "memory://",
 ) -> Iterator[Stack]:
+    tmp.mkdir(parents=True, exist_ok=True)
     with EchoUpstream() as upstream:
         text = config_text(upstream.port, tmp / "bastion.db", routes=routes, extra=extra)
+        if state != "memory://":  # a namespace of its own on the shared Redis: tests never see each other's
+            state += f"\n  state_prefix: test-{secrets.token_hex(6)}"
+        text = text.replace("state: memory://", f"state: {state}")
         if trusted_proxies:
             text = text.replace("trusted_proxies: []", f"trusted_proxies: [{', '.join(trusted_proxies)}]")
         loaded = load_text(text, env={**ENV, **(env or {})})

@@ -194,6 +194,7 @@ class StorageSettings(_Model):
     database: str = "sqlite:///bastion.db"
     state: str = "memory://"
     state_timeout: Duration = 0.05  # each call to a shared state backend (redis://)
+    state_prefix: str = Field("bastion", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # Redis key namespace
 
     @field_validator("database")
     @classmethod

@@ -23,7 +23,7 @@ class StateRuntime:
         self.counters: Counters
         self.replay: ReplayCache
         if storage.state.startswith(("redis://", "rediss://")):
-            self.redis = RedisState(storage.state, timeout=storage.state_timeout)
+            self.redis = RedisState(storage.state, timeout=storage.state_timeout, prefix=storage.state_prefix)
             self.counters = RedisCounters(self.redis)
             self.replay = RedisReplayCache(self.redis)
         else:
