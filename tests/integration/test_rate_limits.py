@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from bastion.identity.manage import IdentityError
+
 from ._identity import Stack, identity_stack, wait_for
 
 ROUTES = """
@@ -217,3 +219,27 @@ def test_redis_stopping_mid_load_and_coming_back(tmp_path: Path) -> None:
             wait_for(limiting_again, timeout=15, what="limiting to resume once Redis is back")
     finally:
         redis.stop()
+
+
+def test_a_consumers_own_quota_replaces_the_default(tmp_path: Path) -> None:
+    routes = """
+      - path: /v1/keyed/{id}
+        methods: [GET]
+        auth: [api_key]
+"""
+    with identity_stack(tmp_path, routes, EXTRA + "consumers_defaults: {quota: 2/day}\n") as s:
+        admin = s.admin()
+        admin.create_consumer("shop", [], actor="test")
+        vip = admin.create_consumer("vip", [], quota="4/day", actor="test")
+        assert vip["quota"] == "4/day"
+        _, shop_key = admin.create_key("shop", actor="test")
+        _, vip_key = admin.create_key("vip", actor="test")
+        assert statuses(s, "/v1/keyed/1", 3, {"X-API-Key": shop_key}) == [200, 200, 429]
+        assert statuses(s, "/v1/keyed/1", 5, {"X-API-Key": vip_key}) == [200] * 4 + [429]
+        # Raised at run time (takes effect with the snapshot reload): shop gets one more today.
+        assert admin.set_consumer_quota("shop", "3/day", actor="test")["quota"] == "3/day"
+        assert statuses(s, "/v1/keyed/1", 2, {"X-API-Key": shop_key}) == [200, 429]
+        with pytest.raises(IdentityError) as info:
+            admin.set_consumer_quota("shop", "lots", actor="test")
+        assert info.value.code == "invalid_quota"
+        assert admin.set_consumer_quota("shop", None, actor="test")["quota"] is None

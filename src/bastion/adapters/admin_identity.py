@@ -40,6 +40,11 @@ class ConsumerIn(_Body):
     scopes: list[str] = Field(default_factory=list, max_length=256)
     ip_allow: list[str] = Field(default_factory=list, max_length=256)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    quota: str | None = Field(None, max_length=32, description="its own quota, e.g. 50000/month")
+
+
+class QuotaIn(_Body):
+    quota: str | None = Field(max_length=32, description="N/day or N/month; null: consumers_defaults.quota")
 
 
 class ScopesIn(_Body):
@@ -90,7 +95,12 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.post(f"{PREFIX}/consumers", tags=["consumers"], status_code=201, summary="Create a consumer")
     def create_consumer(body: ConsumerIn) -> dict[str, Any]:
         return admin.create_consumer(
-            body.name, body.scopes, ip_allow=body.ip_allow, metadata=body.metadata, actor=ACTOR
+            body.name,
+            body.scopes,
+            ip_allow=body.ip_allow,
+            metadata=body.metadata,
+            quota=body.quota,
+            actor=ACTOR,
         )
 
     @app.get(f"{PREFIX}/consumers", tags=["consumers"], summary="List consumers")
@@ -110,6 +120,10 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.post(PREFIX + "/consumers/{name}/enable", tags=["consumers"], summary="Enable a disabled consumer")
     def enable_consumer(name: str) -> dict[str, Any]:
         return admin.set_consumer_active(name, True, actor=ACTOR)
+
+    @app.put(PREFIX + "/consumers/{name}/quota", tags=["consumers"], summary="Set a consumer's own quota")
+    def set_quota(name: str, body: QuotaIn) -> dict[str, Any]:
+        return admin.set_consumer_quota(name, body.quota, actor=ACTOR)
 
     @app.put(PREFIX + "/consumers/{name}/scopes", tags=["consumers"], summary="Replace a consumer's scopes")
     def set_scopes(name: str, body: ScopesIn) -> dict[str, Any]:

@@ -119,14 +119,20 @@ def consumers() -> None:
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, help="A scope the consumer may hold (repeat).")
 @click.option("--allow-ip", "allow_ips", multiple=True, help="Only from this address or CIDR (repeat).")
+@click.option("--quota", help="Its own quota, e.g. 50000/month (default: consumers_defaults.quota).")
 @CONFIG_OPTION
 @JSON_OPTION
 def consumers_create(
-    name: str, scopes: tuple[str, ...], allow_ips: tuple[str, ...], config_path: Path, as_json: bool
+    name: str,
+    scopes: tuple[str, ...],
+    allow_ips: tuple[str, ...],
+    quota: str | None,
+    config_path: Path,
+    as_json: bool,
 ) -> None:
     """Create a consumer."""
     with _admin(config_path) as admin:
-        out = admin.create_consumer(name, scopes, ip_allow=allow_ips, actor=_actor())
+        out = admin.create_consumer(name, scopes, ip_allow=allow_ips, quota=quota, actor=_actor())
     _echo(out, as_json, lambda c: f"created consumer {c['name']} (scopes: {' '.join(c['scopes']) or '-'})")
 
 
@@ -179,6 +185,18 @@ def consumers_enable(name: str, config_path: Path, as_json: bool) -> None:
     with _admin(config_path) as admin:
         out = admin.set_consumer_active(name, True, actor=_actor())
     _echo(out, as_json, lambda c: f"enabled consumer {c['name']}")
+
+
+@consumers.command("set-quota")
+@click.argument("name")
+@click.argument("quota")
+@CONFIG_OPTION
+@JSON_OPTION
+def consumers_set_quota(name: str, quota: str, config_path: Path, as_json: bool) -> None:
+    """Give a consumer its own quota (N/day or N/month), or `default` for consumers_defaults.quota."""
+    with _admin(config_path) as admin:
+        out = admin.set_consumer_quota(name, None if quota == "default" else quota, actor=_actor())
+    _echo(out, as_json, lambda c: f"consumer {c['name']}: quota {c['quota'] or 'default'}")
 
 
 # -- keys -------------------------------------------------------------------------------------------

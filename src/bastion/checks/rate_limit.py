@@ -143,7 +143,8 @@ class RateLimitCheck:
         if consumer_id is not None:
             quota = (self.quotas(consumer_id) if self.quotas is not None else None) or self.quota
             if quota is not None:
-                keys.append(f"{tag}:quota:{quota.text}")
+                # Counted per consumer and calendar period, whatever N is: raising a quota keeps today's count.
+                keys.append(f"{tag}:quota:{quota.calendar}")
                 limits.append(quota)
         if not limits:
             return None

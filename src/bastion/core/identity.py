@@ -210,6 +210,7 @@ class ConsumerRecord:
     active: bool
     scopes: frozenset[str]
     ip_allow: NetworkSet | None = None
+    quota: object | None = None  # a ratelimit.Limit: this consumer's own quota (None: the default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from ..core.identity import (
     parse_permission,
     public_key_principal,
 )
+from ..core.ratelimit import parse_quota
 from ..store.schema import (
     api_keys_table,
     consumers_table,
@@ -145,6 +146,7 @@ def load_snapshot(engine: Engine, now: float | None = None) -> _Data:
                 active=r["status"] == "active",
                 scopes=frozenset(json.loads(r["scopes"])),
                 ip_allow=_nets(r["ip_allow"]),
+                quota=parse_quota(r["quota"]) if r["quota"] else None,
             )
             data.consumers[rec.id] = rec
             data.by_name[rec.name] = rec

@@ -133,6 +133,7 @@ class IdentityAdmin:
         *,
         ip_allow: Iterable[str] = (),
         metadata: Mapping[str, Any] | None = None,
+        quota: str | None = None,
         actor: str,
     ) -> dict[str, Any]:
         if not CONSUMER_NAME.match(name):
@@ -153,6 +154,7 @@ class IdentityAdmin:
             "created_at": now,
             "created_by": actor,
             "updated_at": now,
+            "quota": _quota(quota),
         }
         with self.engine.begin() as conn:
             exists = conn.execute(select(consumers_table.c.id).where(consumers_table.c.name == name)).first()
@@ -188,6 +190,22 @@ class IdentityAdmin:
             out = _consumer_out({**row, "status": status, "updated_at": now})
         self._changed("consumer.enabled" if active else "consumer.disabled", actor, f"consumer:{row['name']}")
         return out
+
+    def set_consumer_quota(self, name: str, quota: str | None, *, actor: str) -> dict[str, Any]:
+        """A consumer's own quota (``N/day`` or ``N/month``); None returns it to consumers_defaults.quota."""
+        text = _quota(quota)
+        with self.engine.begin() as conn:
+            row = self._consumer_row(conn, name)
+            conn.execute(
+                update(consumers_table)
+                .where(consumers_table.c.id == row["id"])
+                .values(quota=text, updated_at=self.clock())
+            )
+            bump_revision(conn)
+            out = dict(row)
+        out.update(quota=text)
+        self._changed("consumer.updated", actor, f"consumer:{out['name']}", quota=text)
+        return _consumer_out(out)
 
     def update_consumer_scopes(self, name: str, scopes: Iterable[str], *, actor: str) -> dict[str, Any]:
         with self.engine.begin() as conn:
@@ -607,6 +625,17 @@ def _check_client_jwks(jwks: Mapping[str, Any]) -> None:
         raise IdentityError(400, "invalid_jwks", "the JWKS could not be read") from None
 
 
+def _quota(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ..core.ratelimit import LimitParseError, parse_quota
+
+    try:
+        return parse_quota(value).text
+    except LimitParseError as exc:
+        raise IdentityError(400, "invalid_quota", str(exc)) from None
+
+
 def _granted(asked: Iterable[str] | None, owner: Mapping[str, Any]) -> list[str]:
     """Least privilege for a new key or client: the scopes asked for, all held by the consumer (an
     error names any that are not); none asked for means all of the consumer's."""
@@ -634,6 +663,7 @@ def _consumer_out(row: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "created_by": row["created_by"],
         "updated_at": row["updated_at"],
+        "quota": row.get("quota"),
     }
 
 

@@ -539,6 +539,9 @@ def compile_routes(
                     raise RuntimeError("routes with auth need the identity runtime")
                 checks.extend(identity.checks_for(rs, route_id))
             quota = settings.consumers_defaults.quota if rs.authenticates_consumers else None
+            # A consumer's own quota (consumers set-quota) replaces the default wherever quotas are in force:
+            # on routes with rate limits, and on every consumer route once consumers_defaults.quota is set.
+            quotas = identity.consumer_quota if identity is not None and rs.authenticates_consumers else None
             if rs.rate_limit or quota is not None:
                 if state is None:
                     raise RuntimeError("rate limits need the state runtime")
@@ -553,6 +556,7 @@ def compile_routes(
                         clock=clock,
                         refusals=state.refusals,
                         quota=quota,
+                        quotas=quotas,
                     )
                 )
             strip: frozenset[str] = frozenset()

@@ -23,6 +23,7 @@ from ..config.errors import ConfigError, ConfigIssue
 from ..config.models import GatewayConfig, RouteSettings
 from ..core.chain import Check
 from ..core.ports import ReplayCache, TokenVerifier
+from ..core.ratelimit import Limit
 from ..identity.credentials import Peppers
 from ..identity.index import IdentitySnapshot, IdentitySync, check_pepper
 from ..identity.jwks import JwksCache
@@ -203,6 +204,11 @@ class IdentityRuntime:
         if route.require_pkcv:
             checks.append(Pkcv(self.pkcv, self.replay, self.clock, required=True))
         return checks
+
+    def consumer_quota(self, consumer_id: str) -> Limit | None:
+        """The consumer's own quota from the snapshot (None: the default applies)."""
+        consumer = self.snapshot.consumer(consumer_id)
+        return consumer.quota if consumer is not None else None  # type: ignore[return-value]
 
     def admin(self, *, on_change: Callable[[], None] | None = None) -> IdentityAdmin:
         if self.engine is None:

@@ -53,6 +53,7 @@ consumers_table = Table(
     Column("created_at", Float, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("quota", String(32)),  # e.g. "100000/month"; NULL: consumers_defaults.quota
 )
 
 api_keys_table = Table(
