@@ -157,10 +157,13 @@ def identity_stack(
     trusted_proxies: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     state: str = "memory://",
+    database: str | None = None,
 ) -> Iterator[Stack]:
     tmp.mkdir(parents=True, exist_ok=True)
     with EchoUpstream() as upstream:
         text = config_text(upstream.port, tmp / "bastion.db", routes=routes, extra=extra)
+        if database is not None:
+            text = text.replace(f"database: sqlite:///{tmp / 'bastion.db'}", f"database: {database}")
         if state != "memory://":  # a namespace of its own on the shared Redis: tests never see each other's
             state += f"\n  state_prefix: test-{secrets.token_hex(6)}"
         text = text.replace("state: memory://", f"state: {state}")

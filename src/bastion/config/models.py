@@ -201,11 +201,18 @@ class StorageSettings(_Model):
     def _database(cls, v: str) -> str:
         if v.startswith("sqlite:///") or v == "sqlite://":
             return v
-        if v.startswith(("postgresql://", "postgres://", "postgresql+")):
-            raise ValueError(
-                "postgresql:// is not supported yet (it comes with distributed state); use sqlite:///"
-            )
-        raise ValueError("expected sqlite:///path/to/bastion.db")
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if v.startswith(prefix):
+                parts = urlsplit(v)
+                if not parts.hostname and "host=" not in parts.query:
+                    raise ValueError("expected postgresql://user@host:port/database")
+                try:
+                    parts.port  # noqa: B018 - raises on a bad port
+                except ValueError:
+                    raise ValueError("the database URL has an invalid port") from None
+                # SQLAlchemy's dialect for psycopg 3 (the driver Bastion installs).
+                return "postgresql+psycopg://" + v[len(prefix) :]
+        raise ValueError("expected sqlite:///path/to/bastion.db or postgresql://user@host:port/database")
 
     @field_validator("state")
     @classmethod

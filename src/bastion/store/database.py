@@ -24,7 +24,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 def open_database(url: str, *, migrate_schema: bool = True) -> Engine:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+    else:  # PostgreSQL: connections are checked before use, so a database restart costs no request an error
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate_schema:
