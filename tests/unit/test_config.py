@@ -232,11 +232,12 @@ class TestFieldErrors:
         cors = loaded.settings.services[0].routes[0].cors
         assert cors is not None and cors.allow_origins == ["*"]
 
-    def test_postgresql_not_yet_supported(self) -> None:
-        text = "storage:\n  database: postgresql://bastion@db/bastion\n" + MINIMAL
-        issue = only(errors(text))
+    def test_postgresql_database(self) -> None:
+        loaded = load("storage:\n  database: postgresql://bastion@db:5432/bastion\n" + MINIMAL)
+        assert loaded.settings.storage.database == "postgresql+psycopg://bastion@db:5432/bastion"
+        issue = only(errors("storage:\n  database: mysql://db/bastion\n" + MINIMAL))
         assert (issue.line, issue.path) == (2, "storage.database")
-        assert "postgresql://" in issue.message and "not supported yet" in issue.message
+        assert "postgresql://" in issue.message and "sqlite:///" in issue.message
 
     def test_redis_state(self) -> None:
         loaded = load("storage:\n  state: redis://127.0.0.1:6379/0\n  state_timeout: 20ms\n" + MINIMAL)
