@@ -5,16 +5,19 @@ its own, dropped afterwards."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import inspect, select
 
+from bastion.adapters.cli import main
 from bastion.config.models import StorageSettings
-from bastion.store.database import open_database
+from bastion.store.database import SchemaError, open_database
 from bastion.store.schema import events_table
 
 from ._identity import FORM, Stack, identity_stack, wait_for
@@ -57,16 +60,59 @@ consumers_defaults: {quota: 1000/day}
 
 @pytest.fixture(scope="module")
 def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with identity_stack(tmp_path_factory.mktemp("pg"), ROUTES, EXTRA, database=pg_url) as s:
+    tmp = tmp_path_factory.mktemp("pg")
+    # PostgreSQL is upgraded deliberately, never by a starting gateway: `bastion db upgrade` first.
+    cfg = tmp / "db.yaml"
+    cfg.write_text(f"storage: {{database: '{pg_url}'}}\n" + MINIMAL_SERVICES)
+    result = CliRunner().invoke(main, ["db", "upgrade", "-c", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with identity_stack(tmp, ROUTES, EXTRA, database=pg_url) as s:
         yield s
 
 
-def test_url_forms_and_every_table(pg_url: str) -> None:
+MINIMAL_SERVICES = """\
+services:
+  - name: s
+    upstream: http://127.0.0.1:9
+    routes:
+      - {path: /x, methods: [GET], auth: none}
+"""
+
+
+def test_a_gateway_refuses_a_schema_it_does_not_know(tmp_path: Path) -> None:
+    import psycopg
+
+    name = "bastion_test_" + secrets.token_hex(5)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = StorageSettings(database=f"postgresql://postgres@127.0.0.1:5432/{name}").database
+    cfg = tmp_path / "db.yaml"
+    cfg.write_text(f"storage: {{database: '{url}'}}\n" + MINIMAL_SERVICES)
+    try:
+        with pytest.raises(SchemaError, match="bastion db upgrade"):
+            open_database(url)  # empty: serve refuses and says what to run
+        status = CliRunner().invoke(main, ["db", "status", "-c", str(cfg), "--json"], catch_exceptions=False)
+        assert status.exit_code == 0 and json.loads(status.stdout)["current"] is None
+        upgraded = CliRunner().invoke(main, ["db", "upgrade", "-c", str(cfg)], catch_exceptions=False)
+        assert upgraded.exit_code == 0 and "->" in upgraded.stdout
+        open_database(url).dispose()  # at head: fine
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={name}", autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+        with pytest.raises(SchemaError, match="does not know"):
+            open_database(url)
+        refused = CliRunner().invoke(main, ["db", "upgrade", "-c", str(cfg)], catch_exceptions=False)
+        assert refused.exit_code == 1 and "newer than this Bastion" in refused.stderr
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_url_forms_and_every_table(pg_url: str, stack: Stack) -> None:
     assert StorageSettings(database=pg_url).database.startswith("postgresql+psycopg://")
     assert StorageSettings(database=pg_url.replace("postgresql://", "postgres://")).database.startswith(
         "postgresql+psycopg://"
     )
-    engine = open_database(StorageSettings(database=pg_url).database)
+    engine = open_database(StorageSettings(database=pg_url).database, migrate_schema=False)
     try:
         tables = set(inspect(engine).get_table_names())
     finally:

@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ..config import ConfigError, LoadedConfig, load_config
+from ..store.database import SchemaError
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -97,6 +98,67 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
         sys.exit(1)
     except OSError as exc:
         click.echo(f"bastion: cannot start: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except SchemaError as exc:
+        click.echo(f"bastion: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """The database schema: its status, and upgrades (PostgreSQL is upgraded only by this command)."""
+
+
+@db.command("status")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def db_status(config_path: Path, as_json: bool) -> None:
+    """Show the schema revision of the configured database and the one this Bastion needs."""
+    from ..store.database import open_database, schema_status
+
+    loaded = _load(config_path)
+    engine = _engine(loaded, open_database)
+    try:
+        current, head = schema_status(engine)
+    finally:
+        engine.dispose()
+    doc = {"current": current, "head": head, "up_to_date": current == head}
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        note = "" if current == head else " - upgrade needed"
+        click.echo(f"schema: {current or 'empty'} (this Bastion: {head}){note}")
+
+
+@db.command("upgrade")
+@CONFIG_OPTION
+def db_upgrade(config_path: Path) -> None:
+    """Bring the configured database's schema up to this Bastion's version (Alembic migrations)."""
+    from ..store.database import SchemaError, known_revisions, migrate, open_database, schema_status
+
+    loaded = _load(config_path)
+    engine = _engine(loaded, open_database)
+    try:
+        current, head = schema_status(engine)
+        if current is not None and current not in known_revisions():
+            raise SchemaError(f"the database is at revision {current}, newer than this Bastion ({head})")
+        migrate(engine)
+    except SchemaError as exc:
+        click.echo(f"bastion: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    click.echo(f"schema: {current or 'empty'} -> {head}")
+
+
+def _engine(loaded: LoadedConfig, open_database: Any) -> Any:
+    try:
+        engine = open_database(loaded.settings.storage.database, migrate_schema=False)
+        with engine.connect():
+            pass
+        return engine
+    except Exception as exc:  # unreachable database: one clear line, not a traceback
+        click.echo(f"bastion: cannot reach the database: {type(exc).__name__}", err=True)
         sys.exit(1)
 
 

@@ -143,7 +143,7 @@ class RateLimitCheck:
         if consumer_id is not None:
             quota = (self.quotas(consumer_id) if self.quotas is not None else None) or self.quota
             if quota is not None:
-                # Counted per consumer and calendar period, whatever N is: raising a quota keeps today's count.
+                # Per consumer and calendar period, whatever N is: raising a quota keeps today's count.
                 keys.append(f"{tag}:quota:{quota.calendar}")
                 limits.append(quota)
         if not limits:

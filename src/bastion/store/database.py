@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 
-__all__ = ["migrate", "open_database"]
+__all__ = ["SchemaError", "known_revisions", "migrate", "open_database", "schema_status"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -21,7 +21,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+class SchemaError(Exception):
+    """The database's schema is not the one this Bastion knows (behind, or from a newer version)."""
+
+
 def open_database(url: str, *, migrate_schema: bool = True) -> Engine:
+    """An engine for ``url``. With ``migrate_schema``: SQLite (the embedded default) is upgraded in place;
+    PostgreSQL (shared by several gateways, upgraded deliberately with ``bastion db upgrade``) is only
+    checked, and a schema that is behind or unknown raises :class:`SchemaError`."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
@@ -31,8 +38,46 @@ def open_database(url: str, *, migrate_schema: bool = True) -> Engine:
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate_schema:
-        migrate(engine)
+        if url.startswith("sqlite"):
+            migrate(engine)
+        else:
+            current, head = schema_status(engine)
+            if current != head:
+                engine.dispose()
+                if current is not None and current not in known_revisions():
+                    raise SchemaError(
+                        f"the database schema is at revision {current}, which this version of Bastion does "
+                        "not know (a newer version upgraded it); run that version, or restore the database"
+                    )
+                raise SchemaError(
+                    f"the database schema is at {current or 'no revision'}, this Bastion needs {head}: "
+                    "run `bastion db upgrade -c <config>` first"
+                )
     return engine
+
+
+def known_revisions() -> set[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
+def schema_status(engine: Engine) -> tuple[str | None, str]:
+    """``(the database's revision or None, this code's head revision)``."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, head
 
 
 def migrate(engine: Engine) -> None:
