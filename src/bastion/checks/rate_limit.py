@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -114,6 +116,8 @@ class RateLimitCheck:
         self.quota = quota  # the consumers' default quota
         self.quotas = quotas  # a consumer's own quota, when it has one (by consumer id)
         self._failure_noted: dict[str, float] = {}
+        self._member_prefix = os.urandom(6).hex() + ":"
+        self._members = itertools.count()
 
     def _subject(self, req: RequestView, principal: Principal | None) -> str:
         by = self.by
@@ -136,28 +140,31 @@ class RateLimitCheck:
         principal = ctx.principal
         subject = self._subject(req, principal)
         consumer_id = principal.consumer_id if principal is not None else None
-        # One Redis Cluster slot for all of a request's keys: the consumer if there is one, else the subject.
-        tag = "{" + ("c:" + consumer_id if consumer_id else subject) + "}"
-        keys = [f"{tag}:{self.route_tag}:{subject}:{limit.text}" for limit in self.limits]
+        # Keys are hash-tagged by the subject a limit counts (one Redis Cluster slot per subject); a route
+        # limit counted by address, route or header is shared by every consumer, so never by the consumer.
+        tag = "{" + subject + "}"
+        keys = [f"{tag}:{self.route_tag}:{limit.text}" for limit in self.limits]
         limits = list(self.limits)
         if consumer_id is not None:
             quota = (self.quotas(consumer_id) if self.quotas is not None else None) or self.quota
             if quota is not None:
                 # Per consumer and calendar period, whatever N is: raising a quota keeps today's count.
-                keys.append(f"{tag}:quota:{quota.calendar}")
+                keys.append("{c:" + consumer_id + "}:quota:" + str(quota.calendar))
                 limits.append(quota)
         if not limits:
             return None
         now = self.clock()
+        # Unique per hit, whatever the request id (a trusted proxy may pass the client's X-Request-Id on).
+        member = f"{self._member_prefix}{next(self._members):x}"
         try:
-            decision = await self.counters.hit(keys, limits, now, req.request_id)
+            decision = await self.counters.hit(keys, limits, now, member)
         except StateUnavailable:
             outcome = self._state_failed(ctx, now)
             if outcome is not None:
                 return outcome
             if self.on_failure == "open":
                 return None
-            decision = await self.fallback.hit(keys, limits, now, req.request_id)
+            decision = await self.fallback.hit(keys, limits, now, member)
         if decision.allowed:
             ctx.response_headers.extend(_headers(decision))
             return None
@@ -194,6 +201,7 @@ class RateLimitCheck:
                 headers=(("retry-after", "1"),),
                 evidence={"state": "counters", "on_state_failure": mode},
                 severity="error",
+                event="",  # recorded once a minute as rate_limit.state_unavailable, not per request
             )
         return None
 

@@ -227,6 +227,14 @@ class StorageSettings(_Model):
                 parts.port  # noqa: B018 - raises on a bad port
             except ValueError:
                 raise ValueError("the redis URL has an invalid port") from None
+            if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]{1,2}", parts.path):
+                raise ValueError("the redis URL's path is a database number, e.g. redis://host:6379/0")
+            try:  # the client's own parser: options it would refuse at the first request fail here
+                from redis.connection import parse_url
+
+                parse_url(v)
+            except (ValueError, TypeError):
+                raise ValueError("the redis URL has an invalid option") from None
             return v
         raise ValueError("expected memory:// or redis://host:port/db")
 

@@ -183,9 +183,13 @@ class RedisCounters:
                 full.append(f"{state.prefix}:quota:{key}:{window}")
                 args += ["c", limit.requests, repr(end)]
         script = state._hit
-        allowed, index, remaining, reset = await state.call(lambda: script(keys=full, args=args))
-        limit = limits[int(index) - 1]
-        wait = max(float(reset), 0.0)
+        reply = await state.call(lambda: script(keys=full, args=args))
+        try:
+            allowed, index, remaining, reset = reply
+            limit = limits[int(index) - 1]
+            wait = max(float(reset), 0.0)
+        except (TypeError, ValueError, IndexError):  # not our script's answer: treat as Redis failing
+            raise StateUnavailable("redis: unexpected reply") from None
         if int(allowed):
             return Decision(True, limit.requests, int(remaining), wait)
         return Decision(False, limit.requests, 0, wait, limit.text)
