@@ -24,6 +24,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from ipaddress import IPv6Address
 from typing import Any
 
 from ..core.decision import Context, Deny, Verdict
@@ -40,7 +41,12 @@ SUMMARY_WINDOW = 60.0
 
 class RefusalLog:
     """Counts refusals per (route, subject, limit) and says which to record: the first of each minute at
-    once, the rest as one summary when the minute ends (``emit`` is called with the summary)."""
+    once, the rest as one summary when the minute ends (``emit`` is called with the summary).
+
+    Bounded: at most ``max_keys`` groups are open. Past that, refusals of new groups are counted into one
+    overflow summary per route (``data.overflow``) instead of being recorded one by one, so an attacker
+    cycling through more subjects than the log holds still cannot flood the event log. One timer sweeps
+    the log once per window, however many groups are open."""
 
     def __init__(
         self, emit: Callable[..., None], window: float = SUMMARY_WINDOW, max_keys: int = 10_000
@@ -49,9 +55,11 @@ class RefusalLog:
         self.window = window
         self.max_keys = max_keys
         self._open: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
+        self._overflow: dict[str, list[Any]] = {}  # route -> [since, count]
+        self._sweeping = False
 
     def refused(self, key: tuple[str, str, str], now: float, data: dict[str, Any]) -> bool:
-        """True: record this refusal now. False: it was counted into the minute's summary."""
+        """True: record this refusal now. False: it was counted into a summary."""
         entry = self._open.get(key)
         if entry is not None and now < entry[0] + self.window:
             entry[1] += 1
@@ -59,17 +67,40 @@ class RefusalLog:
         if entry is not None:
             self._close(key)
         if len(self._open) >= self.max_keys:
-            self._close(next(iter(self._open)))
+            self._sweep(now)
+        if len(self._open) >= self.max_keys:
+            over = self._overflow.get(key[0])
+            if over is None:
+                self._overflow[key[0]] = [now, 1, data.get("limit")]
+            else:
+                over[1] += 1
+            self._schedule()
+            return False
         self._open[key] = [now, 0, data]
-        # No running loop (direct calls in tests): the summary comes with the next refusal of that key.
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_later(self.window, self._due, key, now)
+        self._schedule()
         return True
 
-    def _due(self, key: tuple[str, str, str], started: float) -> None:
-        entry = self._open.get(key)
-        if entry is not None and entry[0] == started:
+    def _schedule(self) -> None:
+        if self._sweeping:
+            return
+        # No running loop (direct calls in tests): summaries come with later refusals or flush().
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(self.window, self._timer)
+            self._sweeping = True
+
+    def _timer(self) -> None:
+        self._sweeping = False
+        import time as _time
+
+        self._sweep(_time.time())
+        if self._open or self._overflow:
+            self._schedule()
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, e in self._open.items() if now >= e[0] + self.window]:
             self._close(key)
+        for route in [r for r, o in self._overflow.items() if now >= o[0] + self.window]:
+            self._close_overflow(route)
 
     def _close(self, key: tuple[str, str, str]) -> None:
         started, count, data = self._open.pop(key)
@@ -81,9 +112,27 @@ class RefusalLog:
                 data={**data, "summary": True, "count": count, "since": started, "window": self.window},
             )
 
+    def _close_overflow(self, route: str) -> None:
+        started, count, limit = self._overflow.pop(route)
+        self.emit(
+            "rate_limit.exceeded",
+            severity="warning",
+            route=route,
+            data={
+                "summary": True,
+                "overflow": True,  # refusals of more subjects than the log holds, counted together
+                "count": count,
+                "limit": limit,
+                "since": started,
+                "window": self.window,
+            },
+        )
+
     def flush(self) -> None:
         for key in list(self._open):
             self._close(key)
+        for route in list(self._overflow):
+            self._close_overflow(route)
 
 
 class RateLimitCheck:
@@ -116,6 +165,7 @@ class RateLimitCheck:
         self.quota = quota  # the consumers' default quota
         self.quotas = quotas  # a consumer's own quota, when it has one (by consumer id)
         self._failure_noted: dict[str, float] = {}
+        self._refused_until: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
         self._member_prefix = os.urandom(6).hex() + ":"
         self._members = itertools.count()
 
@@ -134,7 +184,11 @@ class RateLimitCheck:
             return "h:" + (
                 hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32] if value else "-"
             )
-        return "ip:" + ip_text(req.client_ip)
+        ip = req.client_ip
+        if ip.version == 6:
+            # One IPv6 client usually holds a whole /64: counted per /64, or it gets a budget per address.
+            return f"ip6:{ip_text(IPv6Address(int(ip) >> 64 << 64))}/64"
+        return "ip:" + ip_text(ip)
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         principal = ctx.principal
@@ -142,8 +196,9 @@ class RateLimitCheck:
         consumer_id = principal.consumer_id if principal is not None else None
         # Keys are hash-tagged by the subject a limit counts (one Redis Cluster slot per subject); a route
         # limit counted by address, route or header is shared by every consumer, so never by the consumer.
-        tag = "{" + subject + "}"
-        keys = [f"{tag}:{self.route_tag}:{limit.text}" for limit in self.limits]
+        # A key's limit is its consumer's business: tagged by the consumer, in the quota's slot.
+        tag = "{" + (f"c:{consumer_id}" if self.by == "key" and consumer_id else subject) + "}"
+        keys = [f"{tag}:{self.route_tag}:{subject}:{limit.text}" for limit in self.limits]
         limits = list(self.limits)
         if consumer_id is not None:
             quota = (self.quotas(consumer_id) if self.quotas is not None else None) or self.quota
@@ -164,7 +219,19 @@ class RateLimitCheck:
                 return outcome
             if self.on_failure == "open":
                 return None
-            decision = await self.fallback.hit(keys, limits, now, member)
+            # Local counting starts where this process left off: what the shared state refused stays
+            # refused until its reset, and what it admitted here is already in the local count.
+            refused = self._refused_until.get(keys[0])
+            if refused is not None and refused[0] > now:
+                decision = refused[1]._replace(reset=refused[0] - now)
+            else:
+                decision = await self.fallback.hit(keys, limits, now, member)
+        else:
+            if self.fallback is not self.counters and self.on_failure == "local":
+                if decision.allowed:
+                    await self.fallback.hit(keys, limits, now, member)  # the shadow count for a failure
+                else:
+                    self._remember_refusal(keys[0], now + decision.reset, decision)
         if decision.allowed:
             ctx.response_headers.extend(_headers(decision))
             return None
@@ -186,6 +253,13 @@ class RateLimitCheck:
             severity="notice",
             event="rate_limit.exceeded" if first else "",
         )
+
+    def _remember_refusal(self, key: str, until: float, decision: Decision) -> None:
+        table = self._refused_until
+        table[key] = (until, decision)
+        table.move_to_end(key)
+        while len(table) > 10_000:
+            table.popitem(last=False)
 
     def _state_failed(self, ctx: Context, now: float) -> Deny | None:
         mode = self.on_failure
