@@ -673,7 +673,14 @@ def build_gateway(
 
     state = StateRuntime(settings.storage, emit)
     identity = IdentityRuntime(
-        settings, engine, emit, clock=clock, source=loaded.source, lines=loaded.lines, replay=state.replay
+        settings,
+        engine,
+        emit,
+        clock=clock,
+        source=loaded.source,
+        lines=loaded.lines,
+        replay=state.replay,
+        state=state,
     )
     routes = compile_routes(settings, identity, state, clock)
     issues: list[ConfigIssue] = []

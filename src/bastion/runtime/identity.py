@@ -34,6 +34,8 @@ from ..identity.pkcv import PkcvVerifier
 from ..identity.signing import PepperMismatch, SigningKeys
 from ..identity.tokens import IssuerVerifier, LocalTokenVerifier
 from ..state.memory import MemoryFailureLimiter, MemoryReplayCache
+from ..state.redis import RedisFailureLimiter
+from .state import StateRuntime
 
 __all__ = ["IdentityRuntime"]
 
@@ -49,6 +51,7 @@ class IdentityRuntime:
         source: str = "",
         lines: Mapping[tuple[str | int, ...], int] | None = None,
         replay: ReplayCache | None = None,
+        state: StateRuntime | None = None,
     ) -> None:
         ident = settings.identity
         self.source = source
@@ -61,7 +64,11 @@ class IdentityRuntime:
         self.snapshot = IdentitySnapshot()
         self.sync: IdentitySync | None = None
         lock = ident.lockout
-        self.limiter = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
+        self.limiter: Any = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
+        if state is not None and state.redis is not None:  # shared by every instance, local as fallback
+            self.limiter = RedisFailureLimiter(
+                state.redis, lock.failures, lock.within, lock.block_for, self.limiter
+            )
         # One-time values (webhook ids, PKCV request hashes): from the state backend (storage.state).
         self.replay: ReplayCache = replay if replay is not None else MemoryReplayCache()
         self.pkcv = PkcvVerifier(self.snapshot)

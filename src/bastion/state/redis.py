@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ..core.ports import StateUnavailable
 from ..core.ratelimit import Decision, Limit, window_of
 
-__all__ = ["Breaker", "RedisCounters", "RedisReplayCache", "RedisState"]
+__all__ = ["Breaker", "RedisCounters", "RedisFailureLimiter", "RedisReplayCache", "RedisState"]
 
 T = TypeVar("T")
 
@@ -219,3 +219,120 @@ class RedisReplayCache:
         with contextlib.suppress(RuntimeError):  # no loop (called outside a request): nothing to schedule
             self._tasks.add(task := asyncio.get_running_loop().create_task(drop()))
             task.add_done_callback(self._tasks.discard)
+
+
+# KEYS: the subject's failure log, its block key, the "some block exists" key. ARGV: now, member, failures,
+# within, block_for. Same rule as MemoryFailureLimiter: `failures` within `within` seconds block for
+# `block_for`; the log is cleared when it blocks.
+_FAILED = """
+local now, member = tonumber(ARGV[1]), ARGV[2]
+local failures, within, block_for = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZADD', KEYS[1], now, member)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - within)
+redis.call('PEXPIRE', KEYS[1], math.ceil(within * 1000) + 1000)
+if redis.call('ZCARD', KEYS[1]) >= failures then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], tostring(now + block_for), 'PX', math.ceil(block_for * 1000))
+  redis.call('SET', KEYS[3], '1', 'PX', math.ceil(block_for * 1000))
+  return 1
+end
+return 0
+"""
+
+
+class RedisFailureLimiter:
+    """Implements :class:`bastion.core.ports.FailureLimiter` on Redis: failures and blocks shared by every
+    instance. A request never pays a Redis call while nothing is blocked anywhere: ``active`` is a local
+    flag, refreshed from Redis at most once a second in the background (a block set by another instance is
+    seen here within about a second). When Redis cannot answer, the in-process limiter counts instead."""
+
+    def __init__(
+        self,
+        state: RedisState,
+        failures: int,
+        within: float,
+        block_for: float,
+        local: Any,
+        *,
+        poll_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.failures = failures
+        self.within = within
+        self.block_for = block_for
+        self.local = local  # MemoryFailureLimiter: the fallback
+        self.poll_every = poll_every
+        self.clock = clock
+        self._active_until = 0.0  # monotonic: some block exists (seen here or polled)
+        self._polled_at = -1e9
+        self._polling = False
+        self._script: Any = None
+        self._members = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _key(self, kind: str, subject: str) -> str:
+        return f"{self.state.prefix}:lock:{kind}:{{{subject}}}"
+
+    @property
+    def active(self) -> bool:
+        now = self.clock()
+        if now - self._polled_at >= self.poll_every and not self._polling:
+            self._polled_at = now
+            with contextlib.suppress(RuntimeError):  # outside a loop: the local view only
+                self._polling = True
+                task = asyncio.get_running_loop().create_task(self._poll())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return now < self._active_until or self.local.active
+
+    async def _poll(self) -> None:
+        try:
+            client = self.state.client()
+            ttl = await self.state.call(lambda: client.pttl(f"{self.state.prefix}:lock:any"))
+            if isinstance(ttl, int) and ttl > 0:
+                self._active_until = max(self._active_until, self.clock() + ttl / 1000)
+        except StateUnavailable:
+            pass
+        finally:
+            self._polling = False
+
+    async def blocked_for(self, subject: str, now: float) -> float:
+        client = self.state.client()
+        try:
+            raw = await self.state.call(lambda: client.get(self._key("block", subject)))
+        except StateUnavailable:
+            return await self.local.blocked_for(subject, now)
+        if raw is None:
+            return await self.local.blocked_for(subject, now)
+        try:
+            return max(float(raw) - now, 0.0)
+        except ValueError:
+            return 0.0
+
+    async def failed(self, subject: str, now: float) -> float:
+        client = self.state.client()
+        if self._script is None:
+            self._script = client.register_script(_FAILED)
+        self._members += 1
+        keys = [self._key("log", subject), self._key("block", subject), f"{self.state.prefix}:lock:any"]
+        args = [
+            repr(now),
+            f"{id(self):x}:{self._members}",
+            self.failures,
+            repr(self.within),
+            repr(self.block_for),
+        ]
+        script = self._script
+        try:
+            blocked = await self.state.call(lambda: script(keys=keys, args=args))
+        except StateUnavailable:
+            return await self.local.failed(subject, now)
+        if blocked:
+            self._active_until = self.clock() + self.block_for
+            return self.block_for
+        return 0.0
+
+    def clear(self) -> None:
+        self.local.clear()
+        self._active_until = 0.0
