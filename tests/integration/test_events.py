@@ -223,6 +223,59 @@ class TestWriter:
         finally:
             w.close(timeout=10)
 
+    def test_an_outage_is_spooled_to_a_file_and_written_back_exactly_once(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        spool = tmp_path / "spool.jsonl"
+        # A small queue: while the database is down, batches go to the spool instead of waiting in it.
+        w = EventWriter(
+            engine, queue_size=50, batch_size=10, flush_interval=0.01, dead_letter_path=str(spool)
+        )
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE events"))
+        w.start()
+        try:
+            sent = []
+            for i in range(300):
+                e = ev("request.denied", T0 + i)
+                sent.append(e.id)
+                w.emit(e)
+                if i % 10 == 9:
+                    wait_for(lambda: len(w._queue) == 0, what="the queue to drain into the spool")
+            wait_for(lambda: w.dead_lettered >= 300, what="every event in the spool")
+            assert w.dropped == 0 and w.written == 0
+            assert len(spool.read_text().splitlines()) == 300
+            events_table.create(engine)  # the database comes back
+            wait_for(lambda: count(engine) == 300, what="the spooled events in the database")
+            wait_for(lambda: not spool.exists(), what="the spool to be removed")
+            with engine.connect() as conn:
+                ids = [r.id for r in conn.execute(select(events_table.c.id).order_by(events_table.c.id))]
+            assert ids == sorted(sent)  # each exactly once, none lost
+        finally:
+            w.close(timeout=10)
+
+    def test_a_spool_left_behind_is_replayed_at_start_without_duplicates(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        spool = tmp_path / "spool.jsonl"
+        first = EventWriter(engine, flush_interval=60.0, dead_letter_path=str(spool))
+        written = [ev("request.denied", T0 + i) for i in range(3)]
+        for e in written:
+            first.emit(e)
+        first.flush()
+        # A crash between inserting the spool and truncating it leaves rows that are already written.
+        pending = [ev("request.denied", T0 + 10 + i) for i in range(2)]
+        from bastion.events.writer import _row
+
+        spool.write_text("".join(json.dumps(_row(e), default=str) + "\n" for e in [*written, *pending]))
+        second = EventWriter(engine, flush_interval=0.01, dead_letter_path=str(spool))
+        second.start()
+        try:
+            wait_for(lambda: not spool.exists(), what="the spool to be replayed")
+            assert count(engine) == 5  # the three already written are not written twice
+        finally:
+            second.close(timeout=10)
+
     def test_close_on_a_broken_database_gives_up_in_bounded_time(self, tmp_path: Path) -> None:
         eng = open_database(f"sqlite:///{tmp_path / 'broken.db'}")
         try:

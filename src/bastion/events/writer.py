@@ -6,13 +6,21 @@ or every ``flush_interval``, swaps the queue out, serialises the batch to JSON (
 a big batch cannot stall requests) and inserts it in one transaction.
 
 Nothing is silent: when the queue is full the event is counted, not queued, and the next flush writes an
-``events.dropped`` event with the count. When the database refuses a batch the batch is kept and
-retried with backoff; new events keep queueing (and overflowing, counted) meanwhile. ``close`` flushes
-everything that is queued before it returns.
+``events.dropped`` event with the count. ``close`` flushes everything that is queued before it returns.
+
+**The database is down: lose nothing.** A batch the database refuses is appended to a local spool file
+(JSON lines, flushed and fsynced, under an exclusive ``flock`` so several processes can share it), and so
+is every batch after it, without waiting for the database. With backoff (up to 5 s) the writer probes:
+it inserts the spooled events — ``ON CONFLICT (id) DO NOTHING``, so a spool replayed twice (a crash
+between the insert and the truncation) writes nothing twice — then truncates the spool and resumes. A
+spool left by a crash or a shutdown is replayed when a writer starts. Event ids are ULIDs made here, so
+the spool needs no other bookkeeping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy import Engine, insert
 
@@ -87,6 +96,10 @@ class EventWriter:
         self.failures = 0
         self.dead_lettered = 0
         self._database_down = False
+        self._spooled = False
+        self._backoff = 0.05
+        self._next_probe = 0.0
+        self._clock_mono = time.monotonic
         self.dead_letter_path = dead_letter_path or _default_dead_letter(engine)
 
     # -- the EventSink port ------------------------------------------------------------------------
@@ -148,54 +161,94 @@ class EventWriter:
 
     def _write(self, batch: list[Event]) -> None:
         rows = [_row(e) for e in batch]
-        if self._database_down and self._stopping:
-            # Shutting down with the database already refusing: don't spend the grace period retrying
-            # every batch; keep them all in the dead-letter file.
-            self._dead_letter(rows)
+        if self._database_down and (
+            self._stopping or self._clock_mono() < self._next_probe or not self._replay()
+        ):
+            self._spool(rows)
             return
-        delay = 0.05
-        while True:
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(insert(events_table), rows)
-                self.written += len(rows)
-                return
-            except Exception as exc:  # the database is down, locked or full: keep the batch, retry
-                self.failures += 1
-                log.error(
-                    "event batch of %d could not be written (%s); retrying", len(rows), type(exc).__name__
-                )
-                if self._stopping and delay > 1.0:
-                    self._dead_letter(rows)
-                    self._database_down = True
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(events_table), rows)
+            self.written += len(rows)
+        except Exception as exc:  # the database is down, locked or full: keep the batch in the spool
+            self.failures += 1
+            log.error("event batch of %d could not be written (%s); spooled", len(rows), type(exc).__name__)
+            self._database_down = True
+            self._backoff = 0.05
+            self._next_probe = self._clock_mono() + self._backoff
+            self._spool(rows)
 
-    def _dead_letter(self, rows: list[dict[str, object]]) -> None:
-        """At shutdown with the database gone, keep the events in a JSON-lines file beside it rather
-        than lose them."""
+    def _spool(self, rows: list[dict[str, object]]) -> None:
+        """Append to the spool file; the events reach the database when it answers again."""
         path = self.dead_letter_path
+        text = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in rows)
         try:
             with open(path, "a", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, separators=(",", ":"), default=str) + "\n")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
             self.dead_lettered += len(rows)
-            log.error("database unavailable at shutdown: %d events saved to %s", len(rows), path)
+            self._spooled = True
         except OSError as exc:
             log.error(
-                "database unavailable at shutdown and %s is not writable (%s): %d events lost",
+                "database unavailable and %s is not writable (%s): %d events lost",
                 path,
                 exc.strerror,
                 len(rows),
             )
 
+    # The name of the counter predates the spool: events held in the file, waiting for the database.
+    _dead_letter = _spool
+
+    def _replay(self) -> bool:
+        """Insert what the spool holds; True when it is empty afterwards (the database is back)."""
+        path = self.dead_letter_path
+        try:
+            fh = open(path, "r+", encoding="utf-8")  # noqa: SIM115 - held across the lock
+        except FileNotFoundError:
+            self._database_down = False
+            return True
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            rows = [json.loads(line) for line in fh if line.strip()]
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                with self._engine.begin() as conn:
+                    conn.execute(_insert_ignoring_duplicates(self._engine), chunk)
+                self.written += len(chunk)
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
+        except Exception as exc:  # still down (or a line that is not ours): keep the spool, back off
+            self.failures += 1
+            self._backoff = min(self._backoff * 2, 5.0)
+            self._next_probe = self._clock_mono() + self._backoff
+            log.error("spooled events could not be written yet (%s)", type(exc).__name__)
+            return False
+        finally:
+            fh.close()
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+        self._database_down = False
+        self._spooled = False
+        log.info("spooled events written (%d)", len(rows))
+        return True
+
     def _run(self) -> None:
+        if os.path.exists(self.dead_letter_path):  # left by a crash or a shutdown: replay it first
+            self._database_down = True
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
             try:
                 self.flush()
+                if self._database_down and not self._stopping and self._clock_mono() >= self._next_probe:
+                    self._replay()  # nothing new to write, but the spool waits for the database
             except Exception:  # never let the writer die silently
                 log.exception("event writer failed")
             if self._stopping:
@@ -207,6 +260,17 @@ def _default_dead_letter(engine: Engine) -> str:
     db = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
     base = os.path.dirname(os.path.abspath(db)) if db and db != ":memory:" else os.getcwd()
     return os.path.join(base, "bastion-events.unwritten.jsonl")
+
+
+def _insert_ignoring_duplicates(engine: Engine) -> Any:
+    """``INSERT … ON CONFLICT (id) DO NOTHING`` in the engine's dialect (SQLite and PostgreSQL)."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(events_table).on_conflict_do_nothing(index_elements=["id"])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(events_table).on_conflict_do_nothing(index_elements=["id"])
 
 
 def _row(e: Event) -> dict[str, object]:
