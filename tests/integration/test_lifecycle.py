@@ -103,8 +103,11 @@ class TestGracefulShutdown:
                 assert idle.read_response().status == 200
                 slow = _Call(port, "/slow/1.5")
                 slow.start()
-                wait_until(lambda: any(r[1] == "/slow/1.5" for r in upstream.requests), 10,
-                           "the slow request to reach the upstream")
+                wait_until(
+                    lambda: any(r[1] == "/slow/1.5" for r in upstream.requests),
+                    10,
+                    "the slow request to reach the upstream",
+                )
 
                 sent_at = time.monotonic()
                 gw.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -152,8 +155,11 @@ class TestGracefulShutdown:
         with GatewayProcess(cfg, port) as gw:
             slow = _Call(port, "/slow/6")
             slow.start()
-            wait_until(lambda: any(r[1] == "/slow/6" for r in upstream.requests), 10,
-                       "the slow request to reach the upstream")
+            wait_until(
+                lambda: any(r[1] == "/slow/6" for r in upstream.requests),
+                10,
+                "the slow request to reach the upstream",
+            )
             sent_at = time.monotonic()
             gw.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             code = gw.wait_exit(20)
@@ -288,9 +294,11 @@ class TestWorkers:
             workers = [c for c in _children(gw.pid) if "spawn_main" in _cmdline(c)]
             # Both workers must be listening before we can expect both to get connections.
             wait_until(
-                lambda: sum(1 for r in events(db) if r["type"] == "gateway.started") >= 2
-                if db.exists()
-                else False,
+                lambda: (
+                    sum(1 for r in events(db) if r["type"] == "gateway.started") >= 2
+                    if db.exists()
+                    else False
+                ),
                 20,
                 "both workers to report gateway.started",
             )
@@ -321,3 +329,30 @@ class TestWorkers:
         assert set(workers) <= started
         assert set(workers) <= stopped  # each worker flushed its own events on the way out
 
+
+class TestSigkill:
+    def test_sigkill_loses_at_most_the_last_flush_interval_of_events(
+        self, upstream_for_process: EchoUpstream, tmp_path: Path
+    ) -> None:
+        """The writer flushes every ``events.flush_interval`` (default 200 ms): a gateway killed with SIGKILL
+        loses at most the events of that last interval (plus a write in progress). Requests are answered
+        over ~1.5 s, then the process is killed; every event of a request answered more than the interval
+        (with room for one database write on a slow machine) before the kill is in the database."""
+        port = free_port()
+        cfg, db = write_config(tmp_path, upstream_for_process.port, port, admin=False)
+        answered: list[tuple[float, str]] = []
+        with GatewayProcess(cfg, port) as gw:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                status, headers, _ = request(port, "GET", "/no/such/route")
+                assert status == 404
+                answered.append((time.monotonic(), headers["x-request-id"]))
+            killed_at = time.monotonic()
+            gw.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            gw.wait_exit(10)
+        stored = {e["request_id"] for e in events(db) if e["type"] == "request.denied"}
+        bound = 0.2 + 0.4  # flush_interval, and one batch write on a slow machine
+        old = [rid for at, rid in answered if at < killed_at - bound]
+        assert len(old) > 10, "too few requests to say anything"
+        missing = [rid for rid in old if rid not in stored]
+        assert missing == [], f"{len(missing)} events older than {bound}s before SIGKILL were lost"
