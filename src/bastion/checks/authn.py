@@ -35,8 +35,10 @@ class Authenticate:
         clock: Callable[[], float],
         realm: str = "bastion",
         authorize: Authorize | None = None,
+        stale: Callable[[float], bool] | None = None,
     ) -> None:
         self.methods = methods
+        self.stale = stale  # the identity store has not confirmed the snapshot for too long
         self.authorize = authorize  # run right after a success (authn → authz, fused)
         self.api_keys = api_keys
         self.verifiers = verifiers
@@ -56,6 +58,8 @@ class Authenticate:
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         now = self.clock()
+        if self.stale is not None and self.stale(now):
+            return _UNAVAILABLE
         limiter = self.limiter
         checking = limiter.active
         if checking:
@@ -129,6 +133,16 @@ class Authenticate:
             evidence=evidence,
             event="auth.failed",
         )
+
+
+_UNAVAILABLE = Deny(
+    503,
+    "identity_unavailable",
+    "Authentication is unavailable right now; retry later.",
+    headers=(("retry-after", "5"),),
+    evidence={"cause": "identity_store_unreachable"},
+    severity="error",
+)
 
 
 def _other_credential(req: RequestView, api_keys: ApiKeyAuth | None) -> bool:

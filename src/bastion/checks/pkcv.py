@@ -124,7 +124,9 @@ class Pkcv:
         *,
         required: bool = False,
         authorize: Authorize | None = None,
+        stale: Callable[[float], bool] | None = None,
     ) -> None:
+        self.stale = stale  # the identity store has not confirmed the registered keys for too long
         self.validator = validator
         self.replay = replay
         self.clock = clock
@@ -136,6 +138,15 @@ class Pkcv:
         if token is None:
             return _refuse("pkcv_missing", status=401)
         now = self.clock()
+        if self.stale is not None and self.stale(now):
+            return Deny(
+                503,
+                "identity_unavailable",
+                "Authentication is unavailable right now; retry later.",
+                headers=(("retry-after", "5"),),
+                evidence={"cause": "identity_store_unreachable"},
+                severity="error",
+            )
         try:
             principal, claims = self.validator.verify(token.strip(), now)
         except AuthFailure as exc:

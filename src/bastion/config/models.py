@@ -624,6 +624,9 @@ class IdentitySettings(_Model):
     api_key_header: str = "X-API-Key"
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
     refresh_interval: Duration = 1.0
+    # The store unreachable: identities keep working from memory this long after it last answered, then
+    # authentication fails closed (503) until it answers again. Revocations already received still apply.
+    max_staleness: Duration = 300.0
 
     @field_validator("pepper")
     @classmethod
@@ -641,7 +644,7 @@ class IdentitySettings(_Model):
             raise ValueError(f"{v} cannot carry API keys")
         return v
 
-    @field_validator("max_key_ttl", "refresh_interval", "rotation_grace")
+    @field_validator("max_key_ttl", "refresh_interval", "rotation_grace", "max_staleness")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:

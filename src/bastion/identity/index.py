@@ -70,6 +70,9 @@ class IdentitySnapshot:
 
     def __init__(self) -> None:
         self._data = _Data()
+        # When the store last confirmed this snapshot is current (None: no store, always current). While the
+        # store is unreachable the snapshot keeps serving, up to identity.max_staleness.
+        self.confirmed_at: float | None = None
         self._used: dict[str, float] = {}
         self.pending_revocations: list[tuple[str, float, float]] = []
         # Revocations are appended on the event loop and taken by the sync thread: never lose one.
@@ -243,8 +246,10 @@ class IdentitySync:
                     select(identity_state_table.c.revision).where(identity_state_table.c.id == 1)
                 ).scalar_one()
             if rev == self.snapshot.revision:
+                self.snapshot.confirmed_at = self.clock()
                 return
             self.snapshot.replace(load_snapshot(self.engine, self.clock()))
+            self.snapshot.confirmed_at = self.clock()
             self.reloads += 1
         if self.on_reload is not None:
             self.on_reload()

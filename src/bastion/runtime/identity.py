@@ -180,7 +180,9 @@ class IdentityRuntime:
                 )
             ]
         if methods == ("pkcv",):
-            return [Pkcv(self.pkcv, self.replay, self.clock, authorize=Authorize(route.scopes))]
+            return [
+                Pkcv(self.pkcv, self.replay, self.clock, authorize=Authorize(route.scopes), stale=self.stale)
+            ]
         api_keys = None
         if "api_key" in methods:
             api_keys = self.api_keys
@@ -206,11 +208,17 @@ class IdentityRuntime:
                 self.limiter,
                 self.clock,
                 authorize=Authorize(route.scopes),
+                stale=self.stale,
             )
         ]
         if route.require_pkcv:
             checks.append(Pkcv(self.pkcv, self.replay, self.clock, required=True))
         return checks
+
+    def stale(self, now: float) -> bool:
+        """Whether the store has not confirmed the identity snapshot for longer than max_staleness."""
+        confirmed = self.snapshot.confirmed_at
+        return confirmed is not None and now - confirmed > self.settings.identity.max_staleness
 
     def consumer_quota(self, consumer_id: str) -> Limit | None:
         """The consumer's own quota from the snapshot (None: the default applies)."""
