@@ -28,7 +28,7 @@ from joserfc.errors import JoseError
 from ..core.decision import Answer, Context, Verdict
 from ..core.forwarding import ip_text
 from ..core.identity import AuthFailure, ClientRecord, ConsumerRecord
-from ..core.ports import FailureLimiter, IdentityIndex
+from ..core.ports import FailureLimiter, IdentityIndex, ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
 from .credentials import Peppers
 from .jwt import JwtPolicy, JwtRejected, sign_jwt, verify_jwt
@@ -94,6 +94,7 @@ class OAuthServer:
         clock: Callable[[], float],
         emit: Callable[..., None],
         revoke: Callable[[str, float, float], None],
+        replay: ReplayCache,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -108,7 +109,7 @@ class OAuthServer:
         self.clock = clock
         self.emit = emit
         self.revoke_token = revoke
-        self._assertions_seen: dict[str, float] = {}  # RFC 7523 §3 jti replay cache, bounded
+        self.replay = replay  # RFC 7523 §3 jti records: the state backend's (shared on Redis)
         self.metadata = json.dumps(
             {
                 "issuer": issuer,
@@ -329,7 +330,8 @@ class OAuthServer:
                     raise AuthFailure("client_id_missing")
                 client = self._secret_client(client_id, form["client_secret"])
             else:
-                client_id, client = self._assertion_client(form, now)
+                client_id, client, jti, until = self._assertion_client(form, now)
+                await self._first_use(client.client_id, jti, until, now)
             consumer = self.index.consumer(client.consumer_id)
             if consumer is None or not consumer.active:
                 raise AuthFailure("consumer_disabled", client.client_id)
@@ -380,7 +382,9 @@ class OAuthServer:
             raise AuthFailure("client_secret_mismatch", client_id)
         return client
 
-    def _assertion_client(self, form: dict[str, str], now: float) -> tuple[str | None, ClientRecord]:
+    def _assertion_client(
+        self, form: dict[str, str], now: float
+    ) -> tuple[str | None, ClientRecord, str, float]:
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             raise AuthFailure("client_assertion_invalid")
         assertion = form["client_assertion"]
@@ -417,17 +421,16 @@ class OAuthServer:
             raise AuthFailure("client_jwt_audience_invalid", client_id)
         if claims.get("sub") != client_id:
             raise AuthFailure("client_assertion_invalid", client_id)
-        jti = str(claims["jti"])
-        seen = self._assertions_seen
-        if jti in seen and seen[jti] > now:
+        return client_id, client, str(claims["jti"]), float(claims["exp"]) + 60
+
+    async def _first_use(self, client_id: str, jti: str, until: float, now: float) -> None:
+        """RFC 7523 §3: an assertion's ``jti`` is used once (the replay-cache port: shared on Redis)."""
+        try:
+            first = await self.replay.first_seen(f"oauth-jti|{client_id}|{jti}", until, now)
+        except StateUnavailable:
+            raise AuthFailure("client_assertion_replay_unchecked", client_id) from None
+        if not first:
             raise AuthFailure("client_assertion_replayed", client_id)
-        if len(seen) > 50_000:
-            for k in [k for k, exp in seen.items() if exp <= now]:
-                del seen[k]
-            if len(seen) > 50_000:
-                seen.clear()
-        seen[jti] = float(claims["exp"]) + 60
-        return client_id, client
 
     def _error(self, req: RequestView, err: _OAuthError) -> Answer:
         self.emit(

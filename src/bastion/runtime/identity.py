@@ -114,6 +114,7 @@ class IdentityRuntime:
                 clock=clock,
                 emit=emit,
                 revoke=self._revoke_token,
+                replay=self.replay,
             )
         self.jwks_caches: list[JwksCache] = []
         for issuer in settings.jwt_issuers:
