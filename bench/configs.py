@@ -213,3 +213,37 @@ services:
         auth: [oauth2]
         scopes: [orders:read]
 """
+
+
+PATH_LIMITED = "/v1/limited/123"  # the rate-limit section: same shape as PATH_ITEM, with a rate limit
+
+
+def bastion_ratelimit_conf(tmp: Path, port: int, origin_port: int, *, state: str, name: str) -> str:
+    """The rate-limit section: the same route shape without and with `rate_limit`, on one state backend.
+
+    The limit is counted per route (one subject, the worst case for contention) and is far above what the
+    run can reach in a second, so every request is admitted and forwarded: the row measures the check
+    (one Counters call per request), not refusals.
+    """
+    return f"""\
+listen: 127.0.0.1:{port}
+trusted_proxies: []
+storage:
+  database: sqlite:///{tmp}/{name}.db
+  state: {state}
+  state_prefix: bench-{name}
+  state_timeout: 1s
+services:
+  - name: orders
+    upstream: http://127.0.0.1:{origin_port}
+    routes:
+      - path: /v1/orders/{{order_id}}
+        methods: [GET]
+        auth: none
+      - path: /v1/limited/{{order_id}}
+        methods: [GET]
+        auth: none
+        rate_limit: [10000/second]
+        rate_limit_by: route
+        on_state_failure: closed
+"""

@@ -31,7 +31,7 @@ import harness
 from harness import LOAD_CPU, SUT_CPU, Processes, Server, StartError, WrkResult, log
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("main", "auth", "routes", "bodies", "conns")
+SECTIONS = ("main", "auth", "ratelimit", "routes", "bodies", "conns")
 KIB, MIB = 1024, 1024 * 1024
 BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
 ROUTE_COUNTS = (10, 10_000)
@@ -422,6 +422,33 @@ def section_auth(bench: Bench) -> dict:
     } for r in rows]}
 
 
+def section_ratelimit(bench: Bench) -> dict:
+    """Rate limiting's cost: the same route shape without and with a limit, on memory and on Redis."""
+    rows: list[Row] = []
+    for state, label in (("memory://", "memory"), ("redis://127.0.0.1:6379/0", "Redis")):
+        key = f"bastion-rl-{label.lower()}"
+
+        def start(key: str = key, state: str = state) -> Server:
+            return bench.bastion(key, lambda port: configs.bastion_ratelimit_conf(
+                bench.tmp, port, bench.origin().port, state=state, name=key))
+
+        rows.append(attach(Row(f"rl-none-{label.lower()}", f"Bastion GET {configs.PATH_ITEM}, no limit "
+                               f"(state {label})", configs.PATH_ITEM), start))
+        rows.append(attach(Row(f"rl-{label.lower()}", f"Bastion GET {configs.PATH_LIMITED}, rate_limit "
+                               f"10000/second (state {label})", configs.PATH_LIMITED), start))
+    measure_rounds(rows, bench.args, "ratelimit")
+    out = []
+    for i, r in enumerate(rows):
+        base = rows[i - i % 2]
+        summary = wrk_summary(r)
+        base_summary = wrk_summary(base)
+        added_p99 = (summary["p99_ms"] - base_summary["p99_ms"]
+                     if summary["p99_ms"] is not None and base_summary["p99_ms"] is not None else None)
+        out.append(r.to_json() | {"summary": summary, "vs_no_limit": ratio_summary(paired_ratios(r, base)),
+                                  "added_p99_ms": added_p99})
+    return {"rows": out}
+
+
 def section_routes(bench: Bench) -> dict:
     rows = []
     for count in ROUTE_COUNTS:
@@ -633,6 +660,18 @@ def render_report(results: dict) -> str:
                        f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
                        f"{_ratio(r['vs_no_auth'])} | {_skip_cell(r)} |")
         out.append("")
+    if "ratelimit" in sec:
+        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one worker, same route shape)",
+                "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ no limit | p99 added | notes |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in sec["ratelimit"]["rows"]:
+            s = r["summary"]
+            limited = "none" not in r["key"]
+            added = _num(r["added_p99_ms"], "+.2f", " ms") if limited else ""
+            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                       f"{_ratio(r['vs_no_limit'])} | {added} | {_skip_cell(r)} |")
+        out.append("")
     if "routes" in sec:
         sd = sec["routes"]["slowdown_pct"]
         out += ["## Routes: 10 vs 10,000 declared routes (Bastion, wrk -c32, GET /v1/orders/123)", "",
@@ -745,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
         "notes": bench.notes,
     }
-    runners = {"main": section_main, "auth": section_auth, "routes": section_routes, "bodies": section_bodies,
-               "conns": section_conns}
+    runners = {"main": section_main, "auth": section_auth, "ratelimit": section_ratelimit,
+               "routes": section_routes, "bodies": section_bodies, "conns": section_conns}
     started = time.monotonic()
     try:
         bench.origin()

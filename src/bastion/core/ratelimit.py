@@ -103,11 +103,12 @@ def window_of(limit: Limit, now: float) -> tuple[str, float]:
 
 
 def decide(
-    limits: Sequence[Limit], logs: Sequence[list[float]], counts: Sequence[int], now: float
+    limits: Sequence[Limit], logs: Sequence[Sequence[float]], counts: Sequence[int], now: float
 ) -> tuple[Decision, bool]:
     """The reference decision. ``logs[i]``: the admitted times of sliding limit i, oldest first, already
     trimmed to ``(now - period, now]``; ``counts[i]``: calendar quota i's count in its current window
-    (unused slots hold ``[]`` / ``0``). Returns the decision and whether to record the hit (all passed)."""
+    (unused slots hold ``()`` / ``0``); only ``len(log)`` and ``log[0]`` are read, O(1) per limit.
+    Returns the decision and whether to record the hit (all passed)."""
     refused: list[tuple[float, Limit]] = []
     closest: tuple[int, float, Limit] | None = None
     for limit, log, used in zip(limits, logs, counts, strict=True):

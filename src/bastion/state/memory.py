@@ -114,7 +114,7 @@ class MemoryCounters:
         self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key|window -> (window end, n)
 
     async def hit(self, keys: Sequence[str], limits: Sequence[Limit], now: float, member: str) -> Decision:
-        logs: list[list[float]] = []
+        logs: list[Sequence[float]] = []
         counts: list[int] = []
         windows: list[str] = []
         for key, limit in zip(keys, limits, strict=True):
@@ -125,7 +125,7 @@ class MemoryCounters:
                     while log and log[0] <= edge:
                         log.popleft()
                     self._logs.move_to_end(key)
-                logs.append(list(log) if log else [])
+                logs.append(log if log else ())  # the deque itself: decide() reads len and [0] only
                 counts.append(0)
                 windows.append("")
             else:
@@ -133,7 +133,7 @@ class MemoryCounters:
                 slot = f"{key}|{window}"
                 entry = self._counts.get(slot)
                 counts.append(entry[1] if entry is not None else 0)
-                logs.append([])
+                logs.append(())
                 windows.append(slot)
         decision, record = decide(limits, logs, counts, now)
         if record:
