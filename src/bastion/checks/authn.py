@@ -16,6 +16,7 @@ from ..core.identity import UNCLAIMED, AuthFailure, Principal
 from ..core.ports import FailureLimiter, TokenVerifier
 from ..core.request import RequestView
 from .api_key import ApiKeyAuth
+from .refusals import IDENTITY_UNAVAILABLE
 from .scopes import Authorize
 
 __all__ = ["Authenticate"]
@@ -59,7 +60,7 @@ class Authenticate:
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         now = self.clock()
         if self.stale is not None and self.stale(now):
-            return _UNAVAILABLE
+            return IDENTITY_UNAVAILABLE
         limiter = self.limiter
         checking = limiter.active
         if checking:
@@ -133,16 +134,6 @@ class Authenticate:
             evidence=evidence,
             event="auth.failed",
         )
-
-
-_UNAVAILABLE = Deny(
-    503,
-    "identity_unavailable",
-    "Authentication is unavailable right now; retry later.",
-    headers=(("retry-after", "5"),),
-    evidence={"cause": "identity_store_unreachable"},
-    severity="error",
-)
 
 
 def _other_credential(req: RequestView, api_keys: ApiKeyAuth | None) -> bool:

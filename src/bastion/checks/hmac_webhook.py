@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ..core.decision import Context, Deny, Verdict
 from ..core.ports import ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
+from .refusals import remember, signature_invalid, state_unavailable, webhook_replayed
 
 __all__ = ["PRESETS", "HmacScheme", "HmacWebhook", "custom_scheme", "standard_webhooks_secret"]
 
@@ -232,36 +233,15 @@ class HmacWebhook:
             once = "msg:" + hashlib.sha256(prefix + body).hexdigest()
         expires_at = int(timestamp) + self.tolerance if scheme.timestamped and timestamp else now
         expires_at = max(expires_at, now) + (0.0 if scheme.timestamped else self.tolerance)
-        key = f"hmac|{self.namespace}|{once}"
         try:
-            first = await self.replay.first_seen(key, expires_at + 1.0, now)
+            first = await remember(self.replay, f"hmac|{self.namespace}|{once}", expires_at + 1.0, now, ctx)
         except StateUnavailable:
-            return Deny(
-                503,
-                "state_unavailable",
-                "The gateway cannot check this request right now.",
-                headers=(("retry-after", "1"),),
-                evidence={"scheme": scheme.name, "state": "replay_cache"},
-                severity="error",
-            )
+            return state_unavailable("replay_cache", scheme=scheme.name)
         if not first:
-            return Deny(
-                409,
-                "webhook_replayed",
-                "This message was already delivered.",
-                evidence={"scheme": scheme.name, "id": message_id} if message_id else {"scheme": scheme.name},
-                event="webhook.replayed",
-            )
-        ctx.on_upstream_failure(lambda: self.replay.forget(key))
+            return webhook_replayed(scheme=scheme.name, **({"id": message_id} if message_id else {}))
         ctx.notes["verified_by"] = "hmac_signature"
         return None
 
 
 def _refuse(scheme: HmacScheme, cause: str, **evidence: object) -> Deny:
-    return Deny(
-        403,
-        "webhook_signature_invalid",
-        "The request signature is not valid.",
-        evidence={"scheme": scheme.name, "cause": cause, **evidence},
-        event="webhook.signature_invalid",
-    )
+    return signature_invalid(scheme.name, cause, **evidence)

@@ -29,6 +29,7 @@ from ..core.identity import AuthFailure
 from ..core.ports import ClientValidator, ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
 from ..core.urls import split_authority
+from .refusals import IDENTITY_UNAVAILABLE, remember, state_unavailable
 from .scopes import Authorize
 
 __all__ = ["HEADER", "Pkcv", "canonical_java", "canonical_python", "request_hash"]
@@ -139,14 +140,7 @@ class Pkcv:
             return _refuse("pkcv_missing", status=401)
         now = self.clock()
         if self.stale is not None and self.stale(now):
-            return Deny(
-                503,
-                "identity_unavailable",
-                "Authentication is unavailable right now; retry later.",
-                headers=(("retry-after", "5"),),
-                evidence={"cause": "identity_store_unreachable"},
-                severity="error",
-            )
+            return IDENTITY_UNAVAILABLE
         try:
             principal, claims = self.validator.verify(token.strip(), now)
         except AuthFailure as exc:
@@ -181,22 +175,14 @@ class Pkcv:
             verdict = self.authorize.decide(req, principal)
             if verdict is not None:
                 return verdict
+        # Per credential: another consumer's identical request cannot use up this one's token.
+        once = f"pkcv|{credential}|{claims.rqh}|{claims.exp!r}"
         try:
-            # Per credential: another consumer's identical request cannot use up this one's token.
-            once = f"pkcv|{credential}|{claims.rqh}|{claims.exp!r}"
-            first = await self.replay.first_seen(once, claims.until, now)
+            first = await remember(self.replay, once, claims.until, now, ctx)
         except StateUnavailable:
-            return Deny(
-                503,
-                "state_unavailable",
-                "The gateway cannot check this request right now.",
-                headers=(("retry-after", "1"),),
-                evidence={"state": "replay_cache"},
-                severity="error",
-            )
+            return state_unavailable("replay_cache")
         if not first:
             return _refuse("pkcv_replayed", credential_id=credential)
-        ctx.on_upstream_failure(lambda: self.replay.forget(once))
         if not self.required:
             ctx.principal = principal
         return verdict

@@ -33,6 +33,7 @@ from ..core.identity import Principal
 from ..core.ports import Counters, StateUnavailable
 from ..core.ratelimit import Decision, Limit
 from ..core.request import RequestView
+from .refusals import state_unavailable
 
 __all__ = ["RateLimitCheck", "RefusalLog"]
 
@@ -268,15 +269,8 @@ class RateLimitCheck:
             self._failure_noted[mode] = now
             ctx.notices.append(("rate_limit.state_unavailable", {"on_state_failure": mode}))
         if mode == "closed":
-            return Deny(
-                503,
-                "state_unavailable",
-                "The gateway cannot check this request right now.",
-                headers=(("retry-after", "1"),),
-                evidence={"state": "counters", "on_state_failure": mode},
-                severity="error",
-                event="",  # recorded once a minute as rate_limit.state_unavailable, not per request
-            )
+            # Recorded once a minute as rate_limit.state_unavailable (above), not per request.
+            return state_unavailable("counters", event="", on_state_failure=mode)
         return None
 
 

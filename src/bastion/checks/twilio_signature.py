@@ -33,6 +33,7 @@ from ..core.decision import Context, Deny, Verdict
 from ..core.ports import ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
 from ..core.urls import split_authority
+from .refusals import remember, signature_invalid, state_unavailable, webhook_replayed
 
 __all__ = [
     "ALGORITHMS",
@@ -209,37 +210,14 @@ class TwilioSignature:
 
     async def _once(self, signature: str, ctx: Context) -> Deny | None:
         assert self.replay is not None
-        replay = self.replay
         now = self.clock()
         key = f"twilio|{self.namespace}|{signature}"
         try:
-            first = await replay.first_seen(key, now + self.replay_window, now)
+            first = await remember(self.replay, key, now + self.replay_window, now, ctx)
         except StateUnavailable:
-            return Deny(
-                503,
-                "state_unavailable",
-                "The gateway cannot check this request right now.",
-                headers=(("retry-after", "1"),),
-                evidence={"scheme": "twilio", "state": "replay_cache"},
-                severity="error",
-            )
-        if not first:
-            return Deny(
-                409,
-                "webhook_replayed",
-                "This message was already delivered.",
-                evidence={"scheme": "twilio"},
-                event="webhook.replayed",
-            )
-        ctx.on_upstream_failure(lambda: replay.forget(key))
-        return None
+            return state_unavailable("replay_cache", scheme="twilio")
+        return None if first else webhook_replayed(scheme="twilio")
 
 
 def _refuse(cause: str, **evidence: object) -> Deny:
-    return Deny(
-        403,
-        "webhook_signature_invalid",
-        "The request signature is not valid.",
-        evidence={"scheme": "twilio", "cause": cause, **evidence},
-        event="webhook.signature_invalid",
-    )
+    return signature_invalid("twilio", cause, **evidence)

@@ -439,39 +439,54 @@ class IdentityAdmin:
         return out, secret
 
     def list_clients(self, consumer: str | None = None) -> list[dict[str, Any]]:
-        o, c = oauth_clients_table.c, consumers_table.c
-        query = select(oauth_clients_table, c.name.label("consumer_name")).join(
-            consumers_table, o.consumer_id == c.id
+        o = oauth_clients_table.c
+        rows = self._owned(oauth_clients_table, consumer, order=(o.created_at, o.client_id))
+        return [_client_out(r, r["consumer_name"]) for r in rows]
+
+    def revoke_client(self, client_id: str, *, actor: str) -> dict[str, Any]:
+        row, now = self._revoke(
+            oauth_clients_table, oauth_clients_table.c.client_id, client_id, "client", actor
         )
+        if now is not None:
+            self._changed("client.revoked", actor, f"client:{client_id}", client_id=client_id)
+        return _client_out(row, row["consumer_name"])
+
+    def _owned(
+        self, table: Any, consumer: str | None, *, order: tuple[Any, ...], where: Any = None
+    ) -> list[Any]:
+        """Rows of ``table`` (clients, public keys) with their consumer's name, of one consumer or all."""
+        c = consumers_table.c
+        query = select(table, c.name.label("consumer_name")).join(
+            consumers_table, table.c.consumer_id == c.id
+        )
+        if where is not None:
+            query = query.where(where)
         with self.engine.connect() as conn:
             if consumer is not None:
                 owner = self._consumer_row(conn, consumer)
-                query = query.where(o.consumer_id == owner["id"])
-            rows = conn.execute(query.order_by(o.created_at, o.client_id)).all()
-        return [_client_out(r._mapping, r._mapping["consumer_name"]) for r in rows]
+                query = query.where(table.c.consumer_id == owner["id"])
+            return [r._mapping for r in conn.execute(query.order_by(*order)).all()]
 
-    def revoke_client(self, client_id: str, *, actor: str) -> dict[str, Any]:
-        o, c = oauth_clients_table.c, consumers_table.c
+    def _revoke(
+        self, table: Any, id_column: Any, ident: str, what: str, actor: str
+    ) -> tuple[Mapping[str, Any], float | None]:
+        """Revoke one credential row (idempotent): the row as it now is, and when (None: it already was)."""
+        c = consumers_table.c
         with self.engine.begin() as conn:
             r = conn.execute(
-                select(oauth_clients_table, c.name.label("consumer_name"))
-                .join(consumers_table, o.consumer_id == c.id)
-                .where(o.client_id == client_id)
+                select(table, c.name.label("consumer_name"))
+                .join(consumers_table, table.c.consumer_id == c.id)
+                .where(id_column == ident)
             ).first()
             if r is None:
-                raise _not_found("client")
+                raise _not_found(what)
             row = r._mapping
             if row["revoked_at"] is not None:
-                return _client_out(row, row["consumer_name"])
+                return row, None
             now = self.clock()
-            conn.execute(
-                update(oauth_clients_table)
-                .where(o.client_id == client_id)
-                .values(revoked_at=now, revoked_by=actor)
-            )
+            conn.execute(update(table).where(id_column == ident).values(revoked_at=now, revoked_by=actor))
             bump_revision(conn)
-        self._changed("client.revoked", actor, f"client:{client_id}", client_id=client_id)
-        return _client_out({**row, "revoked_at": now, "revoked_by": actor}, row["consumer_name"])
+        return {**row, "revoked_at": now, "revoked_by": actor}, now
 
     # -- public keys for PKCV ------------------------------------------------------------------------
     def add_public_key(
@@ -508,45 +523,25 @@ class IdentityAdmin:
         return _public_key_out(row, owner["name"])
 
     def list_public_keys(self, consumer: str | None = None) -> list[dict[str, Any]]:
-        p, c = public_keys_table.c, consumers_table.c
-        query = select(public_keys_table, c.name.label("consumer_name")).join(
-            consumers_table, p.consumer_id == c.id
-        )
-        with self.engine.connect() as conn:
-            if consumer is not None:
-                owner = self._consumer_row(conn, consumer)
-                query = query.where(p.consumer_id == owner["id"])
-            rows = conn.execute(query.order_by(p.created_at, p.id)).all()
-        return [_public_key_out(r._mapping, r._mapping["consumer_name"]) for r in rows]
+        p = public_keys_table.c
+        rows = self._owned(public_keys_table, consumer, order=(p.created_at, p.id))
+        return [_public_key_out(r, r["consumer_name"]) for r in rows]
 
     def get_public_key(self, credential_id: str) -> dict[str, Any]:
-        for item in self.list_public_keys():
-            if item["id"] == credential_id:
-                return item
-        raise _not_found("credential")
+        p = public_keys_table.c
+        rows = self._owned(public_keys_table, None, order=(p.id,), where=p.id == credential_id)
+        if not rows:
+            raise _not_found("credential")
+        return _public_key_out(rows[0], rows[0]["consumer_name"])
 
     def revoke_public_key(self, credential_id: str, *, actor: str) -> dict[str, Any]:
-        p, c = public_keys_table.c, consumers_table.c
-        with self.engine.begin() as conn:
-            r = conn.execute(
-                select(public_keys_table, c.name.label("consumer_name"))
-                .join(consumers_table, p.consumer_id == c.id)
-                .where(p.id == credential_id)
-            ).first()
-            if r is None:
-                raise _not_found("credential")
-            row = r._mapping
-            if row["revoked_at"] is not None:
-                return _public_key_out(row, row["consumer_name"])
-            now = self.clock()
-            conn.execute(
-                update(public_keys_table)
-                .where(p.id == credential_id)
-                .values(revoked_at=now, revoked_by=actor)
+        table = public_keys_table
+        row, now = self._revoke(table, table.c.id, credential_id, "credential", actor)
+        if now is not None:
+            self._changed(
+                "credential.revoked", actor, f"credential:{credential_id}", credential_id=credential_id
             )
-            bump_revision(conn)
-        self._changed("credential.revoked", actor, f"credential:{credential_id}", credential_id=credential_id)
-        return _public_key_out({**row, "revoked_at": now, "revoked_by": actor}, row["consumer_name"])
+        return _public_key_out(row, row["consumer_name"])
 
 
 MAX_PUBLIC_KEY_BYTES = 16 * 1024
