@@ -52,6 +52,7 @@ from tests.support import (
 )
 
 from ..integration._identity import ENV, Stack, wait_for
+from ..integration.test_rate_limits import FAILING_ROUTES  # the same three on_state_failure routes
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = float(calendar.timegm((2030, 6, 15, 12, 0, 0)))  # in the future: Redis EXPIREAT never drops a key early
@@ -903,24 +904,6 @@ def test_a_late_reply_is_never_taken_as_the_answer_to_the_next_request() -> None
 
     with FakeRedis("late") as fake:
         asyncio.run(scenario(fake))
-
-
-FAILING_ROUTES = """
-      - path: /v1/local/{id}
-        methods: [GET]
-        auth: none
-        rate_limit: [2/minute]
-      - path: /v1/closed/{id}
-        methods: [GET]
-        auth: none
-        rate_limit: [2/minute]
-        on_state_failure: closed
-      - path: /v1/open/{id}
-        methods: [GET]
-        auth: none
-        rate_limit: [2/minute]
-        on_state_failure: open
-"""
 
 
 def test_a_hanging_redis_never_hangs_the_gateway(tmp_path: Path) -> None:
