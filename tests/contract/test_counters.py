@@ -59,13 +59,13 @@ def redis_backend() -> Backend:
     backend = Backend(lambda: RedisCounters(state, server_time=False))
 
     def close() -> None:
-        async def cleanup() -> None:
-            client = state.client()
-            async for key in client.scan_iter(match=f"{prefix}:*"):
-                await client.delete(key)
-            await state.aclose()
+        import redis
 
-        backend.loop.run_until_complete(cleanup())
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+        backend.loop.run_until_complete(state.aclose())
 
     backend._close = close
     return backend

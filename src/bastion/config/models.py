@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..core.ratelimit import Limit, LimitParseError, parse_limit, parse_quota
-from ..core.urls import require_secure_url
+from ..core.urls import parse_redis_url, require_secure_url
 from .units import parse_duration, parse_size
 
 __all__ = [
@@ -220,21 +220,7 @@ class StorageSettings(_Model):
         if v == "memory://":
             return v
         if v.startswith(("redis://", "rediss://")):
-            parts = urlsplit(v)
-            if not parts.hostname:
-                raise ValueError("expected redis://host:port/db")
-            try:
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                raise ValueError("the redis URL has an invalid port") from None
-            if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]{1,2}", parts.path):
-                raise ValueError("the redis URL's path is a database number, e.g. redis://host:6379/0")
-            try:  # the client's own parser: options it would refuse at the first request fail here
-                from redis.connection import parse_url
-
-                parse_url(v)
-            except (ValueError, TypeError):
-                raise ValueError("the redis URL has an invalid option") from None
+            parse_redis_url(v)  # ValueError says what is wrong, without the URL
             return v
         raise ValueError("expected memory:// or redis://host:port/db")
 

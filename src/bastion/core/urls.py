@@ -4,10 +4,18 @@ tests). Checked at config load and again by whatever fetches from the URL, with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from ipaddress import ip_address
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["is_loopback_host", "require_secure_url", "split_authority"]
+__all__ = [
+    "REDIS_URL_OPTIONS",
+    "RedisTarget",
+    "is_loopback_host",
+    "parse_redis_url",
+    "require_secure_url",
+    "split_authority",
+]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -58,3 +66,62 @@ def split_authority(authority: str) -> tuple[str, str | None]:
     if not sep:
         return authority, None
     return host, port
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where ``storage.state: redis://…`` points, parsed once at config load."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+    verify: bool  # verify the server's certificate (rediss:// only); ?ssl_cert_reqs=none turns it off
+    ca_file: str | None  # ?ssl_ca_certs=/path: a CA bundle for the server's certificate
+
+
+REDIS_URL_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs")
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """``redis://[user:password@]host[:port][/db][?options]`` (``rediss://`` for TLS), or ``ValueError``
+    saying what is wrong, never echoing the URL (it may hold a password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis://host:port/db")
+    if not parts.hostname:
+        raise ValueError("expected redis://host:port/db")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the redis URL has an invalid port") from None
+    path = parts.path.strip("/")
+    if path and not (path.isascii() and path.isdigit() and len(path) <= 2):
+        raise ValueError("the redis URL's path is a database number, e.g. redis://host:6379/0")
+    try:
+        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+    except ValueError:
+        raise ValueError("the redis URL has an invalid option") from None
+    unknown = sorted(set(options) - set(REDIS_URL_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"the redis URL has an unknown option {unknown[0]!r} (known: {', '.join(REDIS_URL_OPTIONS)})"
+        )
+    tls = parts.scheme == "rediss"
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in ("required", "none"):
+        raise ValueError("the redis URL's ssl_cert_reqs must be 'required' or 'none'")
+    if options and not tls:
+        raise ValueError("the redis URL's ssl_* options need rediss://")
+    return RedisTarget(
+        host=parts.hostname,
+        port=port,
+        db=int(path or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
+        verify=reqs == "required",
+        ca_file=options.get("ssl_ca_certs") or None,
+    )

@@ -20,8 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import hiredis
+
 from ..core.ports import StateUnavailable
 from ..core.ratelimit import Decision, Limit, window_of
+from ..core.urls import parse_redis_url
+from .redis_wire import Connection, Script, WireError, connect, pack
 
 __all__ = ["Breaker", "RedisCounters", "RedisFailureLimiter", "RedisReplayCache", "RedisState"]
 
@@ -30,7 +34,7 @@ T = TypeVar("T")
 # KEYS[i]: limit i's key. ARGV: now ("" for the Redis server's clock: one clock for every gateway), member,
 # then per limit: kind ("s" sliding | "c" calendar), N, and the
 # period in seconds (sliding) or the window's end in epoch seconds (calendar).
-_HIT = """
+_HIT = Script("""
 local now = tonumber(ARGV[1])
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -77,7 +81,7 @@ for i = 1, #KEYS do
   end
 end
 return {1, best_i, best_left, tostring(best_reset)}
-"""
+""")
 
 
 class Breaker:
@@ -104,8 +108,8 @@ class Breaker:
 
 
 class RedisState:
-    """One Redis client per process (created on first use, on the running loop), with the timeout and the
-    breaker every call goes through."""
+    """One pipelined Redis connection per process (opened on first use, on the running loop, and again
+    after it fails), with the timeout and the breaker every call goes through."""
 
     def __init__(
         self,
@@ -117,47 +121,72 @@ class RedisState:
         prefix: str = "bastion",
     ) -> None:
         self.url = url
+        self.target = parse_redis_url(url)
         self.timeout = timeout
         self.prefix = prefix
         self.breaker = Breaker(breaker_failures, breaker_reset)
-        self._client: Any = None
-        self._hit: Any = None
+        self._conn: Connection | None = None
+        self._connecting: asyncio.Future[Connection] | None = None
         self.failures = 0  # calls that failed or were skipped by the open breaker (for stats and tests)
 
-    def client(self) -> Any:
-        if self._client is None:
-            import redis.asyncio as aioredis
+    async def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:  # one connect for every caller waiting on it
+            self._connecting = asyncio.ensure_future(connect(self.target, self.timeout))
+        pending = self._connecting
+        try:
+            conn = await asyncio.shield(pending)
+        finally:
+            if self._connecting is pending and pending.done():
+                self._connecting = None
+        self._conn = conn
+        return conn
 
-            self._client = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                health_check_interval=0,
-                retry_on_timeout=False,
-            )
-            self._hit = self._client.register_script(_HIT)
-        return self._client
+    async def execute(self, *args: Any) -> Any:
+        """One command; its reply, or ``StateUnavailable`` (an error reply is a failure too)."""
+        return await self._guarded(self._round_trip(pack(args)))
 
-    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``EVALSHA``, and ``EVAL`` with the body only when the server does not have the script."""
+        return await self._guarded(self._run(script, keys, args))
+
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        reply = await self._round_trip(pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            reply = await self._round_trip(pack(("EVAL", script.body, len(keys), *keys, *args)))
+        return reply
+
+    async def _round_trip(self, packed: bytes) -> Any:
+        conn = await self._connection()
+        return await conn.call(packed)
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
         if self.breaker.open:
+            close = getattr(call, "close", None)
+            if close is not None:
+                close()  # the coroutine never runs: no "never awaited" warning
             self.failures += 1
             raise StateUnavailable("redis circuit open")
         try:
-            result = await asyncio.wait_for(make(), self.timeout)
+            result = await call
+            if isinstance(result, hiredis.ReplyError):
+                raise WireError("error reply")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any Redis, socket or timeout error: the caller decides what to do
             self.breaker.failure()
             self.failures += 1
-            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+            reason = str(exc) if isinstance(exc, WireError) else type(exc).__name__
+            raise StateUnavailable(f"redis: {reason}") from None
         self.breaker.success()
         return result
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(Exception):  # closing a client whose server is gone
-                await client.aclose()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close("closed")
 
 
 class RedisCounters:
@@ -171,7 +200,6 @@ class RedisCounters:
 
     async def hit(self, keys: Sequence[str], limits: Sequence[Limit], now: float, member: str) -> Decision:
         state = self.state
-        state.client()
         full: list[str] = []
         args: list[Any] = ["" if self.server_time else repr(now), member]
         for key, limit in zip(keys, limits, strict=True):
@@ -182,8 +210,7 @@ class RedisCounters:
                 window, end = window_of(limit, now)
                 full.append(f"{state.prefix}:quota:{key}:{window}")
                 args += ["c", limit.requests, repr(end)]
-        script = state._hit
-        reply = await state.call(lambda: script(keys=full, args=args))
+        reply = await state.run(_HIT, full, args)
         try:
             allowed, index, remaining, reset = reply
             limit = limits[int(index) - 1]
@@ -203,18 +230,16 @@ class RedisReplayCache:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def first_seen(self, key: str, expires_at: float, now: float) -> bool:
-        client = self.state.client()
         ttl = max(1, math.ceil((expires_at - now) * 1000))
         name = f"{self.state.prefix}:once:{key}"
-        return bool(await self.state.call(lambda: client.set(name, b"1", nx=True, px=ttl)))
+        return await self.state.execute("SET", name, b"1", "NX", "PX", ttl) == b"OK"
 
     def forget(self, key: str) -> None:
-        client = self.state.client()
         name = f"{self.state.prefix}:once:{key}"
 
         async def drop() -> None:
             with contextlib.suppress(StateUnavailable):  # best effort: else the record expires by itself
-                await self.state.call(lambda: client.delete(name))
+                await self.state.execute("DEL", name)
 
         with contextlib.suppress(RuntimeError):  # no loop (called outside a request): nothing to schedule
             self._tasks.add(task := asyncio.get_running_loop().create_task(drop()))
@@ -224,7 +249,7 @@ class RedisReplayCache:
 # KEYS: the subject's failure log, its block key, the "some block exists" key. ARGV: now, member, failures,
 # within, block_for. Same rule as MemoryFailureLimiter: `failures` within `within` seconds block for
 # `block_for`; the log is cleared when it blocks.
-_FAILED = """
+_FAILED = Script("""
 local now, member = tonumber(ARGV[1]), ARGV[2]
 local failures, within, block_for = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZADD', KEYS[1], now, member)
@@ -237,7 +262,7 @@ if redis.call('ZCARD', KEYS[1]) >= failures then
   return 1
 end
 return 0
-"""
+""")
 
 
 class RedisFailureLimiter:
@@ -267,7 +292,6 @@ class RedisFailureLimiter:
         self._active_until = 0.0  # monotonic: some block exists (seen here or polled)
         self._polled_at = -1e9
         self._polling = False
-        self._script: Any = None
         self._members = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -288,8 +312,7 @@ class RedisFailureLimiter:
 
     async def _poll(self) -> None:
         try:
-            client = self.state.client()
-            ttl = await self.state.call(lambda: client.pttl(f"{self.state.prefix}:lock:any"))
+            ttl = await self.state.execute("PTTL", f"{self.state.prefix}:lock:any")
             if isinstance(ttl, int) and ttl > 0:
                 self._active_until = max(self._active_until, self.clock() + ttl / 1000)
         except StateUnavailable:
@@ -298,9 +321,8 @@ class RedisFailureLimiter:
             self._polling = False
 
     async def blocked_for(self, subject: str, now: float) -> float:
-        client = self.state.client()
         try:
-            raw = await self.state.call(lambda: client.get(self._key("block", subject)))
+            raw = await self.state.execute("GET", self._key("block", subject))
         except StateUnavailable:
             return await self.local.blocked_for(subject, now)
         if raw is None:
@@ -311,9 +333,6 @@ class RedisFailureLimiter:
             return 0.0
 
     async def failed(self, subject: str, now: float) -> float:
-        client = self.state.client()
-        if self._script is None:
-            self._script = client.register_script(_FAILED)
         self._members += 1
         keys = [self._key("log", subject), self._key("block", subject), f"{self.state.prefix}:lock:any"]
         args = [
@@ -323,9 +342,8 @@ class RedisFailureLimiter:
             repr(self.within),
             repr(self.block_for),
         ]
-        script = self._script
         try:
-            blocked = await self.state.call(lambda: script(keys=keys, args=args))
+            blocked = await self.state.run(_FAILED, keys, args)
         except StateUnavailable:
             return await self.local.failed(subject, now)
         if blocked:
