@@ -195,8 +195,8 @@ class Processes:
         self.workdir = workdir
         self._servers: list[Server] = []
 
-    def start(self, name: str, argv: list[str], *, cpu: int, port: int, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Server:
+    def start(self, name: str, argv: list[str], *, cpu: int | str, port: int,
+              env: dict[str, str] | None = None, cwd: Path | None = None) -> Server:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
@@ -209,7 +209,7 @@ class Processes:
         self._servers.append(server)
         return server
 
-    def launch(self, name: str, argv: list[str], *, cpu: int, port: int, ready_path: str = "/",
+    def launch(self, name: str, argv: list[str], *, cpu: int | str, port: int, ready_path: str = "/",
                ready_timeout: float = 30.0, env: dict[str, str] | None = None) -> Server:
         """Start a server and wait until it answers; one that never does is stopped, not left on a core."""
         server = self.start(name, argv, cpu=cpu, port=port, env=env)

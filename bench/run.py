@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -199,8 +199,9 @@ class Bench:
         return reason
 
     def bastion(self, key: str, make_conf: Callable[[int], str], ready_timeout: float = 60.0,
-                env: dict[str, str] | None = None) -> Server:
-        """Start `bastion serve -c <conf>` on core 0; raises StartError with the reason and log tail.
+                env: dict[str, str] | None = None, workers: int = 1) -> Server:
+        """Start `bastion serve -c <conf>` on core 0 (two workers: on both cores, beside the load); raises
+        StartError with the reason and log tail.
 
         `make_conf(port)` renders the config for the port Bastion must listen on.
         """
@@ -212,7 +213,9 @@ class Bench:
             port = harness.free_port()
             cfg_path = self.tmp / f"{key}.yaml"
             cfg_path.write_text(make_conf(port))
-            server = self.procs.launch(key, [*exe, "serve", "-c", str(cfg_path)], cpu=SUT_CPU, port=port,
+            argv = [*exe, "serve", "-c", str(cfg_path)] + (["--workers", str(workers)] if workers > 1 else [])
+            cpu = SUT_CPU if workers == 1 else f"{SUT_CPU},{LOAD_CPU}"
+            server = self.procs.launch(key, argv, cpu=cpu, port=port,
                                        ready_path=configs.PATH_ITEM, ready_timeout=ready_timeout, env=env)
             log(f"{key} ready after {server.ready_after:.2f} s")
             return server
@@ -422,21 +425,53 @@ def section_auth(bench: Bench) -> dict:
     } for r in rows]}
 
 
+@contextlib.contextmanager
+def redis_on_load_core(bench: Bench) -> Iterator[None]:
+    """Redis is a service beside the gateway, not part of it: while the rate-limit rows run, the local
+    redis-server shares the load generator's core, so the server core holds the gateway alone. Its
+    affinity is restored afterwards."""
+    saved: dict[int, set[int]] = {}
+    found = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True, check=False)
+    for pid in (int(p) for p in found.stdout.split()):
+        try:
+            saved[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, {LOAD_CPU})
+        except OSError as exc:
+            bench.notes.append(f"could not pin redis-server {pid} to core {LOAD_CPU}: {exc}")
+    try:
+        yield
+    finally:
+        for pid, mask in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, mask)
+
+
 def section_ratelimit(bench: Bench) -> dict:
-    """Rate limiting's cost: the same route shape without and with a limit, on memory and on Redis."""
+    """Rate limiting's cost: the same route shape without and with a limit, on memory and on Redis, with one
+    worker (on the server core) and two (on both cores, sharing them with the load generator, the origin and
+    Redis: on this two-core machine the two-worker rows show scaling under contention, not a second core's
+    worth of capacity)."""
     rows: list[Row] = []
-    for state, label in (("memory://", "memory"), ("redis://127.0.0.1:6379/0", "Redis")):
-        key = f"bastion-rl-{label.lower()}"
+    for state, label, workers in (
+        ("memory://", "memory", 1),
+        ("redis://127.0.0.1:6379/0", "Redis", 1),
+        ("memory://", "memory", 2),
+        ("redis://127.0.0.1:6379/0", "Redis", 2),
+    ):
+        tag = f"{label.lower()}" + ("-2w" if workers > 1 else "")
+        key = f"bastion-rl-{tag}"
+        shown = f"state {label}" + (", 2 workers" if workers > 1 else "")
 
-        def start(key: str = key, state: str = state) -> Server:
+        def start(key: str = key, state: str = state, workers: int = workers) -> Server:
             return bench.bastion(key, lambda port: configs.bastion_ratelimit_conf(
-                bench.tmp, port, bench.origin().port, state=state, name=key))
+                bench.tmp, port, bench.origin().port, state=state, name=key), workers=workers)
 
-        rows.append(attach(Row(f"rl-none-{label.lower()}", f"Bastion GET {configs.PATH_ITEM}, no limit "
-                               f"(state {label})", configs.PATH_ITEM), start))
-        rows.append(attach(Row(f"rl-{label.lower()}", f"Bastion GET {configs.PATH_LIMITED}, rate_limit "
-                               f"10000/second (state {label})", configs.PATH_LIMITED), start))
-    measure_rounds(rows, bench.args, "ratelimit")
+        rows.append(attach(Row(f"rl-none-{tag}", f"Bastion GET {configs.PATH_ITEM}, no limit ({shown})",
+                               configs.PATH_ITEM), start))
+        rows.append(attach(Row(f"rl-{tag}", f"Bastion GET {configs.PATH_LIMITED}, rate_limit "
+                               f"10000/second ({shown})", configs.PATH_LIMITED), start))
+    with redis_on_load_core(bench):
+        measure_rounds(rows, bench.args, "ratelimit")
     out = []
     for i, r in enumerate(rows):
         base = rows[i - i % 2]
@@ -661,7 +696,7 @@ def render_report(results: dict) -> str:
                        f"{_ratio(r['vs_no_auth'])} | {_skip_cell(r)} |")
         out.append("")
     if "ratelimit" in sec:
-        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one worker, same route shape)",
+        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one and two workers, same route shape)",
                 "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ no limit | p99 added | notes |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in sec["ratelimit"]["rows"]:

@@ -154,7 +154,7 @@ def _all_field_names(model: type[BaseModel], seen: set[type] | None = None) -> s
     if model in seen:
         return set()
     seen.add(model)
-    names = set(model.model_fields)
+    names = {info.alias or name for name, info in model.model_fields.items()}
     for info in model.model_fields.values():
         stack = [info.annotation]
         while stack:
@@ -225,7 +225,7 @@ def load_config_text(
     issues = list(composer.issues)
     settings: GatewayConfig | None = None
     try:
-        settings = GatewayConfig.model_validate(data)
+        settings = GatewayConfig.model_validate(data, context={"base_dir": composer.base_dir})
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False, include_context=True):
             loc = tuple(err["loc"])

@@ -20,6 +20,8 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.ratelimit import Limit, LimitParseError, parse_limit, parse_quota
 from ..core.urls import parse_redis_url, require_secure_url
+from .openapi import OpenApiDocument, load_openapi, template_shape
 from .units import parse_duration, parse_size
 
 __all__ = [
@@ -139,7 +142,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+class JsonLimitSettings(_Model):
+    """Hard limits on every JSON request body Bastion parses (OpenAPI validation, inspection)."""
+
+    max_depth: int = Field(32, ge=1, le=512)
+    max_keys: int = Field(10_000, ge=1, le=10_000_000)
+    max_array_length: int = Field(10_000, ge=1, le=10_000_000)
+    max_string_length: int = Field(100_000, ge=1, le=100 * 1024 * 1024)
+    max_number_length: int = Field(64, ge=1, le=4300)
+
+
 class Limits(_Model):
+    json_: JsonLimitSettings = Field(default_factory=JsonLimitSettings, alias="json")
     max_body: Size = 1024**2
     max_header_bytes: Size = 16 * 1024
     max_headers: int = Field(100, ge=1, le=1000)
@@ -484,6 +498,11 @@ class RouteSettings(_Model):
     rate_limit: Annotated[list[Limit], PlainValidator(_rate_limits)] = Field(default_factory=list)
     rate_limit_by: str | None = None  # consumer | key | ip | route | header:<name>
     on_state_failure: Literal["local", "closed", "open"] = "local"
+    # OpenAPI (the service's openapi:): strip query parameters and headers the operation does not declare
+    forward_unknown: bool = True
+    reject_unknown_fields: bool = False  # every object in the body schema: additionalProperties false
+    inspect: InspectMode | None = None  # block | monitor | off; default: the service's, then inspection's
+    response_fields: ResponseFields | None = None
 
     @field_validator("rate_limit_by")
     @classmethod
@@ -565,6 +584,32 @@ class RouteSettings(_Model):
         return self.rate_limit_by or ("consumer" if self.authenticates_consumers else "ip")
 
 
+InspectMode = Literal["block", "monitor", "off"]
+
+
+class ResponseFields(_Model):
+    """Fields removed from (``deny``) or kept in (``allow``) JSON responses, at any depth: a name matches
+    that key anywhere; ``a.b`` a path from the top; ``*.token`` the key ``token`` one level under anything."""
+
+    deny: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(default_factory=list)
+    max_body: Size = 10 * 1024**2  # a JSON response larger than this is refused (502), never sent unfiltered
+
+    @field_validator("deny", "allow")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not re.fullmatch(r"(\*|[A-Za-z0-9_$@-]+)(\.(\*|[A-Za-z0-9_$@-]+))*", pattern):
+                raise ValueError(f"{pattern!r} is not a field pattern (name, a.b, *.name)")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> ResponseFields:
+        if bool(self.deny) == bool(self.allow):
+            raise ValueError("give either deny: [...] or allow: [...]")
+        return self
+
+
 class UpstreamTimeouts(_Model):
     connect: Duration = 5.0
     read: Duration = 60.0  # waiting for response headers, and between response body reads
@@ -573,6 +618,10 @@ class UpstreamTimeouts(_Model):
 class ServiceSettings(_Model):
     name: str = Field(pattern=_NAME)
     upstream: str
+    openapi: OpenApiDocument | None = None  # a file path in YAML; read and checked when the config loads
+    validation: Literal["strict", "monitor", "off"] | None = Field(None, alias="validate")
+    route_defaults: dict[str, Any] | None = None  # for routes: from_openapi
+    inspect: InspectMode | None = None
     routes: list[RouteSettings] = Field(min_length=1)
     ip_allow: list[Cidr] = Field(default_factory=list)
     ip_deny: list[Cidr] = Field(default_factory=list)
@@ -581,6 +630,39 @@ class ServiceSettings(_Model):
     max_idle_connections: int = Field(1024, ge=0, le=100_000)
     tls_verify: bool = True
     ca_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openapi(cls, data: Any, info: ValidationInfo) -> Any:
+        """Read the service's OpenAPI document; generate its routes or check that the listed ones agree."""
+        if not isinstance(data, dict):
+            return data
+        routes, ref = data.get("routes"), data.get("openapi")
+        if ref is None:
+            if routes == "from_openapi":
+                raise _cross("routes: from_openapi needs openapi: <file>", "routes")
+            for key in ("route_defaults", "validate"):
+                if key in data:
+                    raise _cross(f"{key} needs openapi: <file> on this service", key)
+            return data
+        if isinstance(ref, OpenApiDocument):
+            return data
+        if not isinstance(ref, str) or not ref:
+            raise _cross("openapi must be the path of an OpenAPI 3.0 or 3.1 document", "openapi")
+        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        file = Path(ref) if Path(ref).is_absolute() else base / ref
+        try:
+            doc = load_openapi(file)
+        except ValueError as exc:
+            raise _cross(str(exc), "openapi") from None
+        data = {**data, "openapi": doc}
+        if routes == "from_openapi":
+            data["routes"] = _generated_routes(doc, data.get("route_defaults"))
+        elif "route_defaults" in data:
+            raise _cross("route_defaults is for routes: from_openapi", "route_defaults")
+        elif isinstance(routes, list):
+            _agree(doc, routes)
+        return data
 
     @field_validator("upstream")
     @classmethod
@@ -595,6 +677,69 @@ class ServiceSettings(_Model):
         except ValueError:
             raise ValueError("the upstream URL has an invalid port") from None
         return v.rstrip("/")
+
+
+def _generated_routes(doc: OpenApiDocument, defaults: Any) -> list[dict[str, Any]]:
+    if not isinstance(defaults, dict) or "auth" not in defaults:
+        raise _cross(
+            "routes generated from the OpenAPI document need route_defaults with auth "
+            "(e.g. route_defaults: {auth: [api_key]})",
+            "route_defaults" if isinstance(defaults, dict) else "routes",
+        )
+    for key in ("path", "methods"):
+        if key in defaults:
+            raise _cross(
+                f"route_defaults cannot set {key}: it comes from the OpenAPI document", "route_defaults"
+            )
+    if not doc.operations:
+        raise _cross("the OpenAPI document has no operations to make routes of", "openapi")
+    routes = []
+    for op in doc.operations:
+        route = {**defaults, "path": op.path, "methods": [op.method]}
+        if op.scopes and "scopes" not in defaults and defaults.get("auth") != "none":
+            route["scopes"] = list(op.scopes)  # the operation's OAuth2 scopes
+        routes.append(route)
+    try:  # a bad default is reported once, at route_defaults, not once per generated route
+        RouteSettings.model_validate(routes[0])
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise _cross(f"{field}: {first['msg']}" if field else first["msg"], "route_defaults") from None
+    return routes
+
+
+def _agree(doc: OpenApiDocument, routes: list[Any]) -> None:
+    """Listed routes and the document's operations must be the same set: no route the document does not
+    describe (it could not be validated), no operation without a route (it would be unreachable)."""
+    listed: set[tuple[str, str]] = set()
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        path, methods = route.get("path"), route.get("methods")
+        if not isinstance(path, str) or not isinstance(methods, list):
+            continue  # the route's own fields report it
+        for method in methods:
+            if not isinstance(method, str):
+                continue
+            op = doc.find(method.upper(), path)
+            if op is None:
+                same = [o.path for o in doc.operations if template_shape(o.path) == template_shape(path)]
+                hint = f" (the document writes it {same[0]})" if same and same[0] != path else ""
+                raise _cross(
+                    f"the route {method.upper()} {path} is not an operation of the OpenAPI document{hint}",
+                    "routes",
+                    index,
+                    "path",
+                )
+            listed.add((op.method, op.path))
+    missing = [f"{o.method} {o.path}" for o in doc.operations if (o.method, o.path) not in listed]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise _cross(
+            f"the OpenAPI document has operations no route lists: {', '.join(missing[:3])}{more} "
+            "(list them, or write routes: from_openapi)",
+            "routes",
+        )
 
 
 class LockoutSettings(_Model):
@@ -711,6 +856,52 @@ class JwtIssuerSettings(_Model):
         return v
 
 
+class InspectionSettings(_Model):
+    """Injection and XSS inspection of client data: the default for routes that do not say (``inspect:``
+    on a route or a service), and how hard to look."""
+
+    default: InspectMode = "off"
+    paranoia: int = Field(1, ge=1, le=4)
+
+
+# Headers that tell an attacker what runs behind the gateway; removed from every upstream response.
+DEFAULT_HIDDEN_HEADERS = (
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+    "x-version",
+    "x-generator",
+    "x-drupal-cache",
+    "x-backend-server",
+)
+
+
+class ResponseSettings(_Model):
+    """What leaves the gateway (P7): upstream 5xx bodies replaced by a generic problem+json (stack traces
+    and SQL errors stay inside), and identifying headers removed."""
+
+    replace_upstream_errors: bool = True
+    hide_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_HIDDEN_HEADERS))
+
+    @field_validator("hide_headers")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        return [n.lower() for n in v]
+
+
+class InventorySettings(_Model):
+    """The API inventory (P2): requests that match no route are recorded by templated path."""
+
+    observe: bool = True
+    max_observed: int = Field(10_000, ge=1, le=1_000_000)  # distinct undeclared endpoints kept
+    unused_after: Duration = 30 * 86400.0  # a declared route with no traffic this long is reported unused
+
+
 def _cross(message: str, *at: str | int) -> PydanticCustomError:
     """An error of a rule that spans the config, located at ``at`` (the loader reports that key's line)."""
     return PydanticCustomError("config_cross_check", message, {"at": at})
@@ -734,6 +925,9 @@ class GatewayConfig(_Model):
     # The gateway's URL as senders of signed webhooks call it (behind a TLS proxy or a path prefix).
     public_base_url: str | None = None
     consumers_defaults: ConsumersDefaults = Field(default_factory=ConsumersDefaults)
+    inspection: InspectionSettings = Field(default_factory=InspectionSettings)
+    responses: ResponseSettings = Field(default_factory=ResponseSettings)
+    inventory: InventorySettings = Field(default_factory=InventorySettings)
     services: list[ServiceSettings] = Field(min_length=1)
 
     @field_validator("public_base_url")

@@ -20,7 +20,8 @@ class Deny:
     """The only way a check says no.
 
     ``code`` is stable snake_case and documented in docs/errors.md; ``detail`` is safe to show a
-    client; ``evidence`` goes to the event log only and must already be redacted.
+    client; ``evidence`` goes to the event log only and must already be redacted; ``extra`` adds members
+    to the problem+json body (the validation ``errors`` list), written from the config, never the request.
     """
 
     status: int
@@ -30,6 +31,7 @@ class Deny:
     evidence: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     severity: str = "warning"
     event: str = "request.denied"  # the event type recorded (``auth.failed`` for failed credentials)
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # problem+json members, already safe
 
 
 @dataclass(frozen=True, slots=True)

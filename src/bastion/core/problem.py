@@ -7,14 +7,22 @@ request data: the title comes from a fixed table, the detail from the check's sa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 __all__ = ["PROBLEM_TYPE_PREFIX", "problem_body"]
 
 PROBLEM_TYPE_PREFIX = "urn:bastion:problem:"
 
 
-def problem_body(status: int, code: str, detail: str = "", request_id: str | None = None) -> bytes:
+def problem_body(
+    status: int,
+    code: str,
+    detail: str = "",
+    request_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
@@ -29,4 +37,7 @@ def problem_body(status: int, code: str, detail: str = "", request_id: str | Non
         doc["detail"] = detail
     if request_id:
         doc["request_id"] = request_id
+    if extra:
+        for key, value in extra.items():
+            doc.setdefault(key, value)
     return json.dumps(doc, separators=(",", ":")).encode()

@@ -12,6 +12,7 @@ __all__ = [
     "REDIS_URL_OPTIONS",
     "RedisTarget",
     "is_loopback_host",
+    "openapi_base_path",
     "parse_redis_url",
     "require_secure_url",
     "split_authority",
@@ -125,3 +126,18 @@ def parse_redis_url(url: str) -> RedisTarget:
         verify=reqs == "required",
         ca_file=options.get("ssl_ca_certs") or None,
     )
+
+
+def openapi_base_path(spec: object) -> str:
+    """The path of an OpenAPI document's first server URL (``https://api.example.com/shop`` → ``/shop``;
+    none → ``""``): its paths are relative to it. ``ValueError`` for a URL with ``{variables}``."""
+    servers = spec.get("servers") if isinstance(spec, dict) else None
+    first = servers[0] if isinstance(servers, list) and servers else None
+    url = first.get("url", "") if isinstance(first, dict) else ""
+    url = url if isinstance(url, str) else ""
+    if "://" in url:
+        url = "/" + url.split("://", 1)[1].partition("/")[2]
+    path = url.split("?", 1)[0].rstrip("/")
+    if "{" in path:
+        raise ValueError("OpenAPI server URLs with variables are not supported; give servers: [{url: /base}]")
+    return path if path.startswith("/") or not path else "/" + path

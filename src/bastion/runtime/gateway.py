@@ -12,7 +12,7 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
@@ -22,7 +22,9 @@ from sqlalchemy import Engine
 from ..checks.api_key import QUERY_PARAM
 from ..checks.cors import Cors
 from ..checks.ip_access import IpAccess
+from ..checks.json_body import JsonLimits
 from ..checks.limits import BodyLimit
+from ..checks.openapi import OpenApiCheck, Operation, SpecError, compile_operations
 from ..checks.pkcv import HEADER as PKCV_HEADER
 from ..checks.rate_limit import RateLimitCheck
 from ..config.loader import LoadedConfig
@@ -177,6 +179,7 @@ class Gateway:
         head: bool = False,
         event: str = "request.denied",
         actor: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Respond:
         """Build the problem+json response for a deny and record the event."""
         data = {"status": status}
@@ -195,7 +198,7 @@ class Gateway:
                 reason=code,
                 data=data,
             )
-        return self.problem(status, code, detail, request_id, headers, close=close, head=head)
+        return self.problem(status, code, detail, request_id, headers, close=close, head=head, extra=extra)
 
     def problem(
         self,
@@ -207,8 +210,9 @@ class Gateway:
         *,
         close: bool = False,
         head: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> Respond:
-        body = problem_body(status, code, detail, request_id)
+        body = problem_body(status, code, detail, request_id, extra)
         out = [
             ("content-type", "application/problem+json"),
             ("cache-control", "no-store"),
@@ -367,6 +371,7 @@ class Gateway:
                     head=head,
                     event=verdict.event,
                     actor=_actor(principal),
+                    extra=verdict.extra,
                 )
             assert isinstance(verdict, Answer)
             out = [*verdict.headers, *self.security_headers, ("x-request-id", request_id)]
@@ -376,6 +381,12 @@ class Gateway:
 
         upstream: UpstreamSpec = route.target  # type: ignore[assignment]
         up_headers = parsed.upstream_headers
+        if ctx.notes:
+            # forward_unknown: false (OpenAPI): only the declared query parameters and headers go upstream
+            query = ctx.notes.get("forward_query", query)
+            declared = ctx.notes.get("forward_headers")
+            if declared is not None:
+                up_headers = [(n, v) for n, v in up_headers if n in declared or n in PROTOCOL_HEADERS]
         if principal is not None:
             strip = route.options["strip_credentials"]
             if strip:
@@ -450,6 +461,27 @@ class Gateway:
         return out
 
 
+# With forward_unknown: false, the headers an upstream still gets besides those the operation declares:
+# what HTTP itself needs to carry the request and its body, and content negotiation.
+PROTOCOL_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "range",
+        "authorization",  # only when forward_credentials keeps it: credentials are stripped before this
+    }
+)
+
+
 def _actor(principal: Principal | None) -> str | None:
     if principal is None:
         return None
@@ -508,8 +540,10 @@ def compile_routes(
     """Each route's chain, cheap checks first: ip → size → cors → authn → authz (→ rate → … later)."""
     routes: list[Route] = []
     api_key_header = settings.identity.api_key_header.lower()
+    json_limits = JsonLimits(**settings.limits.json_.model_dump())
     for s_index, svc in enumerate(settings.services):
         spec = _upstream_spec(svc)
+        operations = _ServiceOperations(svc)
         service_ip = IpAccess(svc.ip_allow, svc.ip_deny, scope="service")
         for r_index, rs in enumerate(svc.routes):
             methods = frozenset(rs.methods)
@@ -559,6 +593,18 @@ def compile_routes(
                         quotas=quotas,
                     )
                 )
+            validation = svc.validation or ("strict" if svc.openapi is not None else "off")
+            if svc.openapi is not None and validation != "off":
+                ops = operations.get(rs.reject_unknown_fields, methods, rs.path)
+                if ops:
+                    checks.append(
+                        OpenApiCheck(
+                            ops,
+                            mode=validation,
+                            json_limits=json_limits,
+                            forward_unknown=rs.forward_unknown,
+                        )
+                    )
             strip: frozenset[str] = frozenset()
             if rs.auth != "none" and not rs.forward_credentials:
                 strip = frozenset({"authorization", api_key_header, PKCV_HEADER})
@@ -602,6 +648,32 @@ def compile_routes(
                 )
             )
     return routes
+
+
+class _SpecProblem(Exception):
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class _ServiceOperations:
+    """A service's OpenAPI operations, compiled once per flavour (with and without
+    ``reject_unknown_fields``) and only when a route asks."""
+
+    def __init__(self, svc: ServiceSettings) -> None:
+        self.svc = svc
+        self._compiled: dict[bool, dict[tuple[str, str], Operation]] = {}
+
+    def get(self, reject_unknown: bool, methods: frozenset[str], path: str) -> dict[str, Operation]:
+        doc = self.svc.openapi
+        assert doc is not None
+        if reject_unknown not in self._compiled:
+            try:
+                self._compiled[reject_unknown] = compile_operations(doc.spec, reject_unknown=reject_unknown)
+            except SpecError as exc:
+                raise _SpecProblem(self.svc.name, f"{doc.file}: {exc}") from None
+        ops = self._compiled[reject_unknown]
+        return {m: ops[(m, path)] for m in methods if (m, path) in ops}
 
 
 def _check_oauth_paths(loaded: LoadedConfig, routes: list[Route]) -> None:
@@ -682,7 +754,13 @@ def build_gateway(
         replay=state.replay,
         state=state,
     )
-    routes = compile_routes(settings, identity, state, clock)
+    try:
+        routes = compile_routes(settings, identity, state, clock)
+    except _SpecProblem as exc:
+        index = next(i for i, svc in enumerate(settings.services) if svc.name == exc.service)
+        line = loaded.lines.get(("services", index, "openapi"))
+        issue = ConfigIssue(loaded.source, line, f"services[{index}].openapi", str(exc))
+        raise ConfigError([issue]) from None
     issues: list[ConfigIssue] = []
     for route in routes:
         try:

@@ -1,0 +1,159 @@
+"""JSON request bodies: parsed once per request, within hard limits, before any schema sees them (P3).
+
+Every check that needs a JSON body (OpenAPI validation, inspection) calls :func:`json_body`; the first
+call reads and parses, later calls get the same value from the request's context. Parsing never happens
+twice.
+
+The parser is the standard library's (C) ``json``; the limits are Bastion's:
+
+* the text must be UTF-8 (no byte-order mark), and syntactically JSON: ``NaN``, ``Infinity`` and numbers
+  that overflow to infinity are refused;
+* **duplicate keys** are refused (parsers disagree on which one wins: a validator could check the first
+  while the upstream uses the last);
+* **depth** (nesting of objects and arrays), **total keys** in the document, **array length**, **string
+  length** (values and keys, in characters) and **number length** (characters of one number literal)
+  are bounded — a JSON bomb is refused, not expanded.
+
+The body itself is already bounded by the route's ``max_body`` (413 before it is read).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.decision import Context, Deny
+from ..core.request import BodyReadError, RequestView
+
+__all__ = ["JSON_INVALID", "JSON_LIMIT", "JsonLimits", "JsonRejected", "json_body", "parse_json"]
+
+JSON_INVALID = "json_invalid"
+JSON_LIMIT = "json_limit_exceeded"
+_PARSED = "json_body"  # ctx.notes key: the parsed value (or the Deny it earned)
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLimits:
+    max_depth: int = 32
+    max_keys: int = 10_000  # object members in the whole document
+    max_array_length: int = 10_000  # items in one array
+    max_string_length: int = 100_000  # characters in one string or key
+    max_number_length: int = 64  # characters in one number literal
+
+
+class JsonRejected(Exception):
+    """The body is not acceptable JSON. ``reason`` is safe to show a client: it never quotes the body."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_json(raw: bytes, limits: JsonLimits) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JsonRejected(JSON_INVALID, "The body is not valid UTF-8.") from None
+    if text.startswith("\ufeff"):
+        raise JsonRejected(JSON_INVALID, "The body starts with a byte-order mark.")
+    keys = 0
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal keys
+        keys += len(items)
+        if keys > limits.max_keys:
+            raise JsonRejected(JSON_LIMIT, f"The body has more than {limits.max_keys} keys.")
+        value = dict(items)
+        if len(value) != len(items):
+            raise JsonRejected(JSON_INVALID, "The body repeats a key in one object.")
+        return value
+
+    def number(text: str, kind: type[int] | type[float]) -> Any:
+        if len(text) > limits.max_number_length:
+            raise JsonRejected(
+                JSON_LIMIT, f"The body has a number longer than {limits.max_number_length} characters."
+            )
+        value = kind(text)
+        if kind is float and not math.isfinite(value):
+            raise JsonRejected(JSON_INVALID, "The body has a number out of range.")
+        return value
+
+    def constant(name: str) -> Any:
+        raise JsonRejected(JSON_INVALID, "The body is not valid JSON (NaN and Infinity are not JSON).")
+
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=pairs,
+            parse_int=lambda s: number(s, int),
+            parse_float=lambda s: number(s, float),
+            parse_constant=constant,
+        )
+    except json.JSONDecodeError:
+        raise JsonRejected(JSON_INVALID, "The body is not valid JSON.") from None
+    except RecursionError:
+        raise JsonRejected(JSON_LIMIT, f"The body is nested deeper than {limits.max_depth} levels.") from None
+    _check_shape(value, limits)
+    return value
+
+
+def _check_shape(value: Any, limits: JsonLimits) -> None:
+    """Depth, array lengths and string lengths, without recursion (an iterative walk)."""
+    max_string = limits.max_string_length
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if isinstance(node, dict):
+            if depth > limits.max_depth:
+                raise JsonRejected(JSON_LIMIT, f"The body is nested deeper than {limits.max_depth} levels.")
+            for key, item in node.items():
+                if len(key) > max_string:
+                    raise JsonRejected(JSON_LIMIT, f"The body has a key longer than {max_string} characters.")
+                if isinstance(item, str):
+                    if len(item) > max_string:
+                        raise _long_string(max_string)
+                elif isinstance(item, (dict, list)):
+                    push((item, depth + 1))
+        elif isinstance(node, list):
+            if depth > limits.max_depth:
+                raise JsonRejected(JSON_LIMIT, f"The body is nested deeper than {limits.max_depth} levels.")
+            if len(node) > limits.max_array_length:
+                raise JsonRejected(
+                    JSON_LIMIT, f"The body has an array longer than {limits.max_array_length} items."
+                )
+            for item in node:
+                if isinstance(item, str):
+                    if len(item) > max_string:
+                        raise _long_string(max_string)
+                elif isinstance(item, (dict, list)):
+                    push((item, depth + 1))
+        elif isinstance(node, str) and len(node) > max_string:
+            raise _long_string(max_string)
+
+
+def _long_string(limit: int) -> JsonRejected:
+    return JsonRejected(JSON_LIMIT, f"The body has a string longer than {limit} characters.")
+
+
+async def json_body(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
+    """The request's JSON body, parsed once; a :class:`Deny` (400, or the body read's own status) when it
+    cannot be read or is not acceptable JSON. The caller checked the media type."""
+    cached = ctx.notes.get(_PARSED, _MISSING)
+    if cached is not _MISSING:
+        return cached
+    try:
+        raw = await req.body.read()
+        result: Any = parse_json(raw, limits)
+    except BodyReadError as exc:
+        result = Deny(exc.status, exc.code, "The request body could not be read.")
+    except JsonRejected as exc:
+        result = Deny(400, exc.code, exc.reason, evidence={"reason": exc.reason})
+    ctx.notes[_PARSED] = result
+    return result
+
+
+_MISSING = object()
