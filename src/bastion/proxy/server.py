@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -781,6 +782,9 @@ class ClientConnection(asyncio.Protocol):
         """The upstream answered a fast-path request (called from its protocol callback)."""
         fwd, ex, pool = conn.fast
         conn.fast = None
+        if self._rewrites(fwd, conn):
+            self._side(self._answer(fwd, ex, conn, pool, None))
+            return
         if conn.message_done and len(conn._chunks) <= 1:
             head, chunked_out, keep, _bodyless = self._response_head(fwd, ex, conn)
             if not chunked_out:
@@ -956,7 +960,127 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(err, BodyError):
                 return self._body_failed(fwd, ex, err, None)
             return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "write")
+        return await self._answer(fwd, ex, conn, pool, pump)
+
+    def _rewrites(self, fwd: Forward, conn: UpstreamConnection) -> bool:
+        """Whether the gateway writes this response itself (an upstream error, a filtered body)."""
+        return (conn.status >= 500 and self.gateway.replace_upstream_errors) or (
+            fwd.req.route.options.get("response_fields") is not None
+        )
+
+    async def _answer(
+        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
+    ) -> bool:
+        if conn.status >= 500 and self.gateway.replace_upstream_errors:
+            return await self._replace_upstream_error(fwd, ex, conn, pool, pump)
+        fields = fwd.req.route.options.get("response_fields")
+        if fields is not None and ex.method != "HEAD" and conn.status not in (204, 304) and _is_json(conn):
+            return await self._filter_response(fields, fwd, ex, conn, pool, pump)
         return await self._relay_response(fwd, ex, conn, pool, pump)
+
+    async def _read_whole(self, fwd: Forward, conn: UpstreamConnection, limit: int) -> bytes | None:
+        """The upstream's whole response body, or None when it is larger than ``limit`` or fails."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = await conn.read_chunk(fwd.upstream.read_timeout)
+                if chunk is None:
+                    return b"".join(parts)
+                size += len(chunk)
+                if size > limit:
+                    return None
+                parts.append(chunk)
+        except UpstreamError:
+            return None
+
+    def _settle_upstream(
+        self, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool, pump: asyncio.Task[None] | None,
+        clean: bool,
+    ) -> None:
+        """After a response the gateway wrote itself: reuse the upstream connection only when both sides
+        of the exchange finished cleanly."""
+        if not clean or (pump is not None and (not pump.done() or pump.exception() is not None)):
+            if pump is not None and not pump.done():
+                pump.cancel()
+            conn.abort()
+        else:
+            pool.release(conn)
+
+    async def _replace_upstream_error(
+        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
+    ) -> bool:
+        """responses.replace_upstream_errors: an upstream 5xx keeps its status, loses its body (a stack
+        trace, an SQL error) and its headers but Retry-After; the client gets a generic problem+json."""
+        body = await self._read_whole(fwd, conn, _ERROR_BODY_LIMIT)
+        self._settle_upstream(ex, conn, pool, pump, clean=body is not None)
+        req = fwd.req
+        status = conn.status
+        headers = [
+            (n.decode("latin-1").lower(), v.decode("latin-1"))
+            for n, v in conn.headers
+            if n.lower() == b"retry-after"
+        ]
+        resp = self.gateway.deny(
+            status,
+            "upstream_error",
+            detail="The upstream service failed to handle the request.",
+            method=ex.method,
+            path=req.path,
+            source_ip=req.client_ip,
+            request_id=req.request_id,
+            route=req.route,
+            headers=[*headers, *fwd.ctx.response_headers],
+            evidence={"service": fwd.upstream.name, "upstream_status": status},
+            severity="error",
+            head=ex.method == "HEAD",
+            event="upstream.error",
+        )
+        return self._respond(resp, ex)
+
+    async def _filter_response(
+        self, fields: Any, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
+    ) -> bool:
+        """response_fields: the JSON response is read whole (bounded), filtered and sent with its new
+        length. Anything that cannot be filtered is refused (502), never sent as it came."""
+        limit, apply = fields
+        raw = await self._read_whole(fwd, conn, limit)
+        self._settle_upstream(ex, conn, pool, pump, clean=raw is not None)
+        encoded = any(
+            n.lower() == b"content-encoding" and v.strip().lower() not in (b"", b"identity")
+            for n, v in conn.headers
+        )
+        out: bytes | None = None
+        reason = "too_large" if raw is None else "encoded" if encoded else "not_json"
+        if raw is not None and not encoded:
+            try:
+                out = json.dumps(apply(json.loads(raw)), separators=(",", ":"), ensure_ascii=False).encode()
+            except (ValueError, RecursionError):
+                out = None
+        if out is None:
+            req = fwd.req
+            resp = self.gateway.deny(
+                502,
+                "response_unfilterable",
+                detail="The upstream's response could not be checked before sending it.",
+                method=ex.method,
+                path=req.path,
+                source_ip=req.client_ip,
+                request_id=req.request_id,
+                route=req.route,
+                evidence={"service": fwd.upstream.name, "stage": reason},
+                severity="error",
+            )
+            return self._respond(resp, ex)
+        head, _, keep, _ = self._response_head(fwd, ex, conn, length=len(out))
+        self.write_raw(head + out)
+        if ex.body.has_body and not ex.body.complete:
+            keep = False
+            self.drain_on_close = True
+        return keep
 
     def _upstream_head(self, fwd: Forward, ex: Exchange) -> bytes:
         parts = [f"{ex.method} {fwd.target} HTTP/1.1\r\n"]
@@ -1050,9 +1174,10 @@ class ClientConnection(asyncio.Protocol):
         return self._respond(resp, ex)
 
     def _response_head(
-        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection
+        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, length: int | None = None
     ) -> tuple[bytes, bool, bool, bool]:
-        """The response head for the client: (bytes, re-chunked?, keep-alive?, bodyless?)."""
+        """The response head for the client: (bytes, re-chunked?, keep-alive?, bodyless?). ``length``:
+        the gateway rewrote the body (response_fields), and this is its size."""
         status = conn.status
         skip = self.server.response_skip
         nominated = conn.nominated
@@ -1069,7 +1194,9 @@ class ClientConnection(asyncio.Protocol):
         bodyless = ex.method == "HEAD" or status in (204, 304)
         keep = ex.keep_alive and not ex.upgrade and not self.closing
         chunked_out = False
-        if conn.content_length is not None and status not in (204, 304):
+        if length is not None:
+            lines.append(b"content-length: %d\r\n" % length)
+        elif conn.content_length is not None and status not in (204, 304):
             lines.append(b"content-length: %d\r\n" % conn.content_length)
         elif not bodyless:
             if ex.version == "1.1":
@@ -1171,6 +1298,17 @@ _HOP_BY_HOP_B = frozenset(
         b"proxy-authorization",
     }
 )
+
+
+_ERROR_BODY_LIMIT = 1024 * 1024  # an upstream 5xx body read (and dropped) to reuse the connection
+
+
+def _is_json(conn: UpstreamConnection) -> bool:
+    for name, value in conn.headers:
+        if name.lower() == b"content-type":
+            mime = value.split(b";", 1)[0].strip().lower()
+            return mime == b"application/json" or mime.endswith(b"+json")
+    return False
 
 
 async def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:

@@ -32,6 +32,7 @@ from ..config.models import GatewayConfig, ServiceSettings
 from ..core.chain import Check
 from ..core.decision import Answer, Context, Deny
 from ..core.events import Event
+from ..core.fields import FieldFilter
 from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
 from ..core.headers import Headers
 from ..core.identity import Principal
@@ -65,7 +66,6 @@ GATEWAY_OWNED = frozenset(
     }
 )
 # Upstream response headers that only leak implementation details (P7).
-STRIP_FROM_RESPONSES = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~!$&'()*+,;=%]+)(:\d{1,5})?$")
 
@@ -145,7 +145,8 @@ class Gateway:
             base.append(("strict-transport-security", hsts))
         base.extend((k.lower(), v) for k, v in settings.response_headers.items())
         self.security_headers: tuple[tuple[str, str], ...] = tuple(base)
-        self.strip_response = STRIP_FROM_RESPONSES
+        self.strip_response = frozenset(settings.responses.hide_headers)
+        self.replace_upstream_errors = settings.responses.replace_upstream_errors
         self.in_flight = 0
         self._direct: dict[IPAddress, ForwardedInfo] = {}
         # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
@@ -387,6 +388,10 @@ class Gateway:
             declared = ctx.notes.get("forward_headers")
             if declared is not None:
                 up_headers = [(n, v) for n, v in up_headers if n in declared or n in PROTOCOL_HEADERS]
+        if route.options.get("response_fields") is not None:
+            # The response is read and filtered: ask for it uncompressed.
+            up_headers = [(n, v) for n, v in up_headers if n != "accept-encoding"]
+            up_headers.append(("accept-encoding", "identity"))
         if principal is not None:
             strip = route.options["strip_credentials"]
             if strip:
@@ -605,6 +610,10 @@ def compile_routes(
                             forward_unknown=rs.forward_unknown,
                         )
                     )
+            fields = None
+            if rs.response_fields is not None:
+                rf = rs.response_fields
+                fields = (rf.max_body, FieldFilter(deny=rf.deny, allow=rf.allow).apply)
             strip: frozenset[str] = frozenset()
             if rs.auth != "none" and not rs.forward_credentials:
                 strip = frozenset({"authorization", api_key_header, PKCV_HEADER})
@@ -623,6 +632,7 @@ def compile_routes(
                         "location": ("services", s_index, "routes", r_index),
                         "strip_credentials": strip,
                         "api_key_in_query": rs.api_key_in_query and not rs.forward_credentials,
+                        "response_fields": fields,
                     },
                 )
             )
