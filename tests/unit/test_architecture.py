@@ -60,7 +60,8 @@ ALLOWED = {
     "state": {"core"},
     "identity": {"core", "store"},
     "events": {"core", "store", "config"},
-    "runtime": {"core", "checks", "config", "events", "store", "identity", "state"},
+    "inventory": {"core", "store"},
+    "runtime": {"core", "checks", "config", "events", "store", "identity", "state", "inventory"},
     "proxy": {"core", "runtime"},
     "adapters": {
         "core",
@@ -73,6 +74,7 @@ ALLOWED = {
         "runtime",
         "proxy",
         "adapters",
+        "inventory",
     },
     "demo": set(),
 }

@@ -26,6 +26,7 @@ from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
 from ..events.query import EventFilter, QueryError, get_event, parse_time, query_events
 from ..identity.manage import IdentityError
+from ..inventory.recorder import report as inventory_report
 from ..runtime.gateway import Gateway
 from .admin_identity import add_identity_routes
 
@@ -222,6 +223,13 @@ def build_admin_app(
         if event is None:
             raise HTTPException(404, "No such event.")
         return event
+
+    @app.get(f"{PREFIX}/inventory", tags=["inventory"], summary="Declared, called-but-undeclared, unused")
+    def inventory() -> dict[str, Any]:  # sync: runs in a thread, off the event loop
+        settings = gateway.settings
+        return inventory_report(
+            settings.services, engine, unused_after=settings.inventory.unused_after, now=time.time()
+        )
 
     @app.exception_handler(IdentityError)
     async def _identity_error(_request: Any, exc: IdentityError) -> JSONResponse:

@@ -273,6 +273,69 @@ def events(
 
 
 @main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="The whole report as one JSON document.")
+def inventory(config_path: Path, as_json: bool) -> None:
+    """The API inventory: declared routes, endpoints called that no route declares, and unused routes."""
+    from ..inventory.recorder import report
+    from ..store.database import open_database
+
+    loaded = _load(config_path)
+    settings = loaded.settings
+    engine = open_database(settings.storage.database)
+    try:
+        found = report(
+            settings.services, engine, unused_after=settings.inventory.unused_after, now=time.time()
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    declared = Table(title=f"Declared ({len(found['declared'])})")
+    for col in ("service", "methods", "path", "auth", "scopes", "rate limit", "requests", "last seen"):
+        declared.add_column(col, overflow="fold")
+    for row in found["declared"]:
+        auth = row["auth"] if isinstance(row["auth"], str) else ", ".join(row["auth"])
+        declared.add_row(
+            row["service"],
+            " ".join(row["methods"]),
+            row["path"],
+            auth,
+            " ".join(row["scopes"]),
+            ", ".join(row["rate_limit"]),
+            str(row["requests"]),
+            _when(row["last_seen"]),
+        )
+    console.print(declared)
+    undeclared = Table(title=f"Called but not declared ({len(found['undeclared'])})")
+    for col in ("method", "path", "requests", "first seen", "last seen"):
+        undeclared.add_column(col, overflow="fold")
+    for row in found["undeclared"]:
+        undeclared.add_row(
+            row["method"], row["path"], str(row["count"]), _when(row["first_seen"]), _when(row["last_seen"])
+        )
+    console.print(undeclared)
+    days = found["unused_after_seconds"] / 86400
+    unused = Table(title=f"Unused: no traffic for {days:g} days ({len(found['unused'])})")
+    for col in ("service", "methods", "path", "last seen"):
+        unused.add_column(col, overflow="fold")
+    for row in found["unused"]:
+        unused.add_row(row["service"], " ".join(row["methods"]), row["path"], _when(row["last_seen"]))
+    console.print(unused)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+@main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Gateway port.")
 @click.option("--admin-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
 @click.option("--upstream-port", type=click.IntRange(1, 65535), default=9000, show_default=True)

@@ -23,6 +23,7 @@ import uvicorn
 from ..config.loader import LoadedConfig
 from ..core.forwarding import NetworkSet
 from ..events.writer import EventWriter
+from ..inventory.recorder import InventoryRecorder
 from ..proxy.server import GatewayServer, serve
 from ..runtime.gateway import Gateway, build_gateway
 from ..store.database import open_database
@@ -146,10 +147,14 @@ async def run_process(
     writer.start()
     running = Running()
     admin_server: _AdminServer | None = None
+    recorder: InventoryRecorder | None = None
     try:
         gateway = build_gateway(loaded, writer, engine=engine)
         assert gateway.identity is not None
         gateway.identity.start()  # the identity snapshot is loaded before the first request
+        if gateway.observer is not None:
+            recorder = InventoryRecorder(engine, gateway.observer, gateway.route_hits, gateway.emit)
+            recorder.start()
         running.gateway, running.writer = gateway, writer
         if with_admin and settings.admin is not None:
             admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port, running)
@@ -185,6 +190,8 @@ async def run_process(
             await running.gateway.identity.aclose()
         if running.gateway is not None and running.gateway.state is not None:
             await running.gateway.state.aclose()  # rate-limit summaries are written before the writer closes
+        if recorder is not None:
+            recorder.close()  # its last observations and events, before the writer closes
         writer.close()
         engine.dispose()
 

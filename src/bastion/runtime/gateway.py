@@ -42,6 +42,7 @@ from ..core.problem import problem_body
 from ..core.request import Body, IPAddress, RequestView
 from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
+from ..inventory import Observer
 from .identity import IdentityRuntime
 from .state import StateRuntime
 
@@ -147,6 +148,10 @@ class Gateway:
         self.security_headers: tuple[tuple[str, str], ...] = tuple(base)
         self.strip_response = frozenset(settings.responses.hide_headers)
         self.replace_upstream_errors = settings.responses.replace_upstream_errors
+        # The inventory (P2): undeclared endpoints observed, and requests per declared route. Collected by
+        # the inventory recorder's thread; the request path only updates these dictionaries.
+        self.observer = Observer(settings.inventory.max_observed) if settings.inventory.observe else None
+        self.route_hits: dict[str, int] = {}
         self.in_flight = 0
         self._direct: dict[IPAddress, ForwardedInfo] = {}
         # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
@@ -300,6 +305,8 @@ class Gateway:
         preflight = method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
         match = self.router.match(path)
         if match is None:
+            if self.observer is not None:
+                self.observer.observe(method, path, time.time())
             return self.deny(
                 404,
                 "route_not_found",
@@ -316,6 +323,8 @@ class Gateway:
             lookup = (headers.get("access-control-request-method") or "").strip()
         route = match.endpoint.route_for(lookup)
         if route is None or (preflight and not route.options.get("cors")):
+            if self.observer is not None and not preflight:
+                self.observer.observe(method, path, time.time())
             return self.deny(
                 405,
                 "method_not_allowed",
@@ -328,6 +337,8 @@ class Gateway:
                 head=head,
             )
 
+        hits = self.route_hits
+        hits[route.id] = hits.get(route.id, 0) + 1
         seen = headers if len(parsed.kept) == len(raw_headers) else Headers(parsed.kept)
         req = RequestView(
             method,

@@ -10,10 +10,12 @@ __all__ = [
     "consumers_table",
     "events_table",
     "identity_state_table",
+    "inventory_observed_table",
     "metadata",
     "oauth_clients_table",
     "public_keys_table",
     "revoked_tokens_table",
+    "route_traffic_table",
     "signing_keys_table",
 ]
 
@@ -135,4 +137,26 @@ identity_state_table = Table(
     Column("revision", Integer, nullable=False),
     # HMAC of a fixed label under the pepper-derived key: tells a changed pepper from bad credentials.
     Column("pepper_check", String(64)),
+)
+
+
+# -- the API inventory -------------------------------------------------------------------------------
+
+inventory_observed_table = Table(  # requests that matched no route, by templated path
+    "inventory_observed",
+    metadata,
+    Column("method", String(16), primary_key=True),
+    Column("template", String(1200), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+route_traffic_table = Table(  # declared routes: when they last had traffic
+    "route_traffic",
+    metadata,
+    Column("route_id", String(512), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
 )
