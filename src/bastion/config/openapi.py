@@ -104,9 +104,11 @@ def load_openapi(file: Path) -> OpenApiDocument:
         validate(spec)
     except OpenAPIValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise ValueError(f"{file} is not a valid OpenAPI document at {where}: {exc.message}") from None
+        reason = exc.message.split("\n", 1)[0]
+        raise ValueError(f"{file} is not a valid OpenAPI document at {where}: {reason}") from None
     except Exception as exc:  # the validator's own failures (an unresolvable $ref, …)
-        raise ValueError(f"{file} is not a valid OpenAPI document: {type(exc).__name__}: {exc}") from None
+        reason = str(exc).split("\n", 1)[0]
+        raise ValueError(f"{file} is not a valid OpenAPI document: {type(exc).__name__}: {reason}") from None
     return OpenApiDocument(file, spec, tuple(_operations(spec)))
 
 
