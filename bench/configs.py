@@ -247,3 +247,102 @@ services:
         rate_limit_by: route
         on_state_failure: closed
 """
+
+
+# -- the validation section -----------------------------------------------------------------------------
+
+ORDER_BODY = (
+    '{"customer_id":"5b1e2a4c-1d2e-4f3a-9b8c-7d6e5f4a3b2c","email":"ada@example.com",'
+    '"items":[{"sku":"ABC-123","qty":2,"note":"gift wrap, please"},{"sku":"XYZ-9","qty":1}],'
+    '"shipping":{"name":"Ada Lovelace","street":"12 St James Square","city":"London","country":"GB"},'
+    '"priority":"normal","note":"Leave at the door if nobody answers."}'
+)
+
+def validation_spec(base: str) -> str:
+    """The orders API's OpenAPI document, served under `base`."""
+    return VALIDATION_SPEC.replace("servers: []", f"servers: [{{url: {base}}}]")
+
+
+VALIDATION_SPEC = """\
+openapi: 3.1.0
+info: {title: orders, version: "1"}
+servers: []
+paths:
+  /v1/orders:
+    post:
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/NewOrder"}
+      responses: {"200": {description: ok}}
+components:
+  schemas:
+    NewOrder:
+      type: object
+      additionalProperties: false
+      required: [customer_id, items, shipping]
+      properties:
+        customer_id: {type: string, format: uuid}
+        email: {type: string, format: email}
+        items:
+          type: array
+          minItems: 1
+          maxItems: 50
+          items: {$ref: "#/components/schemas/Item"}
+        shipping: {$ref: "#/components/schemas/Address"}
+        priority: {type: string, enum: [low, normal, high]}
+        note: {type: [string, "null"], maxLength: 500}
+    Item:
+      type: object
+      additionalProperties: false
+      required: [sku, qty]
+      properties:
+        sku: {type: string, pattern: "^[A-Z0-9-]{3,20}$"}
+        qty: {type: integer, minimum: 1, maximum: 100}
+        note: {type: string, maxLength: 200}
+    Address:
+      type: object
+      required: [name, street, city, country]
+      properties:
+        name: {type: string, maxLength: 100}
+        street: {type: string, maxLength: 200}
+        city: {type: string, maxLength: 100}
+        country: {type: string, pattern: "^[A-Z]{2}$"}
+"""
+
+
+def post_script(body: str) -> str:
+    """A wrk script: every request a JSON POST of `body`."""
+    escaped = body.replace("\\", "\\\\").replace('"', '\\"')
+    return f"""wrk.method = "POST"
+wrk.body = "{escaped}"
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def bastion_validation_conf(tmp: Path, port: int, origin_port: int, *, name: str) -> str:
+    """Three services on one origin: a JSON POST forwarded as is, validated, validated and inspected."""
+    return f"""\
+listen: 127.0.0.1:{port}
+trusted_proxies: []
+storage:
+  database: sqlite:///{tmp}/{name}.db
+services:
+  - name: plain
+    upstream: http://127.0.0.1:{origin_port}
+    routes:
+      - {{path: /plain/v1/orders, methods: [POST], auth: none}}
+      - {{path: "/v1/orders/{{order_id}}", methods: [GET], auth: none}}
+  - name: api
+    upstream: http://127.0.0.1:{origin_port}
+    openapi: {tmp}/orders-api.yaml
+    routes:
+      - {{path: /api/v1/orders, methods: [POST], auth: none}}
+  - name: checked
+    upstream: http://127.0.0.1:{origin_port}
+    openapi: {tmp}/orders-checked.yaml
+    inspect: block
+    routes:
+      - {{path: /checked/v1/orders, methods: [POST], auth: none}}
+"""

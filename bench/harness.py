@@ -357,11 +357,14 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(url: str, *, duration: float, connections: int = 32, server: Server | None = None,
-            headers: dict[str, str] | None = None) -> WrkResult:
-    """One bounded wrk run from core 1; CPU of `server` is sampled around it for CPU µs per request."""
+            headers: dict[str, str] | None = None, script: Path | None = None) -> WrkResult:
+    """One bounded wrk run from core 1; CPU of `server` is sampled around it for CPU µs per request.
+    `script`: a wrk Lua script (a POST with a body)."""
     _assert_local(url)
     argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
             "--timeout", "5s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)

@@ -31,7 +31,7 @@ import harness
 from harness import LOAD_CPU, SUT_CPU, Processes, Server, StartError, WrkResult, log
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("main", "auth", "ratelimit", "routes", "bodies", "conns")
+SECTIONS = ("main", "auth", "ratelimit", "validation", "routes", "bodies", "conns")
 KIB, MIB = 1024, 1024 * 1024
 BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
 ROUTE_COUNTS = (10, 10_000)
@@ -58,6 +58,8 @@ class Row:
     samples: list[WrkResult | None] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # never reported: may hold a key
+    script: Path | None = None  # a wrk Lua script: the request is a POST with a body
+    post_body: bytes | None = None  # that body, for the sanity request (a JSON POST)
 
     def to_json(self) -> dict:
         return {"key": self.key, "label": self.label, "path": self.path, "connections": self.connections,
@@ -255,13 +257,15 @@ def attach(row: Row, start: Callable[[], Server]) -> Row:
         row.skip = f"did not start: {exc}"
         log(f"{row.label}: {row.skip.splitlines()[0]}")
         return row
+    method = "GET" if row.post_body is None else "POST"
     try:
-        got = harness.http_get(row.server.port, row.path)
+        got = harness.http_request(row.server.port, method, row.path, body=row.post_body,
+                                   headers={"content-type": "application/json"} if row.post_body else None)
     except Exception as exc:  # any failure here is a reason to skip, and is reported
-        row.skip = f"sanity GET {row.path} failed: {type(exc).__name__}: {exc}"
+        row.skip = f"sanity {method} {row.path} failed: {type(exc).__name__}: {exc}"
     else:
         if got.status != 200 or got.body != configs.ORIGIN_BODY.encode():
-            row.skip = (f"sanity GET {row.path} returned {got.status} "
+            row.skip = (f"sanity {method} {row.path} returned {got.status} "
                         f"{got.headers.get('content-type', '')}: {got.body[:300]!r}")
     if row.skip:
         log(f"{row.label}: {row.skip}")
@@ -288,9 +292,9 @@ def measure_rounds(rows: list[Row], args: argparse.Namespace, title: str) -> Non
             try:
                 if args.warmup > 0:
                     harness.run_wrk(url, duration=args.warmup, connections=row.connections,
-                                    headers=row.headers)
+                                    headers=row.headers, script=row.script)
                 result = harness.run_wrk(url, duration=args.duration, connections=row.connections,
-                                         server=row.server, headers=row.headers)
+                                         server=row.server, headers=row.headers, script=row.script)
             except Exception as exc:  # a broken row must not stop the others
                 row.failures.append(f"round {rnd + 1}: {type(exc).__name__}: {exc}")
                 row.samples.append(None)
@@ -422,6 +426,36 @@ def section_auth(bench: Bench) -> dict:
     return {"rows": [r.to_json() | {
         "summary": wrk_summary(r),
         "vs_no_auth": ratio_summary(paired_ratios(r, base)),
+    } for r in rows]}
+
+
+def section_validation(bench: Bench) -> dict:
+    """Checking what goes in: the same JSON POST forwarded as is, validated against an OpenAPI document
+    (validate: strict), and validated and inspected (inspect: block)."""
+    key = "bastion-validation"
+    (bench.tmp / "orders-api.yaml").write_text(configs.validation_spec("/api"))
+    (bench.tmp / "orders-checked.yaml").write_text(configs.validation_spec("/checked"))
+    script = bench.tmp / "post-order.lua"
+    script.write_text(configs.post_script(configs.ORDER_BODY))
+
+    def start() -> Server:
+        return bench.bastion(key, lambda port: configs.bastion_validation_conf(
+            bench.tmp, port, bench.origin().port, name=key))
+
+    body = configs.ORDER_BODY.encode()
+    rows = [
+        attach(Row("val-none", "Bastion POST /plain/v1/orders (JSON, forwarded as is)", "/plain/v1/orders",
+                   script=script, post_body=body), start),
+        attach(Row("val-openapi", "Bastion POST /api/v1/orders, validate: strict (OpenAPI)", "/api/v1/orders",
+                   script=script, post_body=body), start),
+        attach(Row("val-inspect", "Bastion POST /checked/v1/orders, validate: strict + inspect: block",
+                   "/checked/v1/orders", script=script, post_body=body), start),
+    ]
+    measure_rounds(rows, bench.args, "validation")
+    base = rows[0]
+    return {"rows": [r.to_json() | {
+        "summary": wrk_summary(r),
+        "vs_unvalidated": ratio_summary(paired_ratios(r, base)),
     } for r in rows]}
 
 
@@ -696,7 +730,7 @@ def render_report(results: dict) -> str:
                        f"{_ratio(r['vs_no_auth'])} | {_skip_cell(r)} |")
         out.append("")
     if "ratelimit" in sec:
-        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one and two workers, same route shape)",
+        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one and two workers, same routes)",
                 "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ no limit | p99 added | notes |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in sec["ratelimit"]["rows"]:
@@ -706,6 +740,16 @@ def render_report(results: dict) -> str:
             out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
                        f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
                        f"{_ratio(r['vs_no_limit'])} | {added} | {_skip_cell(r)} |")
+        out.append("")
+    if "validation" in sec:
+        out += ["## Validation and inspection: the cost of checking a JSON POST (Bastion, wrk -c32)",
+                "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ forwarded as is | notes |",
+                "|---|---|---|---|---|---|---|"]
+        for r in sec["validation"]["rows"]:
+            s = r["summary"]
+            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                       f"{_ratio(r['vs_unvalidated'])} | {_skip_cell(r)} |")
         out.append("")
     if "routes" in sec:
         sd = sec["routes"]["slowdown_pct"]
@@ -820,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": bench.notes,
     }
     runners = {"main": section_main, "auth": section_auth, "ratelimit": section_ratelimit,
+               "validation": section_validation,
                "routes": section_routes, "bodies": section_bodies, "conns": section_conns}
     started = time.monotonic()
     try:
