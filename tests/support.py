@@ -101,6 +101,31 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += n
             self.wfile.write(b"0\r\n\r\n")
             return
+        if path.startswith("/fixture/"):
+            # Exactly the status, headers and body a test put in ``server.fixtures`` (no Server/Date
+            # added). With transfer-encoding among the headers the body goes out in 7-byte chunks;
+            # otherwise a content-length is added unless the test gave one.
+            self._read_body()
+            status, headers, body = srv.fixtures.get(
+                path, (404, [("content-type", "application/json")], b'{"fixture": "missing"}')
+            )
+            chunked = any(n.lower() == "transfer-encoding" for n, _ in headers)
+            self.send_response_only(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            if not chunked and not any(n.lower() == "content-length" for n, _ in headers):
+                self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if self.command == "HEAD" or status in (204, 304):
+                return
+            if chunked:
+                for start in range(0, len(body), 7):
+                    part = body[start : start + 7]
+                    self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.wfile.write(body)
+            return
         length, sha = self._read_body()
         status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
         doc = {
@@ -135,6 +160,8 @@ class EchoUpstream(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[tuple[str, str, list[tuple[str, str]]]] = []
         self.connections = 0
+        # /fixture/NAME → (status, headers, body), served verbatim by _Handler._handle
+        self.fixtures: dict[str, tuple[int, list[tuple[str, str]], bytes]] = {}
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def get_request(self) -> tuple[socket.socket, Any]:

@@ -21,6 +21,8 @@ from sqlalchemy import Engine
 
 from ..checks.api_key import QUERY_PARAM
 from ..checks.cors import Cors
+from ..checks.inspect import InspectCheck
+from ..checks.inspection import Inspector
 from ..checks.ip_access import IpAccess
 from ..checks.json_body import JsonLimits
 from ..checks.limits import BodyLimit
@@ -557,6 +559,7 @@ def compile_routes(
     routes: list[Route] = []
     api_key_header = settings.identity.api_key_header.lower()
     json_limits = JsonLimits(**settings.limits.json_.model_dump())
+    inspector: Inspector | None = None
     for s_index, svc in enumerate(settings.services):
         spec = _upstream_spec(svc)
         operations = _ServiceOperations(svc)
@@ -621,6 +624,11 @@ def compile_routes(
                             forward_unknown=rs.forward_unknown,
                         )
                     )
+            inspect = rs.inspect or svc.inspect or settings.inspection.default
+            if inspect != "off":
+                if inspector is None:  # compiled once, shared by every route
+                    inspector = Inspector(settings.inspection.paranoia)
+                checks.append(InspectCheck(inspector, mode=inspect, json_limits=json_limits))
             fields = None
             if rs.response_fields is not None:
                 rf = rs.response_fields
