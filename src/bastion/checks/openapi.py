@@ -57,7 +57,7 @@ _FORMATS = frozenset(
     {"date", "date-time", "time", "email", "hostname", "ipv4", "ipv6", "uri", "uri-reference", "uuid"}
 )
 _INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 FORM = "application/x-www-form-urlencoded"
 
@@ -264,7 +264,7 @@ def _deref(spec: Mapping[str, Any], node: Any) -> Any:
 
 
 def _uuid(value: str) -> bool:
-    return bool(_UUID.match(value))
+    return _UUID.fullmatch(value) is not None
 
 
 class _Schema:
@@ -594,8 +594,8 @@ class OpenApiCheck:
             problem = await self._check_body(op.op, req, ctx, errors)
             if isinstance(problem, Deny):
                 return self._verdict(ctx, problem)
-            if errors:
-                status, code = problem  # type: ignore[misc]
+            if isinstance(problem, tuple):
+                status, code = problem
         if not errors:
             return None
         return self._verdict(ctx, _invalid(status, code, errors))

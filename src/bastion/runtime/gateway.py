@@ -437,7 +437,8 @@ class Gateway:
         for type_, data in ctx.notices:
             self.emit(
                 type_,
-                severity="warning",
+                severity="notice" if type_ == "request.invalid" else "warning",
+                reason=data.get("reason"),
                 request_id=req.request_id,
                 route=req.route.id,
                 method=req.method,
