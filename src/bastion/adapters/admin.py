@@ -19,7 +19,9 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..core.forwarding import NetworkSet
@@ -136,6 +138,25 @@ async def _problem(
     await send({"type": "http.response.body", "body": body})
 
 
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every admin error is sent."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+
+
+# Every admin error is problem+json; "4XX" also keeps FastAPI from documenting a 422 it never sends.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "description": "Problem details (RFC 9457) with a stable `code`",
+        "content": {"application/problem+json": {"schema": Problem.model_json_schema()}},
+    }
+}
+
+
 def build_admin_app(
     gateway: Gateway,
     engine: Engine,
@@ -150,15 +171,18 @@ def build_admin_app(
         openapi_url=f"{PREFIX}/openapi.json",
         docs_url=None,
         redoc_url=None,
+        responses=ERROR_RESPONSES,
         description="Manage and observe a Bastion gateway. Every call except health needs "
         "`Authorization: Bearer <admin token>` from an allowed address.",
     )
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Any, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "invalid_query", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "error"
         )
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            code = "invalid_request"  # FastAPI could not read the JSON body (not UTF-8, too deep)
         return JSONResponse(
             json.loads(problem_body(exc.status_code, code, str(exc.detail))),
             status_code=exc.status_code,

@@ -8,6 +8,7 @@ secrets appear once, in the response that creates them (with ``Cache-Control: no
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Query, Response
@@ -36,11 +37,27 @@ def _seconds(value: object) -> float | None:
 
 
 class ConsumerIn(_Body):
-    name: str = Field(max_length=64)
+    # The pattern is documented here and enforced by the identity layer (400 invalid_name, not a generic 400).
+    name: str = Field(max_length=64, json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"})
     scopes: list[str] = Field(default_factory=list, max_length=256)
     ip_allow: list[str] = Field(default_factory=list, max_length=256)
     metadata: dict[str, Any] = Field(default_factory=dict)
     quota: str | None = Field(None, max_length=32, description="its own quota, e.g. 50000/month")
+
+    @field_validator("metadata")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """NaN and Infinity are not JSON: stored, they would come back as null."""
+        stack: list[Any] = [v]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, float) and not math.isfinite(node):
+                raise ValueError("metadata numbers must be finite")
+            if isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return v
 
 
 class QuotaIn(_Body):

@@ -295,7 +295,7 @@ _AUTH_METHOD = re.compile(
 # Methods that authenticate a message's sender, not a consumer: each stands alone on a route.
 SIGNATURE_METHODS = ("twilio_signature", "hmac_signature", "pkcv")
 _METHOD_LIST = "api_key, oauth2, jwt:<issuer name>, twilio_signature, hmac_signature or pkcv"
-_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}\Z")
 
 
 def _auth(value: object) -> str | list[str]:

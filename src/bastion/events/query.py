@@ -23,7 +23,7 @@ from ..store.schema import events_table
 __all__ = ["EventFilter", "QueryError", "parse_time", "query_events"]
 
 MAX_PAGE_SIZE = 1000
-_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
 
 class QueryError(ValueError):
@@ -64,7 +64,7 @@ def decode_token(token: str) -> str:
         before = doc["before"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise QueryError("invalid page_token") from None
-    if not isinstance(before, str) or not _ULID.match(before):
+    if not isinstance(before, str) or not _ULID.fullmatch(before):
         raise QueryError("invalid page_token")
     return before
 
@@ -108,7 +108,7 @@ def query_events(
 
 
 def get_event(engine: Engine, event_id: str) -> dict[str, Any] | None:
-    if not _ULID.match(event_id):
+    if not _ULID.fullmatch(event_id):
         return None
     with engine.connect() as conn:
         row = conn.execute(select(events_table).where(events_table.c.id == event_id)).first()

@@ -34,7 +34,7 @@ from .jwks import MIN_RSA_N_CHARS, PRIVATE_MEMBERS
 __all__ = ["Emit", "IdentityAdmin", "IdentityError"]
 
 Emit = Callable[..., None]
-CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 DEFAULT_GRACE = 24 * 3600.0
 
 
@@ -136,7 +136,7 @@ class IdentityAdmin:
         quota: str | None = None,
         actor: str,
     ) -> dict[str, Any]:
-        if not CONSUMER_NAME.match(name):
+        if not CONSUMER_NAME.fullmatch(name):
             raise IdentityError(
                 400, "invalid_name", "consumer names are 1-64 letters, digits, '.', '_', '@' or '-'"
             )

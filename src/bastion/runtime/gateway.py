@@ -69,7 +69,7 @@ GATEWAY_OWNED = frozenset(
     }
 )
 # Upstream response headers that only leak implementation details (P7).
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}\Z")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~!$&'()*+,;=%]+)(:\d{1,5})?$")
 
 
