@@ -1,6 +1,8 @@
-"""PostgreSQL going away mid-load and coming back (the real server, reached through a TCP forwarder the test
-cuts): requests keep authenticating from memory, no request answers 500 or hangs, every event of the outage
-is spooled and written once the database answers again — none lost, none twice."""
+"""PostgreSQL going away mid-load and coming back, two ways: a private PostgreSQL server the test stops
+(``pg_ctl stop -m immediate``) and starts again, and the shared server reached through a TCP forwarder the
+test cuts (the network, not the server, fails). Either way requests keep authenticating from memory, no
+request answers 500 or hangs, every event of the outage is spooled and written once the database answers
+again — none lost, none twice."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +20,7 @@ from bastion.adapters.cli import main
 from bastion.store.schema import events_table
 
 from ._identity import Stack, identity_stack, wait_for
+from ._pgserver import PrivatePostgres
 from ._tcpproxy import TcpProxy
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -33,22 +37,55 @@ identity:
 """
 
 
-@pytest.fixture
-def outage(tmp_path: Path) -> Iterator[tuple[Stack, TcpProxy]]:
+class _Outage(Protocol):
+    def cut(self) -> None: ...
+    def restore(self) -> None: ...
+
+
+class _ServerStop:
+    """The private server itself stops and starts again."""
+
+    def __init__(self, server: PrivatePostgres) -> None:
+        self.server = server
+
+    def cut(self) -> None:
+        self.server.stop()
+
+    def restore(self) -> None:
+        self.server.start()
+        self.server.wait_accepting()
+
+
+def _upgrade(tmp_path: Path, url: str) -> None:
+    cfg = tmp_path / "db.yaml"
+    cfg.write_text(
+        f"storage: {{database: '{url}'}}\nservices:\n  - name: s\n    upstream: http://127.0.0.1:9\n"
+        "    routes:\n      - {path: /x, methods: [GET], auth: none}\n"
+    )
+    assert CliRunner().invoke(main, ["db", "upgrade", "-c", str(cfg)]).exit_code == 0
+
+
+@pytest.fixture(params=["server-stopped", "network-cut"])
+def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stack, _Outage]]:
     import psycopg
 
+    if request.param == "server-stopped":
+        server = PrivatePostgres()
+        try:
+            server.start()
+            _upgrade(tmp_path, server.url)
+            with identity_stack(tmp_path / "gw", ROUTES, EXTRA, database=server.url) as s:
+                yield s, _ServerStop(server)
+        finally:
+            server.close()
+        return
     name = "bastion_test_" + secrets.token_hex(5)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     proxy = TcpProxy(5432)
     url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}"
     try:
-        cfg = tmp_path / "db.yaml"
-        cfg.write_text(
-            f"storage: {{database: '{url}'}}\nservices:\n  - name: s\n    upstream: http://127.0.0.1:9\n"
-            "    routes:\n      - {path: /x, methods: [GET], auth: none}\n"
-        )
-        assert CliRunner().invoke(main, ["db", "upgrade", "-c", str(cfg)]).exit_code == 0
+        _upgrade(tmp_path, url)
         with identity_stack(tmp_path / "gw", ROUTES, EXTRA, database=url) as s:
             yield s, proxy
     finally:
@@ -57,7 +94,7 @@ def outage(tmp_path: Path) -> Iterator[tuple[Stack, TcpProxy]]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_requests_and_events_survive_a_database_outage(outage: tuple[Stack, TcpProxy]) -> None:
+def test_requests_and_events_survive_a_database_outage(outage: tuple[Stack, _Outage]) -> None:
     stack, proxy = outage
     admin = stack.admin()
     admin.create_consumer("shop", [], actor="test")
