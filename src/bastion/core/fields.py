@@ -13,6 +13,7 @@ pattern applies to every element). The two lists read differently, as each is me
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 __all__ = ["FieldFilter"]
@@ -25,8 +26,9 @@ class FieldFilter:
         if bool(deny) == bool(allow):
             raise ValueError("give deny or allow")
         self._deny = [tuple(p.split(".")) for p in deny or ()]
-        self._single = frozenset(p[0] for p in self._deny if len(p) == 1)  # the common case: a bare name
-        self._paths = [p for p in self._deny if len(p) > 1]
+        # the common case, a bare name, is one set lookup; "*" alone (every field) goes with the paths
+        self._single = frozenset(p[0] for p in self._deny if len(p) == 1 and p[0] != "*")
+        self._paths = [p for p in self._deny if len(p) > 1 or p[0] == "*"]
         self._allow: dict[str, Any] | None = None
         if allow:
             root: dict[str, Any] = {}
@@ -35,6 +37,7 @@ class FieldFilter:
                 for part in pattern.split("."):
                     node = node.setdefault(part, {})
                 node[_END] = True
+            _fold_star(root)
             self._allow = root
 
     def apply(self, value: Any) -> Any:
@@ -72,20 +75,45 @@ def _keep(value: Any, node: dict[str, Any]) -> Any:
     if not isinstance(value, dict):
         return _DROPPED
     out = {}
+    star = node.get("*")
     for key, item in value.items():
-        child = node.get(key)
-        star = node.get("*")
-        for branch in (child, star):
-            if branch is None:
-                continue
-            if branch.get(_END):
-                out[key] = item
-                break
-            kept = _keep(item, branch)
-            if kept is not _DROPPED:
-                out[key] = kept
-                break
+        branch = node.get(key, star)  # a named branch already holds what "*" allows (_fold_star)
+        if branch is None:
+            continue
+        if branch.get(_END):
+            out[key] = item
+            continue
+        kept = _keep(item, branch)
+        if kept is not _DROPPED:
+            out[key] = kept
     return out
+
+
+def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two allow-tries as one: a path allowed by either is allowed."""
+    out = copy.deepcopy(a)
+    for key, sub in b.items():
+        if key == _END:
+            out[_END] = True
+        elif key in out:
+            out[key] = _union(out[key], sub)
+        else:
+            out[key] = copy.deepcopy(sub)
+    return out
+
+
+def _fold_star(node: dict[str, Any]) -> None:
+    """Merge each ``*`` branch into its named siblings, so one lookup per key finds everything allowed
+    (``[a.b, "*.c"]`` allows both ``a.b`` and ``a.c``)."""
+    star = node.get("*")
+    for key in list(node):
+        if key in ("*", _END):
+            continue
+        if star is not None:
+            node[key] = _union(node[key], star)
+        _fold_star(node[key])
+    if star is not None:
+        _fold_star(star)
 
 
 class _Dropped:

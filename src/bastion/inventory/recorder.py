@@ -65,7 +65,11 @@ class InventoryRecorder:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a bug must not end the thread: the next flush tries again
+                self.failures += 1
+                log.exception("inventory flush failed")
 
     def flush(self) -> int:
         """Write what was observed since the last flush; returns the number of new endpoints. A store that
@@ -205,7 +209,11 @@ def report(services: Any, engine: Engine, *, unused_after: float, now: float) ->
     undeclared = []
     for entry in observed:
         path = entry["path"]
-        if not any(entry["method"] in methods and m.fullmatch(path) for m, methods in matchers):
+        method = entry["method"]
+        if not any(
+            (method in methods or (method == "HEAD" and "GET" in methods)) and m.fullmatch(path)
+            for m, methods in matchers
+        ):
             # (a match: declared since it was observed)
             undeclared.append(entry)
     return {

@@ -975,8 +975,16 @@ class ClientConnection(asyncio.Protocol):
         if conn.status >= 500 and self.gateway.replace_upstream_errors:
             return await self._replace_upstream_error(fwd, ex, conn, pool, pump)
         fields = fwd.req.route.options.get("response_fields")
-        if fields is not None and ex.method != "HEAD" and conn.status not in (204, 304) and _is_json(conn):
-            return await self._filter_response(fields, fwd, ex, conn, pool, pump)
+        if fields is not None and ex.method == "HEAD":
+            # the upstream's length is the unfiltered body's: not the client's business
+            return await self._relay_response(fwd, ex, conn, pool, pump, omit_length=True)
+        if fields is not None and conn.status not in (204, 304):
+            kind = _json_kind(conn)
+            if kind == "json" or conn.status == 206:
+                # a 206 is a slice of something: it cannot be filtered (nor can a multipart/byteranges)
+                return await self._filter_response(fields, fwd, ex, conn, pool, pump)
+            if kind == "ambiguous":  # several Content-Types: a client may believe the JSON one
+                return await self._filter_response(fields, fwd, ex, conn, pool, pump)
         return await self._relay_response(fwd, ex, conn, pool, pump)
 
     async def _read_whole(self, fwd: Forward, conn: UpstreamConnection, limit: int) -> bytes | None:
@@ -1054,10 +1062,16 @@ class ClientConnection(asyncio.Protocol):
             for n, v in conn.headers
         )
         out: bytes | None = None
+        kind = _json_kind(conn)
         reason = "too_large" if raw is None else "encoded" if encoded else "not_json"
-        if raw is not None and not encoded:
-            try:
-                out = json.dumps(apply(json.loads(raw)), separators=(",", ":"), ensure_ascii=False).encode()
+        if conn.status == 206:
+            reason = "partial"
+        elif kind == "ambiguous":
+            reason = "ambiguous_type"
+        elif raw is not None and not encoded:
+            try:  # JSON is UTF-8 (RFC 8259), without NaN or Infinity; anything else is not filtered
+                value = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+                out = json.dumps(apply(value), separators=(",", ":"), ensure_ascii=False).encode()
             except (ValueError, RecursionError):
                 out = None
         if out is None:
@@ -1174,7 +1188,8 @@ class ClientConnection(asyncio.Protocol):
         return self._respond(resp, ex)
 
     def _response_head(
-        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, length: int | None = None
+        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, length: int | None = None,
+        omit_length: bool = False,
     ) -> tuple[bytes, bool, bool, bool]:
         """The response head for the client: (bytes, re-chunked?, keep-alive?, bodyless?). ``length``:
         the gateway rewrote the body (response_fields), and this is its size."""
@@ -1196,6 +1211,8 @@ class ClientConnection(asyncio.Protocol):
         chunked_out = False
         if length is not None:
             lines.append(b"content-length: %d\r\n" % length)
+        elif omit_length and bodyless:
+            pass
         elif conn.content_length is not None and status not in (204, 304):
             lines.append(b"content-length: %d\r\n" % conn.content_length)
         elif not bodyless:
@@ -1218,10 +1235,11 @@ class ClientConnection(asyncio.Protocol):
         conn: UpstreamConnection,
         pool: UpstreamPool,
         pump: asyncio.Task[None] | None,
+        omit_length: bool = False,
     ) -> bool:
         gw = self.gateway
         ex.body.expect_continue = False  # never a "100 Continue" inside a response already under way
-        head, chunked_out, keep, bodyless = self._response_head(fwd, ex, conn)
+        head, chunked_out, keep, bodyless = self._response_head(fwd, ex, conn, omit_length=omit_length)
         # Small responses usually arrive whole: send head and body in one write.
         if conn.message_done and not chunked_out and len(conn._chunks) <= 1:
             first = conn._chunks.popleft() if conn._chunks else b""
@@ -1303,12 +1321,20 @@ _HOP_BY_HOP_B = frozenset(
 _ERROR_BODY_LIMIT = 1024 * 1024  # an upstream 5xx body read (and dropped) to reuse the connection
 
 
-def _is_json(conn: UpstreamConnection) -> bool:
-    for name, value in conn.headers:
-        if name.lower() == b"content-type":
-            mime = value.split(b";", 1)[0].strip().lower()
-            return mime == b"application/json" or mime.endswith(b"+json")
-    return False
+def _json_kind(conn: UpstreamConnection) -> str:
+    """``json`` (one JSON Content-Type), ``ambiguous`` (more than one Content-Type), or ``other``."""
+    types = [value for name, value in conn.headers if name.lower() == b"content-type"]
+    if len(types) > 1:
+        return "ambiguous"
+    if types:
+        mime = types[0].split(b";", 1)[0].strip().lower()
+        if mime == b"application/json" or mime.endswith(b"+json"):
+            return "json"
+    return "other"
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:

@@ -402,8 +402,9 @@ class Gateway:
             if declared is not None:
                 up_headers = [(n, v) for n, v in up_headers if n in declared or n in PROTOCOL_HEADERS]
         if route.options.get("response_fields") is not None:
-            # The response is read and filtered: ask for it uncompressed.
-            up_headers = [(n, v) for n, v in up_headers if n != "accept-encoding"]
+            # The response is read and filtered: ask for it whole (no Range: a slice cannot be filtered
+            # and could cut a denied value out of its field) and uncompressed.
+            up_headers = [(n, v) for n, v in up_headers if n not in _WHOLE_RESPONSE]
             up_headers.append(("accept-encoding", "identity"))
         if principal is not None:
             strip = route.options["strip_credentials"]
@@ -499,6 +500,9 @@ PROTOCOL_HEADERS = frozenset(
         "authorization",  # only when forward_credentials keeps it: credentials are stripped before this
     }
 )
+
+
+_WHOLE_RESPONSE = frozenset({"accept-encoding", "range", "if-range"})
 
 
 def _actor(principal: Principal | None) -> str | None:
