@@ -191,6 +191,7 @@ Denied (each one is an event):
   curl -i {form} \\
        -d '{_DEMO_WEBHOOK_BODY.replace("hello", "HELLO")}' {g}/hooks/sms
         # 403 webhook_signature_invalid: the same signature, a tampered body
+  curl -i "{g}/v1/orders?q=1%27%20OR%20%271%27%3D%271"        # 403 attack_detected (inspect: block)
   curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
   curl -i {g}/admin                                             # 404 route_not_found (deny by default)
   curl -i --path-as-is '{g}/public/..%2f..%2fetc/passwd'        # 400 path_encoded_slash
