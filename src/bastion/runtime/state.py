@@ -29,7 +29,9 @@ class StateRuntime:
         else:
             self.counters = MemoryCounters()
             self.replay = MemoryReplayCache()
-        self.fallback = MemoryCounters()  # on_state_failure: local
+        # on_state_failure: local — counts in this process when Redis cannot answer (a shadow count kept
+        # while it can). In memory the counters are already this process's: no second count.
+        self.fallback: Counters = MemoryCounters() if self.redis is not None else self.counters
         self.refusals = RefusalLog(emit)
 
     @property
