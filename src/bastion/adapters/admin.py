@@ -268,4 +268,25 @@ def build_admin_app(
         add_identity_routes(
             app, gateway.identity.admin(), default_grace=gateway.settings.identity.rotation_grace
         )
+    _document_bearer_auth(app)
     return AdminGuard(app, gateway, token, allow_ips)
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """The OpenAPI document says what AdminGuard enforces: a bearer token on every path but health."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "admin.token"}
+            }
+            doc["security"] = [{"adminToken": []}]
+            health = doc.get("paths", {}).get(f"{PREFIX}/health", {}).get("get")
+            if health is not None:
+                health["security"] = []
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
