@@ -1,0 +1,134 @@
+"""The views a value is matched in: one decoded base, then one cheap transformation per family.
+
+Attackers hide the same payload behind many spellings (encodings, comments, quotes inside words,
+fullwidth letters). Rather than writing every spelling into the patterns, each family matches a
+*view* in which those spellings have been folded into one. Every function here is total (never
+raises) and linear in the length of its input.
+
+=========  ===================================================================================
+view       how it is built from the base (decoded, NFKC, lower-cased)
+=========  ===================================================================================
+``sql``    ``/*!50000 … */`` markers dropped (their content is executed by MySQL), other ``/* … */``
+           comments replaced by a space, typographic quotes folded to ``'`` and ``"``, whitespace
+           collapsed
+``html``   HTML entities decoded (twice, for ``&amp;lt;``), JavaScript comments dropped, control
+           characters and whitespace collapsed to one space
+``shell``  evasion characters removed: backslashes, quotes touching a word (``c'a't``), empty
+           expansions (``$@``, ``$()``, a backtick pair), ``${IFS}`` and ``+`` read as spaces,
+           brace lists ``{cat,/etc/passwd}`` opened, newlines read as ``;``
+``path``   ``\\`` read as ``/``, ``0x2e``/``0x2f``/``0x5c`` literals and runs of undecodable bytes
+           (overlong UTF-8) read as ``.`` and ``/``, NUL and ``;params`` dropped, repeated
+           slashes and ``/./`` folded
+=========  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from urllib.parse import unquote
+
+__all__ = ["base_view", "html_view", "path_view", "shell_view", "sql_view"]
+
+# %xx, and the non-standard %uXXXX that IIS and some frameworks still decode.
+_PERCENT = re.compile(r"%(?:[0-9a-fA-F]{2}|[uU][0-9a-fA-F]{4})")
+_PERCENT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
+_EXTRA_DECODE_ROUNDS = 2
+
+
+def _percent_decode(value: str) -> str:
+    if "%u" in value or "%U" in value:
+        value = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return unquote(value, errors="replace")
+
+
+def base_view(value: str) -> str:
+    """Decode what a careless application would decode again, then fold Unicode compatibility forms.
+
+    The caller has percent-decoded once; up to two more rounds run while ``%xx`` remains (double
+    and triple encoding). NFKC turns fullwidth letters and signs (U+FF1C ``<``, U+FF53 ``s``…) and
+    ligatures into ASCII.
+    """
+    for _ in range(_EXTRA_DECODE_ROUNDS):
+        if "%" not in value or _PERCENT.search(value) is None:
+            break
+        value = _percent_decode(value)
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value)
+    return value
+
+
+_MYSQL_VERSIONED = re.compile(r"/\*!\d*|/\*\+")
+_SQL_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
+_SPACES = re.compile(r"[\s\x00\x0b]+")
+_SMART_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u00b4": "'", "\u02bc": "'", "\u2032": "'",
+                               "\u201c": '"', "\u201d": '"', "\u2033": '"'})  # fmt: skip
+
+
+def sql_view(lower: str) -> str:
+    if "/*" in lower:
+        lower = _MYSQL_VERSIONED.sub(" ", lower)
+        lower = _SQL_COMMENT.sub(" ", lower).replace("*/", " ")
+    if not lower.isascii():
+        lower = lower.translate(_SMART_QUOTES)
+    return _SPACES.sub(" ", lower)
+
+
+_JS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
+_HTML_SPACES = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+_HTML_SPACE_ENTITIES = re.compile(r"&(?:tab|newline);", re.I)
+
+
+def html_view(base: str) -> str:
+    """Built from the case-preserving base: HTML entity names are case-sensitive (``&Tab;``)."""
+    if "&" in base:
+        base = html.unescape(_HTML_SPACE_ENTITIES.sub(" ", base))
+        if "&" in base:
+            base = html.unescape(base)
+    lower = base.lower()
+    if "/*" in lower:
+        lower = _JS_COMMENT.sub("", lower)
+    return _HTML_SPACES.sub(" ", lower)
+
+
+_SHELL_IFS = re.compile(r"\$\{?ifs\}?(?:\$\d)?")
+_SHELL_EMPTY = re.compile(r"\$[@*!?#$\-]|\$\(\)|\$\{\}|``|<\(\)|(?<=[a-z])\$[a-z]{1,3}\b|\\(?=[^\s])")
+# Each alternative starts only at the first quote of a run, so a long run of quotes costs linear time.
+_SHELL_QUOTES = re.compile(r"(?<=[\w/.$-])['\"]+|(?<!['\"])['\"]+(?=[\w/.$-])")
+_SHELL_BRACES = re.compile(r"\{([^{}\s]*,[^{}\s]*)\}")
+_SHELL_NEWLINES = re.compile(r"[\r\n]+")
+
+
+def shell_view(lower: str) -> str:
+    if "$" in lower:
+        lower = _SHELL_IFS.sub(" ", lower)
+    lower = _SHELL_EMPTY.sub("", lower)
+    if "'" in lower or '"' in lower:
+        lower = _SHELL_QUOTES.sub("", lower)
+    if "{" in lower:
+        lower = _SHELL_BRACES.sub(lambda m: m.group(1).replace(",", " "), lower)
+    if "\n" in lower or "\r" in lower:
+        lower = _SHELL_NEWLINES.sub(";", lower)
+    return _SPACES.sub(" ", lower.replace("+", " ")).strip()
+
+
+_PATH_HEX = re.compile(r"0x(?:2e|2f|5c)")
+_PATH_HEX_MAP = {"0x2e": ".", "0x2f": "/", "0x5c": "/"}
+_PATH_PARAMS = re.compile(r";[^/]*")
+_PATH_SLASHES = re.compile(r"/(?:\.?/)+")
+
+
+def path_view(lower: str) -> str:
+    if "0x" in lower:
+        lower = _PATH_HEX.sub(lambda m: _PATH_HEX_MAP[m.group(0)], lower)
+    if "\ufffd" in lower:
+        # Overlong UTF-8 dots and slashes (%c0%ae, %c0%af) decode to U+FFFD; in a path they can
+        # only have been separators or dots, and reading them as "/" keeps traversal visible.
+        lower = re.sub("\ufffd+", "/", lower)
+    lower = lower.replace("\\", "/").replace("\x00", "")
+    if ";" in lower:
+        lower = _PATH_PARAMS.sub("", lower)
+    return _PATH_SLASHES.sub("/", lower)

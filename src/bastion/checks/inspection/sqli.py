@@ -1,0 +1,161 @@
+"""SQL injection (``sqli``).
+
+Approach: an injected value has to *leave* the literal it was meant to be (a quote, a closing
+parenthesis, or the end of a number) and then *say something* in SQL (an operator, a keyword, a
+function call, a comment that cuts the rest of the query). The rules pair those two halves, so a
+quote alone (``O'Reilly``) or a keyword alone (``select your plan``) never matches. They read the
+``sql`` view: lower-cased, comments removed (``UN/**/ION`` stays split, ``UNION/**/SELECT`` becomes
+``union select``), MySQL ``/*!50000 … */`` unwrapped, typographic quotes folded, whitespace collapsed.
+
+Paranoia 1 holds shapes that are SQL by construction; paranoia 2 adds lone fragments (a bare
+``lower(``, ``' union``, ``) as x from``) that appear in probes but also, rarely, in prose or code.
+"""
+
+from __future__ import annotations
+
+from ._rules import Rule
+
+__all__ = ["RULES", "SCREEN_WORDS"]
+
+_Q = "['\"`]"
+# Leaving a literal: a quote, a closing parenthesis, or a number.
+_BREAK = rf"(?:{_Q}|\)|\b\d+)"
+_BOOL = r"(?:\bor\b|\band\b|\bxor\b|\|\||&&)"
+_CMP = (
+    r"(?:=|<=>|<>|!=|<=?|>=?|\blike\b|\brlike\b|\bregexp\b|\bsounds like\b|\bis\b|\bin\b|\bbetween\b|"
+    r"\bglob\b)"
+)
+_OPERAND = rf"(?:{_Q}?[\w@.$-]*{_Q}?|\([^()]{{0,40}}\))"
+
+# Functions that exist only in SQL dialects (or whose call syntax only appears in SQL): flagged
+# with or without a space before "(".
+_SQL_FUNCTIONS = (
+    "concat|concat_ws|group_concat|string_agg|char|nchar|chr|ascii|unhex|hex|substr|substring|substring_index|"
+    "mid|load_file|extractvalue|updatexml|make_set|find_in_set|elt|strcmp|md5|sha1|sha2|xmltype|"
+    r"json_\w+|jsonb_\w+|starts_with|unistr|lo_import|lo_export|lo_get|lo_from_bytea|version|database|"
+    r"current_user|system_user|session_user|pg_\w+|utl_\w+|dbms_\w+|sys_context|name_const|"
+    "benchmark|sleep|decode|encode|sin|cos|tan|cot|asin|acos|atan|atan2|ln|log10|log2|radians|degrees|"
+    "soundex|quote|ord|oct|conv|bin|instr|locate|lpad|rpad|ltrim|rtrim|uuid|row_count|found_rows|"
+    "last_insert_id|connection_id|schema|isnull|ifnull|nullif|coalesce|iif|exp|ceil|ceiling|"
+    "xp_cmdshell|openrowset|opendatasource|collation|charset|geometrycollection|polygon|multipoint|"
+    "linestring|ucase|lcase|regexp_\\w+|octet_length|char_length|bit_length|db_name|pow|power|"
+    "object_id|object_name|col_name|has_dbaccess|is_srvrolemember|suser_name|host_name"
+)
+# Functions named like ordinary words: flagged only when "(" follows immediately, as in code.
+_WORD_FUNCTIONS = (
+    "user|lower|upper|left|right|count|max|min|avg|sum|length|round|floor|rand|replace|reverse|repeat|"
+    "space|position|insert|format|trim|cast|convert|if|case|date|time|year|month|day|now|"
+    "default|local|log|pi|abs|sign|mod|div|power|sqrt|values|field|quarter|week|second|minute|hour"
+)
+
+RULES: tuple[Rule, ...] = (
+    # ' or 1=1 / ") or ("a"="a / 1 and 2>1 / ' or x like y
+    Rule("sqli.tautology", 1, "sql", rf"{_BREAK}\s*{_BOOL}\s*(?:not\s+)?{_OPERAND}\s*{_CMP}\s*[\w'\"`(@-]"),
+    # ' or true-- / ' or 1# / " || (
+    Rule("sqli.tautology", 1, "sql",
+         rf"{_Q}\s*\)*\s*{_BOOL}\s*(?:true|false|null|not\b|\d+\s*(?:--|#|;|$)|\(|{_Q}?\s*\d+\s*{_Q}?\s*$)"),
+    # 'x'='x  /  'x'!='y
+    Rule("sqli.tautology", 1, "sql", rf"{_Q}[\w\s]{{0,40}}{_Q}\s*(?:=|!=|<>|<=>|like)\s*{_Q}"),
+    # admin'-- / x')# / 1' ;--
+    Rule("sqli.comment_cut", 1, "sql", rf"[\w)]{_Q}\s*\)*\s*(?:--|#|;\s*--)"),
+    Rule("sqli.comment_cut", 1, "lower", r"/\*[!+]|/\*\s+\+"),
+    Rule("sqli.union", 1, "sql", r"\bunion\b(?:\s+(?:all|distinct))?\s*\(*\s*select\b"),
+    # select password from members / select 1,2,3 / select char( / (select
+    Rule("sqli.select", 1, "sql",
+         r"\bselect\s*(?:\*|\(|@@|(?:distinct\s+|top\s+\d+\s+)?[\w.`]+\s*(?:\(|,\s*[\w.`'\"(@]))"),
+    Rule("sqli.select", 1, "sql",
+         r"\bselect\s+[\w.*@`]+(?:\s*,\s*[\w.*@`()']+){0,50}\s+from\s+[\w.`]+\s*"
+         r"(?:$|;|--|#|\)|\bwhere\b|\border\b|\bgroup\b|\blimit\b|\bunion\b|\bhaving\b|\bjoin\b|\binto\b)"),
+    Rule("sqli.select", 1, "sql", r"\bselect\s+(?:\d+|null|sleep|pg_sleep|benchmark)\b"),
+    Rule("sqli.select", 1, "sql", r"\(\s*select\s*[\w*@(]"),
+    # quote/paren then ; then a statement: '; drop table users
+    Rule("sqli.stacked", 1, "sql",
+         rf"(?:{_Q}|\)|\b\d+)\s*;\s*(?:select|insert|update|delete|drop|create|alter|truncate|exec|execute|"
+         r"declare|shutdown|waitfor|grant|revoke|set|use|begin|print|if|merge|call|load|handler|rename)\b"),
+    Rule("sqli.stacked", 1, "sql",
+         r"(?:^|[;/(])\s*(?:insert\s+into\s+[\w`.]+\s*(?:\(|values|select)|update\s+[\w`.]+\s+set\s+[\w`]+\s*=|"
+         r"delete\s+from\s+[\w`.]+|(?:create|drop|alter|truncate|rename)\s+"
+         r"(?:table|database|schema|user|view|index|function|procedure|trigger)\b|truncate\b\s*[\w\[])"),
+    Rule("sqli.exec", 1, "sql",
+         r"\b(?:xp_cmdshell|xp_dirtree|xp_regread|xp_regwrite|xp_fileexist|xp_servicecontrol|sp_oacreate|"
+         r"sp_executesql|sp_makewebtask|sp_password|sp_addlogin|sp_configure|openrowset|opendatasource)\b"),
+    Rule("sqli.exec", 1, "sql",
+         r"\bexec(?:ute)?\s*(?:master\.|\(\s*@|@\w|immediate\b|xp_|sp_)|\bdeclare\s+@\w|\bset\s+@\w+\s*=|"
+         r"\bprocedure\s+analyse\s*\(|\binto\s+(?:out|dump)file\b|\bload\s+data\s+(?:local\s+)?infile\b"),
+    Rule("sqli.schema", 1, "sql",
+         r"\binformation_schema\b|\b(?:sysobjects|syscolumns|sysdatabases|sysusers|msysobjects|msysaccessobjects|"
+         r"sqlite_master|sqlite_schema|pg_catalog|pg_shadow|pg_user|pg_database|all_tables|user_tables|"
+         r"all_tab_columns|dba_users|user_objects)\b|\bmysql\.(?:user|db)\b|\bsys\.(?:tables|objects|columns|"
+         r"databases|sql_logins)\b|@@(?:version|datadir|hostname|basedir|tmpdir|servername|identity)\b"),
+    Rule("sqli.time", 1, "sql",
+         r"\bwaitfor\s+(?:delay|time)\b|\bdbms_lock\.sleep\b|\bdbms_pipe\.receive_message\b|"
+         r"(?<![\w.$])(?:sleep|pg_sleep|benchmark)\((?!s\))|"
+         r"(?:[(,=|&'\"`]|\bselect|\band|\bor)\s*(?:sleep|pg_sleep|benchmark)\s*\(|"
+         r"\b(?:sleep|pg_sleep)\s*\(\s*\d+(?:\.\d+)?\s*\)"),
+    Rule("sqli.function", 1, "sql", rf"(?<![\w$.])(?:{_SQL_FUNCTIONS})\s*[=\\]?\s*\((?!s\))"),
+    Rule("sqli.function", 1, "sql", rf"(?<![\w$.-])(?:{_WORD_FUNCTIONS})\((?!s\))"),
+    Rule("sqli.function", 1, "sql", rf"^\s*(?:{_WORD_FUNCTIONS})\s*\($"),
+    # PostgreSQL casts: password::int, (x)::jsonb
+    Rule("sqli.cast", 1, "sql",
+         r"[\w)'\"]::(?:int|integer|bigint|smallint|text|varchar|numeric|double precision|jsonb?|bool|"
+         r"boolean|"
+         r"regclass|bytea|oid)\b"),
+    Rule("sqli.conditional", 1, "sql",
+         r"\)\s*like\s*\(|\bif\s*\(\s*[\w'\"@]+\s*[=<>!]|\bcase\s+when\b.{0,200}?\bthen\b|"
+         r"\bwhen\s+\d+\s+then\b|\bhaving\s+[\w`(]+\s*(?:[=<>]|like\b)|\bgroup\s+by\b.{0,200}?\bhaving\b"),
+    # ` as `alias` from / ) as x from: the tail of a column list
+    Rule("sqli.select", 1, "sql", r"(?:[)`'\"]|\b\d+)\s*as\s+[\w`'\"]+\s+from\b|`\s*(?:regexp|rlike|like)\b"),
+    # a quote closing the literal and a statement terminator at the very end: admin';
+    Rule("sqli.comment_cut", 1, "sql", r"[\w.]['\"`]\s*\)*\s*;\s*$"),
+    # JSON literal compared with a JSON operator: '{"a":1}' -> '$.a' = 1, '{..}' ?| array[..]
+    Rule("sqli.json", 1, "sql",
+         r"'\s*[{\[][^']{0,200}[}\]]\s*'\s*(?:->>?|#>>?|\?[|&]?|@>|<@|[<>=])\s*['\w\[(]"),
+    # MySQL accepts "1.e" as a number glued to what follows: 1.e(ascii), 1.e.tables
+    Rule("sqli.number_glue", 1, "sql", r"(?<![\w.])\d+\.e(?:\(|\.[a-z_])"),
+    # MongoDB operators used as keys or values: user[$ne]=, {"$where": ...}
+    Rule("sqli.nosql", 1, "lower",
+         r"(?:^|[\[{\"',\s.])\$(?:where|ne|eq|gt|gte|lt|lte|in|nin|regex|exists|elemmatch|text|nor|not|expr|"
+         r"function|accumulator|jsonschema|size|all|mod)(?![\w$])"),
+    # Integer/float values known to overflow parsers (2^31, 2^32, 2^63, PHP's strtod loop).
+    Rule("sqli.overflow", 1, "lower",
+         r"(?<![\d.])(?:2147483648|4294967296|9223372036854775808|18446744073709551616|"
+         r"2\.2250738585072011e-308|1e309)(?![\d.])"),
+    # --- paranoia 2: fragments -------------------------------------------------------------
+    Rule("sqli.tautology", 2, "sql", rf"{_Q}\s*(?:or|xor|and)\b\s*[\w'\"-]{{1,40}}\s*[<>=!]"),
+    Rule("sqli.tautology", 2, "sql", r"(?:^|\s)x?or\s+\d+\s*[<>]"),
+    Rule("sqli.tautology", 2, "sql", r"\b\d+\s*!=\s*\d+\b"),
+    Rule("sqli.function", 2, "sql", rf"(?<![\w$.])(?:{_WORD_FUNCTIONS})\s*[\W]{{0,3}}\((?!s\))"),
+    Rule("sqli.keyword", 2, "sql",
+         rf"{_Q}\s*(?:union|alter|select|collate|having|group\s+by|order\s+by|procedure|into|from)\b|"
+         r"\b(?:order|group)\s+by\s+(?:\d+|if\s*\(|[\w`]+\s*(?:,|--|#|$|asc|desc|limit))|"
+         r"\blimit\s+\d+\s*(?:,|offset)\s*\d+|"
+         r"\bin\s*\(\s*select\b|"
+         r"\bexecute\s+\w|\blike\s+null\b|\bis\s+not\s+null\b|\bnotnull\b|\bcollate\b|"
+         r"\b(?:and|or)\s+[\w(]+\s*(?:!=|=|<>)\s*(?:['\"(]|\d+\s*=)|\b(?:and|or)\s+\d+\s*=\s*\(|"
+         r"(?:^|\s)in\s*\(\s*[\w'\"-]+\s*,|\bdrop\s+\w+\s*;"),
+    Rule("sqli.comment_cut", 2, "sql", rf"{_Q}\s*(?:;|--|#)|;\s*--|--\s*-?$"),
+    Rule("sqli.comment_cut", 2, "lower", r"[a-z]\s*/\*.{0,200}?\*/\s*[a-z]"),
+    # bare operators and chained conditions, as probes send them
+    Rule("sqli.operator", 2, "sql",
+         r"^\s*(?:!=|<=>|<>|>=|<=|==|xor\b|is\s+(?:not\s+)?null\b|in\s*\(\s*$)|"
+         r"(?:&&|\|\||\band\b|\bor\b)\s*\(?\s*[\w@]+\s*(?:!?==?|!=|<>|=\s*!?\s*\d|=\s*['\"(])|"
+         r"\b\d+(?:or|and|xor)\d+|\b\d+\s+(?:or|and|xor)\s+\d+\s*[-+*/=<>]|"
+         rf"\w{_Q}\s*(?:or|and|xor)\s*{_Q}\w|{_Q}\s*(?:union|select)\s*$"),
+    Rule("sqli.stacked", 2, "sql",
+         r";\s*(?:update|drop|delete|insert|alter|create)\b|(?:^|\s|;)set\s+@@?\w|=\s*\(\s*select\b|"
+         r"--\s?(?:alter|drop|select|union|update|delete|insert)\b|\b(?:order|group)\s+by\s*$|"
+         r"\bfrom\s+[\w`.]+\s+(?:group|order)\s+by\b|\bexec(?:ute)?\s*\("),
+    Rule("sqli.hex", 2, "sql", r"(?:^|[\s(,=\\])0x[0-9a-f]{4,}|\bx'[0-9a-f]{8,}'|\\x(?:23|27|3d)"),
+)  # fmt: skip
+
+# Words without which no rule of this family can match (see ``Inspector``'s screen).
+_SCREEN_TEXT = (
+    "or and xor div select union insert into update delete drop create alter truncate rename exec execute "
+    "declare set waitfor delay sleep benchmark information_schema sysobjects syscolumns sysdatabases "
+    "sysusers "
+    "msysobjects msysaccessobjects sqlite_master sqlite_schema all_tables user_tables all_tab_columns "
+    "dba_users user_objects mysql sys having case when then group order limit procedure analyse load data "
+    "infile outfile dumpfile notnull collate regexp rlike glob shutdown grant revoke "
+    "merge handler xp_cmdshell xp_dirtree openrowset opendatasource immediate master"
+)
+SCREEN_WORDS: frozenset[str] = frozenset(_SCREEN_TEXT.split())
