@@ -21,8 +21,6 @@ Each operation is driven with ``APIOperation.as_strategy`` and Hypothesis instea
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from ..support import ADMIN_TOKEN, EchoUpstream, GatewayThread, config_text, load_text, request
+from ._identity import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -154,16 +153,6 @@ def seed_store(port: int) -> dict[str, str]:
         "event_id": wait_for(first_event_id, what="an event in the store"),
     }
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)  # a poll interval (the event writer flushes in batches)
 
 
 def load_schema(base_url: str) -> schemathesis.BaseSchema:

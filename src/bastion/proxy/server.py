@@ -1024,29 +1024,22 @@ class ClientConnection(asyncio.Protocol):
         trace, an SQL error) and its headers but Retry-After; the client gets a generic problem+json."""
         body = await self._read_whole(fwd, conn, _ERROR_BODY_LIMIT)
         self._settle_upstream(ex, conn, pool, pump, clean=body is not None)
-        req = fwd.req
         status = conn.status
         headers = [
             (n.decode("latin-1").lower(), v.decode("latin-1"))
             for n, v in conn.headers
             if n.lower() == b"retry-after"
         ]
-        resp = self.gateway.deny(
+        return self._refuse(
+            fwd,
+            ex,
             status,
             "upstream_error",
-            detail="The upstream service failed to handle the request.",
-            method=ex.method,
-            path=req.path,
-            source_ip=req.client_ip,
-            request_id=req.request_id,
-            route=req.route,
+            "The upstream service failed to handle the request.",
+            {"service": fwd.upstream.name, "upstream_status": status},
             headers=[*headers, *fwd.ctx.response_headers],
-            evidence={"service": fwd.upstream.name, "upstream_status": status},
-            severity="error",
-            head=ex.method == "HEAD",
             event="upstream.error",
         )
-        return self._respond(resp, ex)
 
     async def _filter_response(
         self, fields: Any, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
@@ -1075,20 +1068,14 @@ class ClientConnection(asyncio.Protocol):
             except (ValueError, RecursionError):
                 out = None
         if out is None:
-            req = fwd.req
-            resp = self.gateway.deny(
+            return self._refuse(
+                fwd,
+                ex,
                 502,
                 "response_unfilterable",
-                detail="The upstream's response could not be checked before sending it.",
-                method=ex.method,
-                path=req.path,
-                source_ip=req.client_ip,
-                request_id=req.request_id,
-                route=req.route,
-                evidence={"service": fwd.upstream.name, "stage": reason},
-                severity="error",
+                "The upstream's response could not be checked before sending it.",
+                {"service": fwd.upstream.name, "stage": reason},
             )
-            return self._respond(resp, ex)
         head, _, keep, _ = self._response_head(fwd, ex, conn, length=len(out))
         self.write_raw(head + out)
         if ex.body.has_body and not ex.body.complete:
@@ -1164,7 +1151,6 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def _upstream_failed(self, fwd: Forward, ex: Exchange, status: int, code: str, why: str) -> bool:
-        req = fwd.req
         if fwd.ctx.undo is not None:
             self.gateway.upstream_failed(fwd.ctx)  # no answer: the sender's retry is not a replay
         detail = (
@@ -1172,6 +1158,15 @@ class ClientConnection(asyncio.Protocol):
             if status == 504
             else "The upstream service is unavailable."
         )
+        return self._refuse(fwd, ex, status, code, detail, {"service": fwd.upstream.name, "stage": why})
+
+    def _refuse(
+        self, fwd: Forward, ex: Exchange, status: int, code: str, detail: str, evidence: dict[str, Any],
+        *, headers: list[tuple[str, str]] | None = None, event: str = "request.denied",
+    ) -> bool:
+        """Answer a forwarded request with the gateway's own problem+json (severity error: the upstream
+        side failed), recorded with the request's fields."""
+        req = fwd.req
         resp = self.gateway.deny(
             status,
             code,
@@ -1181,9 +1176,11 @@ class ClientConnection(asyncio.Protocol):
             source_ip=req.client_ip,
             request_id=req.request_id,
             route=req.route,
-            evidence={"service": fwd.upstream.name, "stage": why},
+            headers=headers or (),
+            evidence=evidence,
             severity="error",
             head=ex.method == "HEAD",
+            event=event,
         )
         return self._respond(resp, ex)
 
