@@ -183,6 +183,14 @@ class TestCheck:
         assert doc["ok"] is True and doc["warnings"] == []
         assert "example-twilio-token" not in result.output
 
+    def test_inputs_example_is_valid_and_quiet(self) -> None:
+        example = ROOT / "examples" / "inputs.yaml"
+        env = {**WITH_TOKEN, "BASTION_PEPPER": "example-pepper-0123456789abcdef"}
+        result = cli("check", "-c", str(example), "--json", env=env)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True and doc["warnings"] == []
+
     def test_serve_refuses_workers_with_per_process_replay_protection(self, tmp_path: Path) -> None:
         example = ROOT / "examples" / "webhooks.yaml"
         text = example.read_text().replace("sqlite:///bastion-webhooks.db", f"sqlite:///{tmp_path / 'b.db'}")
