@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from bastion.checks.inspection import (
     request_values,
 )
 from bastion.checks.inspection._normalize import base_view, html_view, path_view, shell_view, sql_view
+from bastion.checks.inspection._rules import keywords, trie
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpora" / "crs-attacks.jsonl"
@@ -341,9 +343,42 @@ _PATHS_AND_FILES = [
     "/products/shoes/running", "/search/select-a-plan", "/blog/union-station",
 ]  # fmt: skip
 
+# Values that pass the screen and reach the rules: quotes, semicolons, brackets, SQL and shell
+# words, entities, percent signs, paths and URLs, as ordinary clients send them.
+_MIXED = [
+    "O'Reilly <3 Pets & Co.", "1 < 2 and 3 > 2", "x > 0; y < 10", 'Tom & Jerry\'s "Best Of" (2024)',
+    "It's 5 o'clock; let's go.", "Don't select 'All' unless you mean it; it updates every order.",
+    "We can't drop the 3 o'clock call; the union rep is joining.",
+    "Insert the card, then select 'Pay' and confirm.", "Please update your address; we'll ship by Friday.",
+    "Sleep well (and drink water).", "Time to ship: 3-5 business days.", "The new version (2.0) is faster.",
+    "Angles add up to 180 degrees (always).", "Order by phone: +1 (415) 555-0100, Mon-Fri.",
+    "Having trouble logging in? Reset your password.", "Use 2-3 tbsp. of sugar (or honey) per cup.",
+    "Drop me a line if you have questions; I'll reply by Friday.",
+    "Is 'null' a valid value? Only when the field is optional.", "1 or 2 items per order",
+    "Rock & Roll Hall of Fame, 1100 E 9th St, Cleveland, OH 44114", "Flat 3/B, 12 Baker's Row; London",
+    "Apt. #4, 221B Baker St.", "50% off everything -- today only!", "Save 20%+ on orders over $50",
+    "Q&A: what's new in 2026?", "C# and F# are .NET languages", "a && b || c", "if (x == 1) { return; }",
+    "nit: rename `max_body` to `max_body_size`; also update the docs.",
+    "LGTM :) but please add a test for `None`.", "See the `config.yaml` file and the `max_body` setting.",
+    "Reviewed: looks good; one nit in the README.", "- [x] tests\n- [ ] docs\n- [ ] changelog",
+    "> quoted reply\n\nThanks, that works!",
+    "**Bold** and _italic_ text, plus a [link](https://example.com/docs?page=2).",
+    "| col | value |\n|---|---|\n| a | 1 |", "```python\nprint('hello')\n```", "docs/report-2026.pdf",
+    "reports/2026/Q1/summary (final).xlsx", "./README.md",
+    "https://example.com/search?q=select+union&page=2",
+    "https://shop.example.com/cart?item=42&qty=3#checkout",
+    "https://example.com/?utm_source=newsletter&utm_medium=email&utm_campaign=spring",
+    "https://app.example.com/dashboard?action=edit&id=123", "mailto:alice@example.com?subject=Hi%20there",
+    '{"note": "it\'s fine; really", "tags": ["a&b", "c<d"]}', '"{\\"a\\": 1}"', "key=value; other=thing",
+    "SGVsbG8sIFdvcmxkIQ==", "U2VsZWN0IHlvdXIgcGxhbg==", "dGhpcyBpcyBhIHRlc3Q/Pw==",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    "price >= 10 and price <= 20", "3 * (4 + 5) = 27", "f(x) = x^2 + 1", "e = mc^2", "Fish & Chips & Peas",
+    "AT&T", "Ben &amp; Jerry's", "&copy; 2026 Example Ltd.", "1 &lt; 2",
+]  # fmt: skip
+
 BENIGN: list[str] = [
     *_NAMES, *_PROSE, *_MARKDOWN, *_URLS, *_VALUES, *_USER_AGENTS, *_COOKIES_AND_TOKENS, *_JSONISH,
-    *_PATHS_AND_FILES,
+    *_PATHS_AND_FILES, *_MIXED,
 ]  # fmt: skip
 
 
@@ -357,15 +392,19 @@ def test_benign_set_has_no_false_positive_at_paranoia_1() -> None:
 
 
 def test_benign_set_false_positives_at_paranoia_2_are_rare() -> None:
+    # Paranoia 2 adds fragment rules (a word function before "(", backticked text) that also fire
+    # on prose and Markdown; the set includes such values on purpose, so the bound is 5%.
     inspector = Inspector(paranoia=2)
     flagged = [value for value in BENIGN if inspector.scan(value) is not None]
-    assert len(flagged) <= len(BENIGN) // 50, flagged
+    assert len(flagged) <= len(BENIGN) // 20, flagged
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", max_size=60))
 def test_alphanumerics_never_flag(value: str) -> None:
-    assert INSPECTOR.scan(value) is None
+    finding = INSPECTOR.scan(value)
+    # Integer-overflow probes (2^31, 2^32, 2^63…) are flagged on purpose, as CRS rule 942220 does.
+    assert finding is None or finding.rule == "sqli.overflow", finding
 
 
 @settings(max_examples=300, deadline=None)
@@ -422,6 +461,44 @@ def test_path_view_folds_separators_and_encodings() -> None:
     assert path_view("..\ufffd\ufffd..\ufffd\ufffdetc") == "../../etc"
     assert path_view("..;/admin") == "../admin"
     assert path_view("a/./b//c") == "a/b/c"
+    assert path_view("https://example.com//x") == "https://example.com/x"  # the scheme's "//" stays
+
+
+def test_views_of_ordinary_text_are_the_same_string() -> None:
+    # The engine reads each distinct view once; ordinary text must not produce new copies.
+    text = "mozilla/5.0 (x11; linux x86_64) please select the items from the list"
+    assert sql_view(text) is text and shell_view(text) is text and path_view(text) is text
+
+
+def test_markdown_code_fences_are_not_command_substitution() -> None:
+    assert shell_view("```python\nprint(1)\n```") == ";print(1);"
+    assert _family("```python\nprint('hello')\n```") is None
+    assert _family("```id```") == "rce"  # on one line, bash runs `id`
+
+
+# --- the rules' building blocks --------------------------------------------------------------
+
+
+def test_trie_matches_exactly_the_same_names() -> None:
+    names = "cat|cut|curl|c|g\\+\\+|python[0-9.]*|php|phpx|json_\\w+"
+    original, merged = re.compile(f"(?:{names})\\Z"), re.compile(f"(?:{trie(names)})\\Z")
+    words = ("cat", "cut", "curl", "c", "cu", "g++", "python3.11", "php", "phpx", "phpy", "json_x", "dog")
+    for word in words:
+        assert bool(original.match(word)) == bool(merged.match(word)), word
+
+
+def test_keywords_are_the_first_run_of_letters_and_refuse_extendable_names() -> None:
+    assert keywords("concat|json_\\w+|sha1|g\\+\\+|python[0-9.]*") == ("concat", "json", "sha", "g", "python")
+    with pytest.raises(ValueError):
+        keywords("vim?")
+
+
+def test_every_rule_has_anchors_unless_it_is_anchored_at_the_start() -> None:
+    # A rule without anchors runs on every value that reaches the rules; only rules that can
+    # match at the first position alone (cheap: the engine tries them once) may do without.
+    for rules in all_rules().values():
+        for rule in rules:
+            assert rule.anchors or rule.pattern.startswith("^"), rule.id
 
 
 # --- request values --------------------------------------------------------------------------
@@ -607,7 +684,7 @@ def test_corpus_subset_meets_the_bar() -> None:
     # Regression floors a little under today's measurement on this subset. The issue's bar (95% per
     # family at paranoia 1, 85% overall, 2% benign false positives) is not met yet on the full
     # corpus; docs/inspection.md says by how much, and `bench/inspection.py --assert` checks it.
-    assert bench.check(report, min_pl1=0.85, min_overall=0.80, max_benign_fp=0.05) == []
+    assert bench.check(report, min_pl1=0.87, min_overall=0.83, max_benign_fp=0.02) == []
 
 
 @needs_corpus

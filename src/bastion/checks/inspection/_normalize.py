@@ -61,7 +61,10 @@ def base_view(value: str) -> str:
 
 _MYSQL_VERSIONED = re.compile(r"/\*!\d*|/\*\+")
 _SQL_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
-_SPACES = re.compile(r"[\s\x00\x0b]+")
+# A run of whitespace (or NUL) that is not already one plain space. Matching only what must
+# change lets ``sub`` hand back the very same string for ordinary text, so the engine sees
+# that the view equals the lower-cased value and reads it once.
+_SPACES = re.compile(r"[\s\x00](?:[\s\x00]+|(?<! ))")
 _SMART_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u00b4": "'", "\u02bc": "'", "\u2032": "'",
                                "\u201c": '"', "\u201d": '"', "\u2033": '"'})  # fmt: skip
 
@@ -76,15 +79,20 @@ def sql_view(lower: str) -> str:
 
 
 _JS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.S)
-_HTML_SPACES = re.compile(r"[\s\x00-\x1f\x7f]+")
+_HTML_SPACES = re.compile(r"[\s\x00-\x1f\x7f](?:[\s\x00-\x1f\x7f]+|(?<! ))")
 
 
 _HTML_SPACE_ENTITIES = re.compile(r"&(?:tab|newline);", re.I)
+# What html.unescape could turn into ASCII: a numeric reference, a named one with its ";", or one
+# of the four legacy names it also decodes without ";" (``&lt``, ``&amp``, ``&gt``, ``&quot``).
+# Other names without ";" (``&copy``, ``&utm_source=``) decode to non-ASCII letters or nothing,
+# and no rule reads those, so query strings skip the (slow) unescape.
+_ENTITY_HINT = re.compile(r"&(?:#|[a-z][a-z0-9]*;|amp|lt|gt|quot)", re.I)
 
 
 def html_view(base: str) -> str:
     """Built from the case-preserving base: HTML entity names are case-sensitive (``&Tab;``)."""
-    if "&" in base:
+    if "&" in base and _ENTITY_HINT.search(base) is not None:
         base = html.unescape(_HTML_SPACE_ENTITIES.sub(" ", base))
         if "&" in base:
             base = html.unescape(base)
@@ -96,16 +104,25 @@ def html_view(base: str) -> str:
 
 _SHELL_IFS = re.compile(r"\$\{?ifs\}?(?:\$\d)?")
 _SHELL_EMPTY = re.compile(r"\$[@*!?#$\-]|\$\(\)|\$\{\}|``|<\(\)|(?<=[a-z])\$[a-z]{1,3}\b|\\(?=[^\s])")
-# Each alternative starts only at the first quote of a run, so a long run of quotes costs linear time.
-_SHELL_QUOTES = re.compile(r"(?<=[\w/.$-])['\"]+|(?<!['\"])['\"]+(?=[\w/.$-])")
+# A run of quotes touching a word or path character on either side (``c'a't``, ``"/etc"/passwd``).
+# Both alternatives start with a quote, so the engine skips ahead to quotes; each tests its side
+# from the run's first quote, so a long run of quotes costs linear time.
+_SHELL_QUOTES = re.compile(
+    r"['\"](?:(?<=[\w/.$-]['\"])['\"]*|(?<!['\"]['\"])['\"]*(?=[\w/.$-]))"
+)
 _SHELL_BRACES = re.compile(r"\{([^{}\s]*,[^{}\s]*)\}")
 _SHELL_NEWLINES = re.compile(r"[\r\n]+")
+# A Markdown code fence on its own line (```python): a separator, not two substitutions.
+_MARKDOWN_FENCE = re.compile(r"^[ \t]*```[\w+-]*[ \t\r]*$", re.M)
 
 
 def shell_view(lower: str) -> str:
+    if "```" in lower and "\n" in lower:
+        lower = _MARKDOWN_FENCE.sub("", lower)
     if "$" in lower:
         lower = _SHELL_IFS.sub(" ", lower)
-    lower = _SHELL_EMPTY.sub("", lower)
+    if "$" in lower or "`" in lower or "\\" in lower or "<(" in lower:
+        lower = _SHELL_EMPTY.sub("", lower)
     if "'" in lower or '"' in lower:
         lower = _SHELL_QUOTES.sub("", lower)
     if "{" in lower:
@@ -117,8 +134,11 @@ def shell_view(lower: str) -> str:
 
 _PATH_HEX = re.compile(r"0x(?:2e|2f|5c)")
 _PATH_HEX_MAP = {"0x2e": ".", "0x2f": "/", "0x5c": "/"}
-_PATH_PARAMS = re.compile(r";[^/]*")
-_PATH_SLASHES = re.compile(r"/(?:\.?/)+")
+# ";jsessionid=…" and "..;/": a path parameter runs from ";" to the next "/" and holds no space
+# ("; " is prose or a User-Agent, left alone so such values keep one view).
+_PATH_PARAMS = re.compile(r";(?!\s)[^/\s]*")
+# Repeated slashes and "/./" fold to one slash, except the "//" of a URL scheme ("https://").
+_PATH_SLASHES = re.compile(r"/(?<!:/)(?:\.?/)+")
 
 
 def path_view(lower: str) -> str:
