@@ -219,3 +219,25 @@ def test_json_limits_apply_to_inspected_bodies_without_a_schema(app: App) -> Non
     status, reply = app.call("POST", "/blocked/notes", body=b'{"a": 1, "a": 2}', headers=JSON)
     assert status == 400 and reply["code"] == "json_invalid"
     assert not app.forwarded
+
+
+def test_padding_a_payload_past_the_scan_window_does_not_hide_it(app: App) -> None:
+    padding = "All good here. " * 400  # ~6 KiB of ordinary text, past the engine's 4 KiB window
+    for text in (padding + "' OR 1=1 --", padding[:4090] + "<script>alert(1)</script>" + padding):
+        body = json.dumps({"text": text}).encode()
+        status, reply = app.call("POST", "/blocked/notes", body=body, headers=JSON)
+        assert status == 403 and reply["code"] == "attack_detected"
+    body = json.dumps({"text": padding * 3}).encode()
+    status, _ = app.call("POST", "/blocked/notes", body=body, headers=JSON)
+    assert status == 200  # long ordinary text is fine
+
+
+def test_a_value_too_long_to_inspect_fails_closed(app: App) -> None:
+    huge = "a" * (64 * 1024 + 1)
+    status, reply = app.call("POST", "/blocked/notes", body=json.dumps({"text": huge}).encode(), headers=JSON)
+    assert status == 403 and reply["code"] == "attack_detected"
+    denied = wait_for(
+        lambda: [e for e in app.events("request.denied") if e["data"].get("rule") == "inspection.too_long"],
+        what="the too_long finding",
+    )
+    assert denied[-1]["data"]["location"] == "body.text"

@@ -11,6 +11,11 @@ client's answer never quotes the request.
 A JSON body is parsed once, with the JSON limits, and shared with OpenAPI validation (whichever runs
 first parses it). Bodies of other textual types are read (bounded by the route's ``max_body``) and
 scanned; binary bodies (images, ``application/octet-stream``) are not.
+
+A long value is scanned whole, in overlapping windows of the engine's scan length; a value longer than
+``inspection.max_value`` cannot be inspected within a bounded cost and fails closed: it is a finding
+(``inspection.too_long``), refused by ``block`` — padding a payload past the scan window is not a way
+through.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import Any, Literal
 
 from ..core.decision import Context, Deny, Verdict
 from ..core.request import BodyReadError, RequestView
-from .inspection import Inspector, request_values
+from .inspection import DEFAULT_MAX_LENGTH, Finding, Inspector, request_values
 from .json_body import JsonLimits, json_body
 
 __all__ = ["ATTACK_DETECTED", "InspectCheck"]
 
 ATTACK_DETECTED = "attack_detected"
+_WINDOW = DEFAULT_MAX_LENGTH  # what the engine scans of one value
+_OVERLAP = 512
+_TOO_LONG = Finding("size", "inspection.too_long", 1, "")
 # Locations whose values may be credentials or session state: the event names the location and the rule,
 # never an excerpt of the value.
 _SENSITIVE = (
@@ -56,11 +64,29 @@ class InspectCheck:
     name = "inspect"
 
     def __init__(
-        self, inspector: Inspector, *, mode: Literal["block", "monitor"], json_limits: JsonLimits
+        self,
+        inspector: Inspector,
+        *,
+        mode: Literal["block", "monitor"],
+        json_limits: JsonLimits,
+        max_value: int = 64 * 1024,
     ) -> None:
         self.inspector = inspector
         self.mode = mode
         self.json_limits = json_limits
+        self.max_value = max_value
+
+    def _scan(self, value: str) -> Finding | None:
+        if len(value) <= _WINDOW:
+            return self.inspector.scan(value)
+        if len(value) > self.max_value:
+            return _TOO_LONG
+        step = _WINDOW - _OVERLAP  # a match shorter than the overlap is inside one window
+        for start in range(0, len(value) - _OVERLAP, step):
+            found = self.inspector.scan(value[start : start + _WINDOW])
+            if found is not None:
+                return found
+        return None
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         body = b""
@@ -79,7 +105,7 @@ class InspectCheck:
                 except BodyReadError as exc:
                     return Deny(exc.status, exc.code, "The request body could not be read.")
         target = req.raw_path + ("?" + req.query if req.query else "")
-        scan = self.inspector.scan
+        scan = self._scan
         for location, value in request_values(
             req.method, target, list(req.headers.items()), body, content_type, json_value=json_value
         ):

@@ -862,6 +862,16 @@ class InspectionSettings(_Model):
 
     default: InspectMode = "off"
     paranoia: int = Field(1, ge=1, le=4)
+    # A value longer than this cannot be inspected at a bounded cost: on an inspected route it is refused
+    # (block) or flagged (monitor), never passed unread.
+    max_value: Size = 64 * 1024
+
+    @field_validator("max_value")
+    @classmethod
+    def _max_value(cls, v: int) -> int:
+        if not 4096 <= v <= 16 * 1024 * 1024:
+            raise ValueError("max_value must be between 4KiB and 16MiB")
+        return v
 
 
 # Headers that tell an attacker what runs behind the gateway; removed from every upstream response.

@@ -633,7 +633,14 @@ def compile_routes(
             if inspect != "off":
                 if inspector is None:  # compiled once, shared by every route
                     inspector = Inspector(settings.inspection.paranoia)
-                checks.append(InspectCheck(inspector, mode=inspect, json_limits=json_limits))
+                checks.append(
+                    InspectCheck(
+                        inspector,
+                        mode=inspect,
+                        json_limits=json_limits,
+                        max_value=settings.inspection.max_value,
+                    )
+                )
             fields = None
             if rs.response_fields is not None:
                 rf = rs.response_fields
