@@ -11,16 +11,20 @@ The parser is the standard library's (C) ``json``; the limits are Bastion's:
 * **duplicate keys** are refused (parsers disagree on which one wins: a validator could check the first
   while the upstream uses the last);
 * **depth** (nesting of objects and arrays), **total keys** in the document, **array length**, **string
-  length** (values and keys, in characters) and **number length** (characters of one number literal)
-  are bounded — a JSON bomb is refused, not expanded.
+  length** (values and keys, in characters) and **number length** (digits of an integer) are bounded —
+  a JSON bomb is refused, not expanded. The checks cost nothing for a body that cannot break them: the
+  text's brackets, commas and length bound what it can hold, and only a body that could break a limit
+  is walked.
 
 The body itself is already bounded by the route's ``max_body`` (413 before it is read).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,33 +75,61 @@ def parse_json(raw: bytes, limits: JsonLimits) -> Any:
             raise JsonRejected(JSON_INVALID, "The body repeats a key in one object.")
         return value
 
-    def number(text: str, kind: type[int] | type[float]) -> Any:
-        if len(text) > limits.max_number_length:
-            raise JsonRejected(
-                JSON_LIMIT, f"The body has a number longer than {limits.max_number_length} characters."
-            )
-        value = kind(text)
-        if kind is float and not math.isfinite(value):
-            raise JsonRejected(JSON_INVALID, "The body has a number out of range.")
-        return value
-
     def constant(name: str) -> Any:
         raise JsonRejected(JSON_INVALID, "The body is not valid JSON (NaN and Infinity are not JSON).")
 
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=pairs,
-            parse_int=lambda s: number(s, int),
-            parse_float=lambda s: number(s, float),
-            parse_constant=constant,
-        )
+    try:  # the hooks cost a call per object and per float; integers and strings stay in C
+        value = json.loads(text, object_pairs_hook=pairs, parse_float=_finite_float, parse_constant=constant)
     except json.JSONDecodeError:
         raise JsonRejected(JSON_INVALID, "The body is not valid JSON.") from None
     except RecursionError:
         raise JsonRejected(JSON_LIMIT, f"The body is nested deeper than {limits.max_depth} levels.") from None
-    _check_shape(value, limits)
+    except ValueError:  # an integer longer than Python converts (4300 digits)
+        raise _long_number(limits.max_number_length) from None
+    if _number_run(limits.max_number_length).search(text) is not None:
+        _check_numbers(value, limits)  # an integer longer than the limit
+    # What the text itself rules out needs no walk: nesting is at most the brackets it has, an array
+    # at most its commas + 1, a string at most the text. Only a body that could break a limit is walked.
+    if (
+        text.count("[") + text.count("{") > limits.max_depth
+        or text.count(",") >= limits.max_array_length
+        or len(text) > limits.max_string_length
+    ):
+        _check_shape(value, limits)
     return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonRejected(JSON_INVALID, "The body has a number out of range.")
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _number_run(limit: int) -> re.Pattern[str]:
+    """A run of digits longer than the limit: what an integer that breaks it must contain. Most bodies
+    have none, and then the integers need no walk (runs inside strings match too: a needless walk, never
+    a miss)."""
+    return re.compile(rf"[0-9]{{{limit + 1},}}")
+
+
+def _check_numbers(value: Any, limits: JsonLimits) -> None:
+    """Integers longer than ``max_number_length`` digits."""
+    bound = 10**limits.max_number_length
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, int) and not isinstance(node, bool) and not -bound < node < bound:
+            raise _long_number(limits.max_number_length)
+
+
+def _long_number(limit: int) -> JsonRejected:
+    return JsonRejected(JSON_LIMIT, f"The body has a number longer than {limit} characters.")
 
 
 def _check_shape(value: Any, limits: JsonLimits) -> None:
