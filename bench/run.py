@@ -692,6 +692,23 @@ def _skip_cell(row: dict) -> str:
     return ""
 
 
+def _ratio_table(title: str, rows: list[dict], ratio_title: str, ratio_key: str, *,
+                 p99_added: bool = False) -> list[str]:
+    """A section whose rows are compared with its own baseline row (no auth, no limit, no validation)."""
+    added_head, added_rule = (" p99 added |", "---|") if p99_added else ("", "")
+    out = [title, "", f"| row | rps | p50 | p99 | server CPU µs/req | {ratio_title} |{added_head} notes |",
+           f"|---|---|---|---|---|---|{added_rule}---|"]
+    for r in rows:
+        s = r["summary"]
+        added = ""
+        if p99_added:
+            added = " " + (_num(r["added_p99_ms"], "+.2f", " ms") if "none" not in r["key"] else "") + " |"
+        out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
+                   f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
+                   f"{_ratio(r[ratio_key])} |{added} {_skip_cell(r)} |")
+    return [*out, ""]
+
+
 def render_report(results: dict) -> str:
     meta, settings = results["meta"], results["settings"]
     out = [
@@ -720,37 +737,15 @@ def render_report(results: dict) -> str:
                        f"{_ratio(r['vs_nginx_proxy'])} | {_ratio(r['vs_bare_proxy'])} | {_skip_cell(r)} |")
         out.append("")
     if "auth" in sec:
-        out += ["## Auth: the cost of authentication (Bastion, wrk -c32, same origin and route shape)", "",
-                "| row | rps | p50 | p99 | server CPU µs/req | ÷ no auth | notes |",
-                "|---|---|---|---|---|---|---|"]
-        for r in sec["auth"]["rows"]:
-            s = r["summary"]
-            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
-                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
-                       f"{_ratio(r['vs_no_auth'])} | {_skip_cell(r)} |")
-        out.append("")
+        out += _ratio_table("## Auth: the cost of authentication (Bastion, wrk -c32, same origin and route "
+                            "shape)", sec["auth"]["rows"], "÷ no auth", "vs_no_auth")
     if "ratelimit" in sec:
-        out += ["## Rate limits: the cost of a limit (Bastion, wrk -c32, one and two workers, same routes)",
-                "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ no limit | p99 added | notes |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in sec["ratelimit"]["rows"]:
-            s = r["summary"]
-            limited = "none" not in r["key"]
-            added = _num(r["added_p99_ms"], "+.2f", " ms") if limited else ""
-            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
-                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
-                       f"{_ratio(r['vs_no_limit'])} | {added} | {_skip_cell(r)} |")
-        out.append("")
+        out += _ratio_table("## Rate limits: the cost of a limit (Bastion, wrk -c32, one and two workers, "
+                            "same routes)", sec["ratelimit"]["rows"], "÷ no limit", "vs_no_limit",
+                            p99_added=True)
     if "validation" in sec:
-        out += ["## Validation and inspection: the cost of checking a JSON POST (Bastion, wrk -c32)",
-                "", "| row | rps | p50 | p99 | server CPU µs/req | ÷ forwarded as is | notes |",
-                "|---|---|---|---|---|---|---|"]
-        for r in sec["validation"]["rows"]:
-            s = r["summary"]
-            out.append(f"| {r['label']} | {_num(s['rps'])} | {_num(s['p50_ms'], '.2f', ' ms')} | "
-                       f"{_num(s['p99_ms'], '.2f', ' ms')} | {_num(s['cpu_us_per_req'], '.1f')} | "
-                       f"{_ratio(r['vs_unvalidated'])} | {_skip_cell(r)} |")
-        out.append("")
+        out += _ratio_table("## Validation and inspection: the cost of checking a JSON POST (Bastion, "
+                            "wrk -c32)", sec["validation"]["rows"], "÷ forwarded as is", "vs_unvalidated")
     if "routes" in sec:
         sd = sec["routes"]["slowdown_pct"]
         out += ["## Routes: 10 vs 10,000 declared routes (Bastion, wrk -c32, GET /v1/orders/123)", "",

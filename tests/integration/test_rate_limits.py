@@ -34,6 +34,11 @@ ROUTES = """
         rate_limit: [1/minute]
         rate_limit_by: header:X-Tenant
 """
+KEYED_ROUTE = """
+      - path: /v1/keyed/{id}
+        methods: [GET]
+        auth: [api_key]
+"""
 EXTRA = """
 identity:
   pepper: ${env:BASTION_PEPPER}
@@ -145,12 +150,7 @@ def test_limit_by_header(stack: Stack) -> None:
 
 
 def test_quota_per_consumer(tmp_path: Path) -> None:
-    routes = """
-      - path: /v1/keyed/{id}
-        methods: [GET]
-        auth: [api_key]
-"""
-    with identity_stack(tmp_path, routes, EXTRA + "consumers_defaults: {quota: 2/day}\n") as s:
+    with identity_stack(tmp_path, KEYED_ROUTE, EXTRA + "consumers_defaults: {quota: 2/day}\n") as s:
         admin = s.admin()
         admin.create_consumer("shop", [], actor="test")
         _, key = admin.create_key("shop", actor="test")
@@ -222,12 +222,7 @@ def test_redis_stopping_mid_load_and_coming_back(tmp_path: Path) -> None:
 
 
 def test_a_consumers_own_quota_replaces_the_default(tmp_path: Path) -> None:
-    routes = """
-      - path: /v1/keyed/{id}
-        methods: [GET]
-        auth: [api_key]
-"""
-    with identity_stack(tmp_path, routes, EXTRA + "consumers_defaults: {quota: 2/day}\n") as s:
+    with identity_stack(tmp_path, KEYED_ROUTE, EXTRA + "consumers_defaults: {quota: 2/day}\n") as s:
         admin = s.admin()
         admin.create_consumer("shop", [], actor="test")
         vip = admin.create_consumer("vip", [], quota="4/day", actor="test")

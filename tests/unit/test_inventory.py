@@ -25,7 +25,8 @@ from sqlalchemy import Engine, select, text
 
 from bastion.config import load_config_text
 from bastion.inventory import Observer, declared, template_path
-from bastion.inventory.recorder import InventoryRecorder, load_inventory, report
+from bastion.inventory.recorder import InventoryRecorder
+from bastion.inventory.report import load_inventory, report
 from bastion.runtime.gateway import compile_routes
 from bastion.store.database import open_database
 from bastion.store.schema import inventory_observed_table, route_traffic_table

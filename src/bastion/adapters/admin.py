@@ -28,7 +28,7 @@ from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
 from ..events.query import EventFilter, QueryError, get_event, parse_time, query_events
 from ..identity.manage import IdentityError
-from ..inventory.recorder import report as inventory_report
+from ..inventory.report import report as inventory_report
 from ..runtime.gateway import Gateway
 from .admin_identity import add_identity_routes
 

@@ -277,7 +277,7 @@ def events(
 @click.option("--json", "as_json", is_flag=True, help="The whole report as one JSON document.")
 def inventory(config_path: Path, as_json: bool) -> None:
     """The API inventory: declared routes, endpoints called that no route declares, and unused routes."""
-    from ..inventory.recorder import report
+    from ..inventory.report import report
     from ..store.database import open_database
 
     loaded = _load(config_path)

@@ -26,14 +26,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import fastjsonschema
 import jsonschema
 
 from ..core.decision import Context, Deny, Verdict
 from ..core.request import BodyReadError, RequestView
-from ..core.urls import openapi_base_path
+from ..core.urls import OPENAPI_METHODS, openapi_base_path
 from .json_body import JsonLimits, json_body
 
 __all__ = [
@@ -58,7 +58,6 @@ _FORMATS = frozenset(
 )
 _INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -458,7 +457,6 @@ class Operation:
     body_required: bool = False
     media: dict[str, _Schema | None] = field(default_factory=dict)  # media type → schema (None: any)
     wildcard_media: list[str] = field(default_factory=list)  # "image/*", "*/*"
-    scopes: list[str] = field(default_factory=list)  # from the operation's OAuth2 security requirement
 
     @property
     def takes_body(self) -> bool:
@@ -491,7 +489,7 @@ def compile_operations(
     for path, item in (spec.get("paths") or {}).items():
         item = _deref(spec, item)
         shared = item.get("parameters", [])
-        for method in _METHODS:
+        for method in OPENAPI_METHODS:
             op = item.get(method)
             if op is None:
                 continue
@@ -524,10 +522,6 @@ def _operation(
                 continue
             compiled = _Schema(tr.root(schema)) if schema and _json_or_form(mime) else None
             result.media[mime] = compiled
-    security = op.get("security", spec.get("security")) or []
-    for requirement in security[:1]:
-        for scopes in requirement.values():
-            result.scopes += [s for s in scopes if s not in result.scopes]
     return result
 
 
@@ -674,7 +668,7 @@ class OpenApiCheck:
             except (UnicodeDecodeError, ValueError):
                 errors.append(("body", "is not a valid form (UTF-8, name=value pairs)"))
                 return None
-            value = _form_value(pairs, schema.schema, req, ctx)
+            value = _form_value(pairs, schema.schema)
         elif schema is not None:
             parsed = await json_body(req, ctx, self.json_limits)
             if isinstance(parsed, Deny):
@@ -689,14 +683,11 @@ class OpenApiCheck:
 
 
 def _query_name(part: str) -> str:
-    from urllib.parse import unquote_plus
-
     return unquote_plus(part.split("=", 1)[0])
 
 
-def _form_value(
-    pairs: list[tuple[str, str]], schema: Mapping[str, Any], req: RequestView, ctx: Context
-) -> Any:
+def _form_value(pairs: list[tuple[str, str]], schema: Mapping[str, Any]) -> Any:
+    """Form fields as the object the schema describes (texts coerced per property)."""
     properties = _properties(schema)
     out: dict[str, Any] = {}
     for name, text in pairs:
@@ -709,7 +700,6 @@ def _form_value(
             out[name] = [*previous, coerced] if isinstance(previous, list) else [previous, coerced]
         else:
             out[name] = _coerce(text, prop)
-    ctx.notes["form_body"] = pairs
     return out
 
 

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.urls import openapi_base_path
+from ..core.urls import OPENAPI_METHODS, openapi_base_path
 
 __all__ = ["MAX_SPEC_BYTES", "OpenApiDocument", "SpecOperation", "load_openapi", "template_shape"]
 
 MAX_SPEC_BYTES = 10 * 1024 * 1024
-_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _operations(spec: Mapping[str, Any]) -> list[SpecOperation]:
     for path, item in (spec.get("paths") or {}).items():
         if not isinstance(item, Mapping):
             continue
-        for method in _METHODS:
+        for method in OPENAPI_METHODS:
             op = item.get(method)
             if not isinstance(op, Mapping):
                 continue

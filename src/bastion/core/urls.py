@@ -9,6 +9,7 @@ from ipaddress import ip_address
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
+    "OPENAPI_METHODS",
     "REDIS_URL_OPTIONS",
     "RedisTarget",
     "is_loopback_host",
@@ -126,6 +127,10 @@ def parse_redis_url(url: str) -> RedisTarget:
         verify=reqs == "required",
         ca_file=options.get("ssl_ca_certs") or None,
     )
+
+
+# The operations of an OpenAPI path item, in the document's own (lower-case) spelling.
+OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def openapi_base_path(spec: object) -> str:
