@@ -246,10 +246,116 @@ class StorageSettings(_Model):
         return v
 
 
+Severity = Literal["debug", "info", "notice", "warning", "error", "critical"]
+_TYPE_PREFIX = r"^[a-z_]+(\.[a-z_]*)?$"
+
+
+class _SinkBase(_Model):
+    """What every export sink shares: which events it takes and how much it may hold."""
+
+    name: str | None = Field(None, pattern=_NAME)  # default: the type and its position, e.g. ``webhook-2``
+    types: list[Annotated[str, Field(pattern=_TYPE_PREFIX)]] = Field(default_factory=list)  # prefixes; [] = all
+    min_severity: Severity = "debug"
+    queue_size: int = Field(10_000, ge=10, le=1_000_000)
+    # Events the sink could not deliver wait here (JSON lines) and are sent first when it answers again.
+    # Default: ``bastion-sink-<name>.unsent.jsonl`` beside the SQLite database (or in the working directory).
+    dead_letter: Path | None = None
+
+
+class JsonlSinkSettings(_SinkBase):
+    type: Literal["jsonl"]
+    path: Path
+    rotate: Size = 100 * 1024 * 1024
+    keep: int = Field(5, ge=1, le=1000)  # rotated files kept: events.jsonl.1 … events.jsonl.<keep>
+
+    @field_validator("rotate")
+    @classmethod
+    def _rotate(cls, v: int) -> int:
+        if v < 4096:
+            raise ValueError("rotate must be at least 4KiB")
+        return v
+
+
+class SyslogSinkSettings(_SinkBase):
+    type: Literal["syslog"]
+    address: str  # udp://host:port or tcp://host:port (RFC 5424; TCP uses octet counting, RFC 6587)
+    facility: Literal[
+        "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4", "local5",
+        "local6", "local7",
+    ] = "local0"
+    app_name: str = Field("bastion", pattern=r"^[!-~]{1,48}$")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("udp", "tcp") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("expected udp://host:port or tcp://host:port")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("the syslog address has an invalid port") from None
+        if port is None:
+            raise ValueError("the syslog address needs a port, e.g. udp://127.0.0.1:514")
+        return v
+
+
+class WebhookSinkSettings(_SinkBase):
+    type: Literal["webhook"]
+    url: str
+    secret: SecretStr  # signs each batch (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature)
+    batch_size: int = Field(100, ge=1, le=10_000)
+    flush_interval: Duration = 1.0
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return require_secure_url(v, "url")
+
+
+EventSink = Annotated[
+    JsonlSinkSettings | SyslogSinkSettings | WebhookSinkSettings, Field(discriminator="type")
+]
+
+
 class EventSettings(_Model):
     queue_size: int = Field(10_000, ge=10)
     batch_size: int = Field(500, ge=1)
     flush_interval: Duration = 0.2
+    retention: Duration = 90 * 86400.0  # events older than this are purged (P11: keep, but not forever)
+    purge_interval: Duration = 3600.0
+    sinks: list[EventSink] = Field(default_factory=list)
+    # Keys the hash chain (HMAC-SHA-256 instead of SHA-256): without the key, an edit cannot be hidden by
+    # recomputing the chain.
+    chain_key: SecretStr | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: float) -> float:
+        if v < 3600:
+            raise ValueError("retention must be at least 1h")
+        return v
+
+    @field_validator("purge_interval")
+    @classmethod
+    def _purge_interval(cls, v: float) -> float:
+        if not 60 <= v <= 86400:
+            raise ValueError("purge_interval must be between 1m and 1d")
+        return v
+
+    @field_validator("sinks")
+    @classmethod
+    def _sink_names(cls, v: list[Any]) -> list[Any]:
+        named = []
+        for i, sink in enumerate(v):
+            name = sink.name or f"{sink.type}-{i + 1}"
+            if name in named:
+                raise ValueError(f"sink names must be unique; {name!r} is used twice")
+            named.append(name)
+            if sink.name is None:
+                object.__setattr__(sink, "name", name)
+        return v
 
 
 class CorsSettings(_Model):
@@ -912,6 +1018,165 @@ class InventorySettings(_Model):
     unused_after: Duration = 30 * 86400.0  # a declared route with no traffic this long is reported unused
 
 
+class WebhookChannelSettings(_Model):
+    name: str = Field(pattern=_NAME)
+    type: Literal["webhook"]
+    url: str
+    secret: SecretStr  # signs each alert (Standard Webhooks, like the webhook sink)
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return require_secure_url(v, "url")
+
+
+class EmailChannelSettings(_Model):
+    name: str = Field(pattern=_NAME)
+    type: Literal["email"]
+    # smtp://host:port (STARTTLS required unless the host is loopback) or smtps://host:port (implicit TLS)
+    smtp: str
+    to: list[Annotated[str, Field(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]] = Field(min_length=1)
+    sender: str = Field("bastion@localhost", alias="from", pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration = 10.0
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("expected smtp://host:port or smtps://host:port")
+        if parts.username or parts.password:
+            raise ValueError("put the SMTP credentials in username and password (a secret reference), not the URL")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("the smtp address has an invalid port") from None
+        return v
+
+    @model_validator(mode="after")
+    def _credentials(self) -> EmailChannelSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+AlertChannel = Annotated[WebhookChannelSettings | EmailChannelSettings, Field(discriminator="type")]
+
+Builtin = Literal[
+    "credential_stuffing",
+    "traffic_spike",
+    "new_source_country",
+    "undeclared_endpoint",
+    "key_used_after_rotation",
+    "admin_outside_policy",
+]
+GroupBy = Literal["source_ip", "actor", "route", "resource", "reason", "type", "consumer", "key_id"]
+
+
+class AlertCondition(_Model):
+    """A counting rule: ``count`` events of ``type`` (a prefix) within ``within``, per ``group_by``."""
+
+    type: str = Field(pattern=_TYPE_PREFIX)
+    count: int = Field(ge=1, le=1_000_000)
+    within: Duration
+    group_by: GroupBy | None = None
+    severity: Severity | None = None  # count only events at least this severe
+
+    @field_validator("within")
+    @classmethod
+    def _within(cls, v: float) -> float:
+        if not 1 <= v <= 7 * 86400:
+            raise ValueError("within must be between 1s and 7d")
+        return v
+
+
+# The parameters each built-in detector takes, with their defaults (docs/alerts.md).
+BUILTIN_PARAMETERS: dict[str, dict[str, Any]] = {
+    "credential_stuffing": {"distinct": 10, "within": 300.0, "ips": 10},
+    "traffic_spike": {"factor": 5.0, "min_rate": 60, "interval": 60.0, "half_life": 1800.0, "warmup": 5},
+    "new_source_country": {"on": "country"},
+    "undeclared_endpoint": {},
+    "key_used_after_rotation": {},
+    "admin_outside_policy": {"hours": None, "timezone": "UTC", "allow_ips": []},
+}
+
+
+class AlertRuleSettings(_Model):
+    name: str = Field(pattern=_NAME)
+    builtin: Builtin | None = None
+    when: AlertCondition | None = None
+    channels: list[str] = Field(default_factory=list)  # names from alerts.channels; [] = only the event
+    cooldown: Duration = 900.0  # one alert per rule and group within this window (dedup, across instances)
+    severity: Severity = "warning"
+    # Parameters of built-in detectors (each takes only its own; see BUILTIN_PARAMETERS)
+    distinct: int | None = Field(None, ge=2, le=100_000)
+    within: Duration | None = None
+    ips: int | None = Field(None, ge=2, le=100_000)
+    factor: float | None = Field(None, gt=1, le=1000)
+    min_rate: int | None = Field(None, ge=1)
+    interval: Duration | None = None
+    half_life: Duration | None = None
+    warmup: int | None = Field(None, ge=1, le=1000)
+    on: Literal["country", "ip"] | None = None
+    hours: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+    timezone: str | None = None
+    allow_ips: list[Cidr] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> AlertRuleSettings:
+        if (self.builtin is None) == (self.when is None):
+            raise ValueError("a rule has either builtin: or when:, not both and not neither")
+        allowed = set(BUILTIN_PARAMETERS.get(self.builtin or "", {}))
+        for param in (
+            "distinct", "within", "ips", "factor", "min_rate", "interval", "half_life", "warmup", "on",
+            "hours", "timezone", "allow_ips",
+        ):
+            if getattr(self, param) is not None and param not in allowed:
+                owner = f"the {self.builtin} detector" if self.builtin else "a when: rule"
+                raise ValueError(f"{param} is not a parameter of {owner}")
+        if self.timezone is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        if self.builtin == "admin_outside_policy" and self.hours is None and not self.allow_ips:
+            raise ValueError("admin_outside_policy needs hours: (e.g. 08:00-19:00) or allow_ips:, or both")
+        for field_name, low, high in (("within", 1, 86400), ("interval", 10, 3600), ("half_life", 60, 7 * 86400)):
+            value = getattr(self, field_name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{field_name} is out of range")
+        return self
+
+    def parameter(self, name: str) -> Any:
+        """The rule's value for a detector parameter, or the detector's default."""
+        value = getattr(self, name)
+        return BUILTIN_PARAMETERS[self.builtin or ""][name] if value is None else value
+
+
+class AlertSettings(_Model):
+    channels: list[AlertChannel] = Field(default_factory=list)
+    rules: list[AlertRuleSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> AlertSettings:
+        names = [c.name for c in self.channels]
+        if len(set(names)) != len(names):
+            raise ValueError("alert channel names must be unique")
+        rules = [r.name for r in self.rules]
+        if len(set(rules)) != len(rules):
+            raise ValueError("alert rule names must be unique")
+        for rule in self.rules:
+            for channel in rule.channels:
+                if channel not in names:
+                    raise ValueError(f"rule {rule.name} names channel {channel!r}, which alerts.channels does not declare")
+        return self
+
+
 def _cross(message: str, *at: str | int) -> PydanticCustomError:
     """An error of a rule that spans the config, located at ``at`` (the loader reports that key's line)."""
     return PydanticCustomError("config_cross_check", message, {"at": at})
@@ -938,6 +1203,7 @@ class GatewayConfig(_Model):
     inspection: InspectionSettings = Field(default_factory=InspectionSettings)
     responses: ResponseSettings = Field(default_factory=ResponseSettings)
     inventory: InventorySettings = Field(default_factory=InventorySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     services: list[ServiceSettings] = Field(min_length=1)
 
     @field_validator("public_base_url")
