@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SEVERITIES", "Event", "make_event_id"]
+__all__ = ["SEVERITIES", "Event", "event_document", "make_event_id", "severity_rank"]
 
 SEVERITIES = ("debug", "info", "notice", "warning", "error", "critical")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -44,5 +44,37 @@ class Event:
     path: str | None = None
     source_ip: str | None = None
     actor: str | None = None
+    resource: str | None = None  # what the event is about: ``api_key:<id>``, ``consumer:<name>``, ``alert:<rule>``
     reason: str | None = None  # the stable deny code, when there is one
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+_RANK = {name: i for i, name in enumerate(SEVERITIES)}
+
+
+def severity_rank(severity: str) -> int:
+    """The order of a severity in :data:`SEVERITIES` (``debug`` 0 … ``critical`` 5); unknown ones rank 0."""
+    return _RANK.get(severity, 0)
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    """An event as the JSON document the admin API, the CLI and the export sinks show: ``time`` in
+    ISO 8601 UTC with milliseconds, every field present (``None`` when unset)."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromtimestamp(event.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "id": event.id,
+        "time": stamp,
+        "type": event.type,
+        "severity": event.severity,
+        "request_id": event.request_id,
+        "route": event.route,
+        "method": event.method,
+        "path": event.path,
+        "source_ip": event.source_ip,
+        "actor": event.actor,
+        "resource": event.resource,
+        "reason": event.reason,
+        "data": dict(event.data),
+    }
