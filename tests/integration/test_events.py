@@ -265,7 +265,7 @@ class TestWriter:
         first.flush()
         # A crash between inserting the spool and truncating it leaves rows that are already written.
         pending = [ev("request.denied", T0 + 10 + i) for i in range(2)]
-        from bastion.events.writer import _row
+        from bastion.events.writer import row_for as _row
 
         spool.write_text("".join(json.dumps(_row(e), default=str) + "\n" for e in [*written, *pending]))
         second = EventWriter(engine, flush_interval=0.01, dead_letter_path=str(spool))

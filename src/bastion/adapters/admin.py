@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,6 +110,8 @@ class AdminGuard:
                 await send(message)
 
             await self.app(scope, receive, send_wrapper)
+            if path == "/metrics":  # a scrape every few seconds is not an admin action
+                return
             self.gateway.emit(
                 "admin.action",
                 severity="info",
@@ -164,6 +166,7 @@ def build_admin_app(
     allow_ips: NetworkSet,
     *,
     stats: Callable[[], dict[str, Any]] | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> ASGIApp:
     app = FastAPI(
         title="Bastion admin API",
@@ -209,6 +212,16 @@ def build_admin_app(
             headers={"cache-control": "no-store"},
         )
 
+    if metrics is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus() -> Response:  # sync: reading the workers' snapshot files stays off the loop
+            return Response(
+                metrics(),
+                media_type="text/plain; version=0.0.4; charset=utf-8",
+                headers={"cache-control": "no-store"},
+            )
+
     @app.get(f"{PREFIX}/health", tags=["system"], summary="Liveness of the gateway")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
@@ -220,8 +233,13 @@ def build_admin_app(
     @app.get(f"{PREFIX}/events", tags=["events"], summary="Query the event log, newest first")
     def list_events(  # sync: FastAPI runs it in a thread, so the event loop never waits on the database
         type: str | None = Query(None, max_length=64, description="prefix match, e.g. `request.`"),
+        actor: str | None = Query(
+            None, max_length=256, description="exact, or up to a `/`: `consumer:shop` matches its keys"
+        ),
+        resource: str | None = Query(None, max_length=256, description="e.g. `api_key:<id>`"),
         source_ip: str | None = Query(None, max_length=64),
         severity: str | None = Query(None, max_length=16),
+        min_severity: str | None = Query(None, max_length=16, description="this severity or worse"),
         since: str | None = Query(None, max_length=64, description="duration (`1h`) or ISO 8601 time"),
         until: str | None = Query(None, max_length=64, description="duration (`10m`) or ISO 8601 time"),
         page_size: int = Query(50, ge=1, le=1000),
@@ -231,8 +249,11 @@ def build_admin_app(
         try:
             flt = EventFilter(
                 type=type,
+                actor=actor,
+                resource=resource,
                 source_ip=source_ip,
                 severity=severity,
+                min_severity=min_severity,
                 since=parse_time(since, now) if since else None,
                 until=parse_time(until, now) if until else None,
             )

@@ -211,69 +211,6 @@ def _issue(issue: Any) -> dict[str, Any]:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--type", "type_", help="Event type prefix, e.g. request. or request.denied")
-@click.option("--since", help="A duration such as 1h or 30m, or an ISO 8601 time.")
-@click.option("--until", help="A duration such as 10m, or an ISO 8601 time.")
-@click.option("--source-ip", help="Only events from this client address.")
-@click.option("--severity", type=click.Choice(["debug", "info", "notice", "warning", "error", "critical"]))
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def events(
-    config_path: Path,
-    type_: str | None,
-    since: str | None,
-    until: str | None,
-    source_ip: str | None,
-    severity: str | None,
-    limit: int,
-    as_json: bool,
-) -> None:
-    """Print events from the event log, newest first."""
-    from ..events.query import EventFilter, QueryError, parse_time, query_events
-    from ..store.database import open_database
-
-    loaded = _load(config_path)
-    now = time.time()
-    try:
-        flt = EventFilter(
-            type=type_,
-            source_ip=source_ip,
-            severity=severity,
-            since=parse_time(since, now) if since else None,
-            until=parse_time(until, now) if until else None,
-        )
-    except QueryError as exc:
-        raise click.BadParameter(str(exc)) from None
-    engine = open_database(loaded.settings.storage.database)
-    rows: list[dict[str, Any]] = []
-    token = None
-    while len(rows) < limit:
-        page, token = query_events(engine, flt, page_size=min(1000, limit - len(rows)), page_token=token)
-        rows.extend(page)
-        if token is None:
-            break
-    engine.dispose()
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, separators=(",", ":")))
-        return
-    if not rows:
-        click.echo("no events", err=True)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_lines=False)
-    columns = ("time", "type", "severity", "reason", "actor", "method", "path", "source_ip", "route")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(row.get(c) or "") for c in columns))
-    Console(width=200).print(table)
-
-
-@main.command()
-@CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="The whole report as one JSON document.")
 def inventory(config_path: Path, as_json: bool) -> None:
     """The API inventory: declared routes, endpoints called that no route declares, and unused routes."""
@@ -360,7 +297,7 @@ def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> Non
         sys.exit(1)
 
 
-from . import cli_identity  # noqa: E402, F401 - registers consumers/keys/clients on ``main``
+from . import cli_events, cli_identity  # noqa: E402, F401 - register events/report, consumers/keys/clients
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,8 +12,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +28,8 @@ from ..events.writer import EventWriter
 from ..inventory.recorder import InventoryRecorder
 from ..proxy.server import GatewayServer, serve
 from ..runtime.gateway import Gateway, build_gateway
+from ..runtime.metrics import MetricsFile, merge, read_dir, render
+from ..runtime.monitoring import Monitoring
 from ..store.database import open_database
 from .admin import build_admin_app
 
@@ -49,11 +53,13 @@ class Running:
         self.admin_port: int | None = None
         self.gateway: Gateway | None = None
         self.writer: EventWriter | None = None
+        self.monitoring: Monitoring | None = None
         self.server: Any = None
 
 
-def _stats(gateway: Gateway, writer: EventWriter, running: Running | None) -> dict[str, Any]:
+def _stats(gateway: Gateway, monitoring: Monitoring, running: Running | None) -> dict[str, Any]:
     """Counters of this process for ``GET /admin/v1/status`` (the data plane's, once it is listening)."""
+    writer = monitoring.writer
     out: dict[str, Any] = {
         "in_flight": gateway.in_flight,
         "events": {
@@ -64,6 +70,10 @@ def _stats(gateway: Gateway, writer: EventWriter, running: Running | None) -> di
             "dead_lettered": writer.dead_lettered,
         },
     }
+    if monitoring.sinks is not None:
+        out["sinks"] = monitoring.sinks.stats()
+    if monitoring.alerts is not None:
+        out["alerts"] = dict(monitoring.alerts.stats)
     if gateway.identity is not None:
         out["identity"] = gateway.identity.stats()
     server = running.server if running is not None else None
@@ -77,13 +87,29 @@ def _stats(gateway: Gateway, writer: EventWriter, running: Running | None) -> di
     return out
 
 
+def _metrics(
+    gateway: Gateway, monitoring: Monitoring, running: Running | None, workers_dir: str | None
+) -> Callable[[], bytes]:
+    """``/metrics``: this process's counters, plus each data-plane worker's last snapshot."""
+
+    def scrape() -> bytes:
+        own = monitoring.snapshot(gateway, running.server if running is not None else None)
+        if workers_dir is None:
+            return render(own)
+        # The parent serves no traffic: its gateway's route counts and in-flight are always zero.
+        return render(merge([own, *read_dir(workers_dir)]))
+
+    return scrape
+
+
 async def _start_admin(
     loaded: LoadedConfig,
     gateway: Gateway,
     engine: Any,
-    writer: EventWriter,
+    monitoring: Monitoring,
     port: int | None = None,
     running: Running | None = None,
+    workers_dir: str | None = None,
 ) -> _AdminServer:
     admin = loaded.settings.admin
     assert admin is not None
@@ -92,7 +118,8 @@ async def _start_admin(
         engine,
         admin.token.reveal(),
         NetworkSet(admin.allow_ips),
-        stats=lambda: _stats(gateway, writer, running),
+        stats=lambda: _stats(gateway, monitoring, running),
+        metrics=_metrics(gateway, monitoring, running, workers_dir),
     )
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -135,29 +162,30 @@ async def run_process(
     on_ready: Callable[[Running], None] | None = None,
     port: int | None = None,
     admin_port: int | None = None,
+    metrics_dir: str | None = None,
 ) -> None:
     settings = loaded.settings
     engine = open_database(settings.storage.database, migrate_schema=migrate)
-    writer = EventWriter(
-        engine,
-        queue_size=settings.events.queue_size,
-        batch_size=settings.events.batch_size,
-        flush_interval=settings.events.flush_interval,
-    )
-    writer.start()
+    monitoring = Monitoring(loaded, engine)
+    monitoring.start()
+    writer = monitoring.writer
     running = Running()
     admin_server: _AdminServer | None = None
     recorder: InventoryRecorder | None = None
+    snapshots: MetricsFile | None = None
     try:
-        gateway = build_gateway(loaded, writer, engine=engine)
+        gateway = build_gateway(loaded, monitoring, engine=engine)
+        gateway.metrics = monitoring.metrics
         assert gateway.identity is not None
         gateway.identity.start()  # the identity snapshot is loaded before the first request
         if gateway.observer is not None:
             recorder = InventoryRecorder(engine, gateway.observer, gateway.route_hits, gateway.emit)
             recorder.start()
-        running.gateway, running.writer = gateway, writer
+        # A data-plane worker leaves the purge to the parent (one purge job per host).
+        await monitoring.attach(gateway, purge=metrics_dir is None)
+        running.gateway, running.writer, running.monitoring = gateway, writer, monitoring
         if with_admin and settings.admin is not None:
-            admin_server = await _start_admin(loaded, gateway, engine, writer, admin_port, running)
+            admin_server = await _start_admin(loaded, gateway, engine, monitoring, admin_port, running)
             running.admin_port = admin_server.servers[0].sockets[0].getsockname()[1]
         stop = stop or asyncio.Event()
         ready: asyncio.Future[GatewayServer] = asyncio.get_running_loop().create_future()
@@ -169,6 +197,10 @@ async def run_process(
             serving.result()
         running.server = ready.result()
         running.port = running.server.port
+        if metrics_dir is not None:
+            server = running.server
+            snapshots = MetricsFile(metrics_dir, lambda: monitoring.snapshot(gateway, server))
+            snapshots.start()
         gateway.emit(
             "gateway.started",
             severity="info",
@@ -181,10 +213,13 @@ async def run_process(
         await serving
         gateway.emit("gateway.stopped", severity="info", actor="system", data={"pid": os.getpid()})
     finally:
+        if snapshots is not None:
+            snapshots.close()
         if admin_server is not None:
             admin_server.should_exit = True
             with contextlib.suppress(Exception):
                 await admin_server._bastion_task  # type: ignore[attr-defined]
+        await monitoring.aclose()  # the alert engine's last alerts, before the sinks and writer close
         if running.gateway is not None and running.gateway.identity is not None:
             running.gateway.identity.close()
             await running.gateway.identity.aclose()
@@ -192,7 +227,7 @@ async def run_process(
             await running.gateway.state.aclose()  # rate-limit summaries are written before the writer closes
         if recorder is not None:
             recorder.close()  # its last observations and events, before the writer closes
-        writer.close()
+        monitoring.close()
         engine.dispose()
 
 
@@ -205,10 +240,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def _worker_main(loaded: LoadedConfig) -> None:
+def _worker_main(loaded: LoadedConfig, metrics_dir: str) -> None:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(run_process(loaded, with_admin=False, reuse_port=True, migrate=False))
+    loop.run_until_complete(
+        run_process(loaded, with_admin=False, reuse_port=True, migrate=False, metrics_dir=metrics_dir)
+    )
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -242,8 +279,10 @@ def run(loaded: LoadedConfig, workers: int = 1) -> None:
     # Parent: migrate once, run the admin API, supervise the data-plane workers.
     open_database(loaded.settings.storage.database).dispose()
     ctx = multiprocessing.get_context("spawn")
+    metrics_dir = tempfile.mkdtemp(prefix="bastion-metrics-")
     procs = [
-        ctx.Process(target=_worker_main, args=(loaded,), name=f"bastion-worker-{i}") for i in range(workers)
+        ctx.Process(target=_worker_main, args=(loaded, metrics_dir), name=f"bastion-worker-{i}")
+        for i in range(workers)
     ]
     for p in procs:
         p.start()
@@ -263,23 +302,31 @@ def run(loaded: LoadedConfig, workers: int = 1) -> None:
 
         async def _admin_only() -> None:
             engine = open_database(loaded.settings.storage.database, migrate_schema=False)
-            writer = EventWriter(engine)
-            writer.start()
-            gateway = build_gateway(loaded, writer, engine=engine)
+            monitoring = Monitoring(loaded, engine)
+            monitoring.start()
+            gateway = build_gateway(loaded, monitoring, engine=engine)
+            gateway.metrics = monitoring.metrics
             assert gateway.identity is not None
             gateway.identity.start()
-            server = await _start_admin(loaded, gateway, engine, writer)
+            # The parent purges, and its alert engine sees the admin API's events (the workers' engines
+            # see the data plane's; with redis:// they count together).
+            await monitoring.attach(gateway, purge=True)
+            server = await _start_admin(loaded, gateway, engine, monitoring, workers_dir=metrics_dir)
             # Poll: the stop flag is set by a signal handler and the workers are other processes.
             while not stop.is_set() and any(p.is_alive() for p in procs):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             server.should_exit = True
             await server._bastion_task  # type: ignore[attr-defined]
+            await monitoring.aclose()
             gateway.identity.close()
-            writer.close()
+            if gateway.state is not None:
+                await gateway.state.aclose()
+            monitoring.close()
 
         loop.run_until_complete(_admin_only())
     for p in procs:
         p.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [p.exitcode for p in procs]
     if any(codes):
         print(f"bastion: a worker exited with {codes}", file=sys.stderr)

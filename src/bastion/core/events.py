@@ -44,7 +44,9 @@ class Event:
     path: str | None = None
     source_ip: str | None = None
     actor: str | None = None
-    resource: str | None = None  # what the event is about: ``api_key:<id>``, ``consumer:<name>``, ``alert:<rule>``
+    resource: str | None = (
+        None  # what the event is about: ``api_key:<id>``, ``consumer:<name>``, ``alert:<rule>``
+    )
     reason: str | None = None  # the stable deny code, when there is one
     data: Mapping[str, Any] = field(default_factory=dict)
 
@@ -59,10 +61,10 @@ def severity_rank(severity: str) -> int:
 
 def event_document(event: Event) -> dict[str, Any]:
     """An event as the JSON document the admin API, the CLI and the export sinks show: ``time`` in
-    ISO 8601 UTC with milliseconds, every field present (``None`` when unset)."""
+    ISO 8601 UTC (``Z``; a fraction only when there is one), every field present (``None`` when unset)."""
     from datetime import UTC, datetime
 
-    stamp = datetime.fromtimestamp(event.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = datetime.fromtimestamp(event.time, UTC).isoformat().replace("+00:00", "Z")
     return {
         "id": event.id,
         "time": stamp,

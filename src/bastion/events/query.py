@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, and_, or_, select
 
 from ..config.units import parse_duration
+from ..core.events import SEVERITIES
 from ..store.schema import events_table
 
 __all__ = ["EventFilter", "QueryError", "parse_time", "query_events"]
@@ -33,10 +34,19 @@ class QueryError(ValueError):
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     type: str | None = None  # prefix match: "request." matches request.denied
+    actor: str | None = None  # exact, or a prefix up to a "/": consumer:shop matches consumer:shop/key:…
+    resource: str | None = None
     source_ip: str | None = None
     since: float | None = None
     until: float | None = None
     severity: str | None = None
+    min_severity: str | None = None  # this severity or worse
+
+    def __post_init__(self) -> None:
+        for name in ("severity", "min_severity"):
+            value = getattr(self, name)
+            if value is not None and value not in SEVERITIES:
+                raise QueryError(f"{name} must be one of {', '.join(SEVERITIES)}")
 
 
 def parse_time(value: str, now: float) -> float:
@@ -69,8 +79,17 @@ def decode_token(token: str) -> str:
     return before
 
 
+_INTERNAL = (
+    "chain",
+    "seq",
+    "prev_hash",
+    "hash",
+)  # the hash chain's columns: `bastion events verify` reads them
+
+
 def row_to_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(row)
+    """A stored row as the event document (the shape of ``core.events.event_document``)."""
+    out = {k: v for k, v in row.items() if k not in _INTERNAL}
     out["data"] = json.loads(out["data"]) if out.get("data") else {}
     out["time"] = datetime.fromtimestamp(out["time"], UTC).isoformat().replace("+00:00", "Z")
     return out
@@ -82,17 +101,7 @@ def query_events(
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise QueryError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     t = events_table.c
-    conds = []
-    if flt.type:
-        conds.append(t.type.startswith(flt.type, autoescape=True))
-    if flt.source_ip:
-        conds.append(t.source_ip == flt.source_ip)
-    if flt.severity:
-        conds.append(t.severity == flt.severity)
-    if flt.since is not None:
-        conds.append(t.time >= flt.since)
-    if flt.until is not None:
-        conds.append(t.time < flt.until)
+    conds = _conditions(flt)
     if page_token:
         conds.append(t.id < decode_token(page_token))
     stmt = select(events_table).order_by(t.id.desc()).limit(page_size + 1)
@@ -113,3 +122,42 @@ def get_event(engine: Engine, event_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(select(events_table).where(events_table.c.id == event_id)).first()
     return row_to_dict(row._mapping) if row else None
+
+
+def _conditions(flt: EventFilter) -> list[Any]:
+    t = events_table.c
+    conds: list[Any] = []
+    if flt.type:
+        conds.append(t.type.startswith(flt.type, autoescape=True))
+    if flt.actor:
+        conds.append(or_(t.actor == flt.actor, t.actor.startswith(flt.actor + "/", autoescape=True)))
+    if flt.resource:
+        conds.append(t.resource == flt.resource)
+    if flt.source_ip:
+        conds.append(t.source_ip == flt.source_ip)
+    if flt.severity:
+        conds.append(t.severity == flt.severity)
+    if flt.min_severity:
+        conds.append(t.severity.in_(SEVERITIES[SEVERITIES.index(flt.min_severity) :]))
+    if flt.since is not None:
+        conds.append(t.time >= flt.since)
+    if flt.until is not None:
+        conds.append(t.time < flt.until)
+    return conds
+
+
+def events_after(engine: Engine, flt: EventFilter, after: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Events newer than the id ``after``, oldest first (``bastion events --follow``). An empty ``after``
+    means from the beginning."""
+    t = events_table.c
+    stmt = select(events_table).where(and_(t.id > after, *_conditions(flt))).order_by(t.id).limit(limit)
+    with engine.connect() as conn:
+        return [row_to_dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def newest_id(engine: Engine) -> str:
+    """The id of the newest event ('' when there is none)."""
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(events_table.c.id).order_by(events_table.c.id.desc()).limit(1)).scalar() or ""
+        )

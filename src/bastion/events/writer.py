@@ -35,8 +35,9 @@ from sqlalchemy import Engine, insert
 
 from ..core.events import Event, make_event_id
 from ..store.schema import events_table
+from .chain import Chain
 
-__all__ = ["EventWriter", "new_event"]
+__all__ = ["EventWriter", "new_event", "row_for"]
 
 log = logging.getLogger("bastion.events")
 
@@ -80,8 +81,10 @@ class EventWriter:
         flush_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
         dead_letter_path: str | None = None,
+        chain_key: bytes | None = None,
     ) -> None:
         self._engine = engine
+        self.chain = Chain(chain_key)  # this writer's hash chain (events/chain.py)
         self._queue: deque[Event] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -160,7 +163,8 @@ class EventWriter:
         return batch
 
     def _write(self, batch: list[Event]) -> None:
-        rows = [_row(e) for e in batch]
+        rows = [row_for(e) for e in batch]
+        self.chain.link(rows)  # before the insert or the spool: a spooled row keeps its place in the chain
         if self._database_down and (
             self._stopping or self._clock_mono() < self._next_probe or not self._replay()
         ):
@@ -273,7 +277,8 @@ def _insert_ignoring_duplicates(engine: Engine) -> Any:
     return sqlite_insert(events_table).on_conflict_do_nothing(index_elements=["id"])
 
 
-def _row(e: Event) -> dict[str, object]:
+def row_for(e: Event) -> dict[str, Any]:
+    """The events-table row of an event (``data`` as compact JSON text), without its chain columns."""
     row = asdict(e)
     row["data"] = json.dumps(dict(e.data), separators=(",", ":"), default=str)
     return row

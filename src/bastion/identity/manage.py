@@ -110,7 +110,9 @@ class IdentityAdmin:
         return self.peppers
 
     def _changed(self, event_type: str, actor: str, resource: str, **data: Any) -> None:
-        self._emit(event_type, severity="notice", actor=actor, data={"resource": resource, **data})
+        self._emit(
+            event_type, severity="notice", actor=actor, resource=resource, data={"resource": resource, **data}
+        )
         if self._on_change is not None:
             self._on_change()
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
 from ipaddress import ip_address
+from time import monotonic
 from typing import Any
 
 import httptools
@@ -207,6 +208,7 @@ class Exchange:
         "keep_alive",
         "method",
         "raw_target",
+        "t0",
         "upgrade",
         "version",
     )
@@ -229,6 +231,7 @@ class Exchange:
         self.body = body
         self.framing_error = framing_error
         self.upgrade = False
+        self.t0 = monotonic()  # for the latency histogram (runtime/metrics.py)
 
 
 # llhttp's reasons for the framing errors it catches itself, mapped to Bastion's documented codes.
@@ -662,6 +665,7 @@ class ClientConnection(asyncio.Protocol):
                 self._current = ex
                 self.busy = True
                 keep = await self._handle(ex)
+                self.gateway.metrics.observe(monotonic() - ex.t0)
                 self.busy = False
                 self._current = None
                 if not keep or self.closing:
@@ -687,6 +691,9 @@ class ClientConnection(asyncio.Protocol):
             self._set_phase("idle")
 
     def _exchange_done(self, keep: bool) -> None:
+        ex = self._current
+        if ex is not None:
+            self.gateway.metrics.observe(monotonic() - ex.t0)
         self.busy = False
         self._current = None
         if not keep or self.closing:
@@ -969,7 +976,11 @@ class ClientConnection(asyncio.Protocol):
         )
 
     async def _answer(
-        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
         pump: asyncio.Task[None] | None,
     ) -> bool:
         if conn.status >= 500 and self.gateway.replace_upstream_errors:
@@ -1004,7 +1015,11 @@ class ClientConnection(asyncio.Protocol):
             return None
 
     def _settle_upstream(
-        self, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool, pump: asyncio.Task[None] | None,
+        self,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
+        pump: asyncio.Task[None] | None,
         clean: bool,
     ) -> None:
         """After a response the gateway wrote itself: reuse the upstream connection only when both sides
@@ -1017,7 +1032,11 @@ class ClientConnection(asyncio.Protocol):
             pool.release(conn)
 
     async def _replace_upstream_error(
-        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
         pump: asyncio.Task[None] | None,
     ) -> bool:
         """responses.replace_upstream_errors: an upstream 5xx keeps its status, loses its body (a stack
@@ -1042,7 +1061,12 @@ class ClientConnection(asyncio.Protocol):
         )
 
     async def _filter_response(
-        self, fields: Any, fwd: Forward, ex: Exchange, conn: UpstreamConnection, pool: UpstreamPool,
+        self,
+        fields: Any,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
         pump: asyncio.Task[None] | None,
     ) -> bool:
         """response_fields: the JSON response is read whole (bounded), filtered and sent with its new
@@ -1161,8 +1185,16 @@ class ClientConnection(asyncio.Protocol):
         return self._refuse(fwd, ex, status, code, detail, {"service": fwd.upstream.name, "stage": why})
 
     def _refuse(
-        self, fwd: Forward, ex: Exchange, status: int, code: str, detail: str, evidence: dict[str, Any],
-        *, headers: list[tuple[str, str]] | None = None, event: str = "request.denied",
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        status: int,
+        code: str,
+        detail: str,
+        evidence: dict[str, Any],
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        event: str = "request.denied",
     ) -> bool:
         """Answer a forwarded request with the gateway's own problem+json (severity error: the upstream
         side failed), recorded with the request's fields."""
@@ -1185,7 +1217,11 @@ class ClientConnection(asyncio.Protocol):
         return self._respond(resp, ex)
 
     def _response_head(
-        self, fwd: Forward, ex: Exchange, conn: UpstreamConnection, length: int | None = None,
+        self,
+        fwd: Forward,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        length: int | None = None,
         omit_length: bool = False,
     ) -> tuple[bytes, bool, bool, bool]:
         """The response head for the client: (bytes, re-chunked?, keep-alive?, bodyless?). ``length``:

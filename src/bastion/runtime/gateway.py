@@ -46,6 +46,7 @@ from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
 from ..inventory import Observer
 from .identity import IdentityRuntime
+from .metrics import Metrics
 from .state import StateRuntime
 
 __all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "build_gateway"]
@@ -155,6 +156,10 @@ class Gateway:
         self.observer = Observer(settings.inventory.max_observed) if settings.inventory.observe else None
         self.route_hits: dict[str, int] = {}
         self.in_flight = 0
+        # Monitoring (runtime/monitoring.py): the counters behind /metrics, and a hook the alert engine
+        # sets when a detector needs every authenticated request (consumer, key id, client address).
+        self.metrics = Metrics()
+        self.on_use: Callable[[str, str | None, str], None] | None = None
         self._direct: dict[IPAddress, ForwardedInfo] = {}
         # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
         # they identify, they do not authenticate.
@@ -190,6 +195,7 @@ class Gateway:
         extra: Mapping[str, Any] | None = None,
     ) -> Respond:
         """Build the problem+json response for a deny and record the event."""
+        self.metrics.denied(status, code)
         data = {"status": status}
         if evidence:
             data.update(evidence)
@@ -407,6 +413,8 @@ class Gateway:
             up_headers = [(n, v) for n, v in up_headers if n not in _WHOLE_RESPONSE]
             up_headers.append(("accept-encoding", "identity"))
         if principal is not None:
+            if self.on_use is not None:
+                self.on_use(principal.consumer, principal.key_id, str(client))
             strip = route.options["strip_credentials"]
             if strip:
                 up_headers = [(n, v) for n, v in up_headers if n not in strip]

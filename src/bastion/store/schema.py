@@ -36,9 +36,18 @@ events_table = Table(
     Column("actor", String(256)),
     Column("reason", String(64)),
     Column("data", Text, nullable=False),  # JSON, already redacted
+    Column("resource", String(256)),
+    # The hash chain (events/chain.py): rows numbered per writer, each with its predecessor's hash.
+    Column("chain", String(26)),
+    Column("seq", Integer),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
     Index("ix_events_time", "time"),
     Index("ix_events_type", "type"),
     Index("ix_events_source_ip", "source_ip"),
+    Index("ix_events_actor", "actor"),
+    Index("ix_events_resource", "resource"),
+    Index("ix_events_chain_seq", "chain", "seq", unique=True),
 )
 
 # -- identities (lists and maps are JSON text: portable between SQLite and PostgreSQL) --------------
