@@ -254,7 +254,9 @@ class _SinkBase(_Model):
     """What every export sink shares: which events it takes and how much it may hold."""
 
     name: str | None = Field(None, pattern=_NAME)  # default: the type and its position, e.g. ``webhook-2``
-    types: list[Annotated[str, Field(pattern=_TYPE_PREFIX)]] = Field(default_factory=list)  # prefixes; [] = all
+    types: list[Annotated[str, Field(pattern=_TYPE_PREFIX)]] = Field(
+        default_factory=list
+    )  # prefixes; [] = all
     min_severity: Severity = "debug"
     queue_size: int = Field(10_000, ge=10, le=1_000_000)
     # Events the sink could not deliver wait here (JSON lines) and are sent first when it answers again.
@@ -280,8 +282,18 @@ class SyslogSinkSettings(_SinkBase):
     type: Literal["syslog"]
     address: str  # udp://host:port or tcp://host:port (RFC 5424; TCP uses octet counting, RFC 6587)
     facility: Literal[
-        "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4", "local5",
-        "local6", "local7",
+        "user",
+        "daemon",
+        "auth",
+        "authpriv",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
     ] = "local0"
     app_name: str = Field("bastion", pattern=r"^[!-~]{1,48}$")
 
@@ -303,7 +315,9 @@ class SyslogSinkSettings(_SinkBase):
 class WebhookSinkSettings(_SinkBase):
     type: Literal["webhook"]
     url: str
-    secret: SecretStr  # signs each batch (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature)
+    secret: (
+        SecretStr  # signs each batch (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature)
+    )
     batch_size: int = Field(100, ge=1, le=10_000)
     flush_interval: Duration = 1.0
     timeout: Duration = 5.0
@@ -1049,7 +1063,9 @@ class EmailChannelSettings(_Model):
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/"):
             raise ValueError("expected smtp://host:port or smtps://host:port")
         if parts.username or parts.password:
-            raise ValueError("put the SMTP credentials in username and password (a secret reference), not the URL")
+            raise ValueError(
+                "put the SMTP credentials in username and password (a secret reference), not the URL"
+            )
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
@@ -1131,8 +1147,18 @@ class AlertRuleSettings(_Model):
             raise ValueError("a rule has either builtin: or when:, not both and not neither")
         allowed = set(BUILTIN_PARAMETERS.get(self.builtin or "", {}))
         for param in (
-            "distinct", "within", "ips", "factor", "min_rate", "interval", "half_life", "warmup", "on",
-            "hours", "timezone", "allow_ips",
+            "distinct",
+            "within",
+            "ips",
+            "factor",
+            "min_rate",
+            "interval",
+            "half_life",
+            "warmup",
+            "on",
+            "hours",
+            "timezone",
+            "allow_ips",
         ):
             if getattr(self, param) is not None and param not in allowed:
                 owner = f"the {self.builtin} detector" if self.builtin else "a when: rule"
@@ -1146,7 +1172,11 @@ class AlertRuleSettings(_Model):
                 raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if self.builtin == "admin_outside_policy" and self.hours is None and not self.allow_ips:
             raise ValueError("admin_outside_policy needs hours: (e.g. 08:00-19:00) or allow_ips:, or both")
-        for field_name, low, high in (("within", 1, 86400), ("interval", 10, 3600), ("half_life", 60, 7 * 86400)):
+        for field_name, low, high in (
+            ("within", 1, 86400),
+            ("interval", 10, 3600),
+            ("half_life", 60, 7 * 86400),
+        ):
             value = getattr(self, field_name)
             if value is not None and not low <= value <= high:
                 raise ValueError(f"{field_name} is out of range")
@@ -1173,7 +1203,9 @@ class AlertSettings(_Model):
         for rule in self.rules:
             for channel in rule.channels:
                 if channel not in names:
-                    raise ValueError(f"rule {rule.name} names channel {channel!r}, which alerts.channels does not declare")
+                    raise ValueError(
+                        f"rule {rule.name} names channel {channel!r}, which alerts.channels does not declare"
+                    )
         return self
 
 
