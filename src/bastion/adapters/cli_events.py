@@ -249,7 +249,7 @@ def events_purge(config_path: Path, older_than: str | None) -> None:
 @main.command()
 @_config_option(required=True)
 @click.option("--since", default="7d", show_default=True, help="A duration such as 7d, or an ISO 8601 time.")
-@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
 )
@@ -258,6 +258,7 @@ def report(config_path: Path, since: str, fmt: str, output: Path | None) -> None
     endpoints."""
     from ..events.query import QueryError, parse_time
     from ..events.report import build_report
+    from ..inventory.report import report as inventory_report
 
     now = time.time()
     try:
@@ -265,14 +266,21 @@ def report(config_path: Path, since: str, fmt: str, output: Path | None) -> None
     except QueryError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     loaded, engine = _engine(config_path)
+    settings = loaded.settings
     try:
+        # Endpoints a route has declared since they were observed are not "undeclared" any more.
+        undeclared = inventory_report(
+            settings.services, engine, unused_after=settings.inventory.unused_after, now=now
+        )["undeclared"]
         text = build_report(
             engine,
             since=start,
             now=now,
             fmt=fmt,  # type: ignore[arg-type]
-            unused_after=loaded.settings.inventory.unused_after,
+            undeclared=undeclared,
         )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
     finally:
         engine.dispose()
     if output is None:
