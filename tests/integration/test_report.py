@@ -630,7 +630,7 @@ def test_chromium_paints_the_report(page: str, tmp_path: Path) -> None:
 
 
 def test_the_report_command(tmp_path: Path) -> None:
-    """``bastion report`` on a config's store: Markdown to stdout, HTML to a file, and a bad --since refused."""
+    """``bastion report``: Markdown to stdout, HTML to a file, a bad --since refused."""
     import time as _time
 
     from click.testing import CliRunner
