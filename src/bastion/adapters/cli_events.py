@@ -161,6 +161,8 @@ def _follow(
         row["id"]: time.monotonic()
         for row in events_after(engine, flt, _id_floor(last, FOLLOW_LAG), limit=100_000)
     }
+    click.echo("following new events (Ctrl-C stops)", err=True)
+    sys.stderr.flush()
     started = time.monotonic()
     try:
         while stop_after is None or time.monotonic() - started < stop_after:
