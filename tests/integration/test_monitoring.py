@@ -39,7 +39,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "the c
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in the exposition format (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # the client sorts labels by name
     pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)"
     m = re.search("^" + pattern + "$", text, re.M)
     return float(m.group(1)) if m else 0.0
