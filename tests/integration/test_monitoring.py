@@ -69,10 +69,13 @@ class TestMetrics:
         for _ in range(3):
             assert admin(gateway, "/metrics")[0] == 200
         assert admin(gateway, "/admin/v1/status")[0] == 200  # an admin action, recorded
-        gateway.running.writer.flush()  # type: ignore[union-attr]
-        _, _, body = admin(gateway, events_url(type="admin.action", page_size=100))
-        paths = [e["path"] for e in body["events"]]
-        assert "/admin/v1/status" in paths and "/metrics" not in paths
+
+        def paths() -> list[str]:
+            _, _, body = admin(gateway, events_url(type="admin.action", page_size=100))
+            found = [e["path"] for e in body["events"]]
+            return found if "/admin/v1/status" in found else []
+
+        assert "/metrics" not in wait_for(paths, what="the admin action on /admin/v1/status")
 
 
 class TestFilters:
@@ -213,7 +216,7 @@ class TestFollow:
             assert all(e["type"] == "auth.failed" for e in lines)
         finally:
             proc.terminate()
-            proc.wait(10)
+            proc.communicate(timeout=10)  # reaps it and closes its pipes
             writer.close()
             engine.dispose()
 
