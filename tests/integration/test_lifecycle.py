@@ -278,13 +278,29 @@ def _socket_inodes(pid: int) -> set[str]:
     return out
 
 
+def _requests_metric(admin_port: int) -> float:
+    from tests.support import ADMIN_TOKEN
+
+    status, _, body = request(
+        admin_port, "GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert status == 200, body
+    line = next(ln for ln in body.decode().splitlines() if ln.startswith("bastion_requests_total "))
+    return float(line.split()[1])
+
+
 class TestWorkers:
     def test_two_workers_share_the_port_and_stop_cleanly(
         self, upstream_for_process: EchoUpstream, tmp_path: Path
     ) -> None:
         upstream = upstream_for_process
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         cfg, db = write_config(tmp_path, upstream.port, port)  # with the admin listener (parent process)
+        cfg.write_text(
+            cfg.read_text().replace(
+                "admin:\n  listen: 127.0.0.1:0", f"admin:\n  listen: 127.0.0.1:{admin_port}"
+            )
+        )
         with GatewayProcess(cfg, port, args=("--workers", "2")) as gw:
             wait_until(
                 lambda: len([c for c in _children(gw.pid) if "spawn_main" in _cmdline(c)]) == 2,
@@ -315,6 +331,8 @@ class TestWorkers:
                 held = {w: len(_socket_inodes(w) & established) for w in workers}
                 assert sum(held.values()) == 16, held
                 assert all(n >= 1 for n in held.values()), f"one worker served nothing: {held}"
+                # /metrics on the parent's admin listener adds up both workers' counters.
+                wait_until(lambda: _requests_metric(admin_port) >= 16, 10, "/metrics to count both workers")
             finally:
                 for c in clients:
                     c.close()
