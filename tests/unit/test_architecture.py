@@ -61,7 +61,8 @@ ALLOWED = {
     "identity": {"core", "store"},
     "events": {"core", "store", "config"},
     "inventory": {"core", "store"},
-    "runtime": {"core", "checks", "config", "events", "store", "identity", "state", "inventory"},
+    "alerts": {"core", "config", "events", "state"},
+    "runtime": {"core", "checks", "config", "events", "store", "identity", "state", "inventory", "alerts"},
     "proxy": {"core", "runtime"},
     "adapters": {
         "core",
@@ -75,6 +76,7 @@ ALLOWED = {
         "proxy",
         "adapters",
         "inventory",
+        "alerts",
     },
     "demo": set(),
 }

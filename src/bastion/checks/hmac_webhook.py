@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ..core.decision import Context, Deny, Verdict
 from ..core.ports import ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
+from ..core.webhook_signing import standard_webhooks_secret
 from .refusals import remember, signature_invalid, state_unavailable, webhook_replayed
 
 __all__ = ["PRESETS", "HmacScheme", "HmacWebhook", "custom_scheme", "standard_webhooks_secret"]
@@ -143,17 +144,6 @@ def custom_scheme(
         parse,
         timestamp_header is not None,
     )
-
-
-def standard_webhooks_secret(secret: str) -> bytes:
-    """Standard Webhooks secrets are ``whsec_<base64>``; the key is the decoded bytes. ValueError if the
-    base64 is broken (a config error, found at load)."""
-    if secret.startswith("whsec_"):
-        raw = _b64(secret[6:])
-        if not raw:
-            raise ValueError("a whsec_ secret must be followed by base64")
-        return raw
-    return secret.encode("utf-8")
 
 
 class HmacWebhook:

@@ -186,6 +186,24 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg
 
 
+def _without_union_tags(loc: Loc, data: Any) -> Loc:
+    """Pydantic names the member of a tagged union in the location (``sinks.0.webhook.url``); the config
+    has no such key: drop it (``sinks.0.url``)."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
 def _secret_locs(model: BaseModel, loc: Loc = ()) -> list[Loc]:
     found: list[Loc] = []
     for name in type(model).model_fields:
@@ -228,7 +246,7 @@ def load_config_text(
         settings = GatewayConfig.model_validate(data, context={"base_dir": composer.base_dir})
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False, include_context=True):
-            loc = tuple(err["loc"])
+            loc = _without_union_tags(tuple(err["loc"]), data)
             if err["type"] == "duplicate_service":
                 loc = (*loc, err["ctx"]["index"], "name")
             elif err["type"] == "config_cross_check":

@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.ratelimit import Limit, LimitParseError, parse_limit, parse_quota
 from ..core.urls import parse_redis_url, require_secure_url
+from ..core.webhook_signing import standard_webhooks_secret
 from .openapi import OpenApiDocument, load_openapi, template_shape
 from .units import parse_duration, parse_size
 
@@ -326,6 +327,12 @@ class WebhookSinkSettings(_SinkBase):
     @classmethod
     def _url(cls, v: str) -> str:
         return require_secure_url(v, "url")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: Secret) -> Secret:
+        standard_webhooks_secret(v.reveal())  # a whsec_ secret must decode (ValueError says so)
+        return v
 
 
 EventSink = Annotated[
@@ -1043,6 +1050,12 @@ class WebhookChannelSettings(_Model):
     @classmethod
     def _url(cls, v: str) -> str:
         return require_secure_url(v, "url")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: Secret) -> Secret:
+        standard_webhooks_secret(v.reveal())  # a whsec_ secret must decode (ValueError says so)
+        return v
 
 
 class EmailChannelSettings(_Model):

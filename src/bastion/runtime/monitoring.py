@@ -92,11 +92,10 @@ class Monitoring:
         if self._alert_settings is not None:
             from ..alerts import AlertEngine, build_alert_state
 
-            state = gateway.state
             storage = gateway.settings.storage
             self.alerts = AlertEngine(
                 self._alert_settings,
-                state=build_alert_state(storage.state, state.redis if state else None, storage.state_prefix),
+                state=build_alert_state(storage.state, None, storage.state_prefix),  # its own connection
                 emit=self.emit,
                 clock=self.clock,
             )

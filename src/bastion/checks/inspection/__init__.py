@@ -71,13 +71,17 @@ _RULES: dict[str, tuple[Rule, ...]] = {
 # separators, slashes, spaces or percent signs. A leading dot is excluded (".env"), as are long
 # digit runs (integer-overflow probes).
 _PLAIN = re.compile(r"[\w,@+.:-]*")
-# Plain values that still deserve a full scan: DOM globals, SQL Server procedures, schema names,
+# Plain values (lower-cased) that still deserve a full scan: DOM globals, SQL Server procedures, schema names,
 # integer-overflow probes, sensitive file names.
 _PLAIN_SUSPECT = re.compile(
     r"^\.|\.\.|::|(?:window|document|location)\.|xp_|sp_|openrowset|information_schema|\d{10}|wp-config|"
-    r"\.php|\.env\b|\.e\.",
-    re.I,
-)
+    r"\.php|\.env\b|\.e\.|"
+    # system catalogues (msdb, sysobjects, pg_catalog…: a literal each catalogue name contains)
+    r"sys|msdb|tempdb|northwind|sqlite_|pg_|all_|user_|dba_|schema_name|"
+    # file names that no upload may carry (config.yml, web.config, /proc's kcore…; see lfi.RESTRICTED_NAMES)
+    r"\.(?:ya?ml|config|xml|ini)$|^(?:mtrr|acpi|kcore|kmsg|kallsyms|cpuinfo|meminfo|iomem|ioports|slabinfo|"
+    r"vmallocinfo|zoneinfo|buddyinfo|sysrq-trigger)$"
+)  # matched on the lower-cased value: without re.I the engine compares literals much faster
 
 # The screen. Every rule needs at least one of: a character from _SCREEN_CHARS, a word from
 # _SCREEN_WORDS, or a match of _SCREEN_SHAPES. Those three checks are C-level (one charset scan,
@@ -101,8 +105,9 @@ _SCREEN_SHAPES = re.compile(
             r"\((?<=[a-z_?&.]\()|\((?<=[a-z_?&.]\s\()|\((?<=[a-z]\d\()|\)\s?like|\)\s*as\s|like\s+null|"
             # a word, up to three other characters, then "(": the paranoia-2 function-call shape
             r"\((?<=[a-z]\W\()|\((?<=[a-z]\W\W\()|\((?<=[a-z]\W\W\W\()|"
-            r"is\s+(?:not\s+)?null|on[a-z]{3,}\s?=",
-            r"\.(?:txt|log|sh|php|py|pl|rb|js|conf|cfg|ini|gz|xz|zip|tar|bak|sql|yml|yaml|json|xml|exe|bat|ps1|c|db)\b",
+            r"is\s+(?:not\s+)?null|on[a-z]{3,}\s?=|(?:claude|agents|gemini|instructions|cursor|windsurf|cline|roo)"
+            r"(?:\.local)?\.md\b",
+            r"\.(?:txt|log|sh|php|py|pl|rb|js|conf|cfg|config|ini|gz|xz|zip|tar|bak|sql|yml|yaml|json|xml|exe|bat|ps1|c|db)\b",
             r";\s?[a-z]+(?:\s+(?:-|/|\$|https?:|\d)|\s*$|\s*[;|&])",
             rce.SCREEN_SHAPE,
         )
@@ -220,9 +225,10 @@ class Inspector:
         """The first finding in ``value``, or ``None``. Never raises for any ``str``."""
         if len(value) > self._max_length:
             value = value[: self._max_length]
-        if _PLAIN.fullmatch(value) is not None and _PLAIN_SUSPECT.search(value) is None:
+        lowered = value.lower()
+        if _PLAIN.fullmatch(value) is not None and _PLAIN_SUSPECT.search(lowered) is None:
             return None
-        if self._screen and _screened_out(value.lower()):
+        if self._screen and _screened_out(lowered):
             return None
         base = base_view(value)
         lower = base.lower()

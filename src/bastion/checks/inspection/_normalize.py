@@ -107,9 +107,7 @@ _SHELL_EMPTY = re.compile(r"\$[@*!?#$\-]|\$\(\)|\$\{\}|``|<\(\)|(?<=[a-z])\$[a-z
 # A run of quotes touching a word or path character on either side (``c'a't``, ``"/etc"/passwd``).
 # Both alternatives start with a quote, so the engine skips ahead to quotes; each tests its side
 # from the run's first quote, so a long run of quotes costs linear time.
-_SHELL_QUOTES = re.compile(
-    r"['\"](?:(?<=[\w/.$-]['\"])['\"]*|(?<!['\"]['\"])['\"]*(?=[\w/.$-]))"
-)
+_SHELL_QUOTES = re.compile(r"['\"](?:(?<=[\w/.$-]['\"])['\"]*|(?<!['\"]['\"])['\"]*(?=[\w/.$-]))")
 _SHELL_BRACES = re.compile(r"\{([^{}\s]*,[^{}\s]*)\}")
 _SHELL_NEWLINES = re.compile(r"[\r\n]+")
 # A Markdown code fence on its own line (```python): a separator, not two substitutions.
@@ -141,14 +139,31 @@ _PATH_PARAMS = re.compile(r";(?!\s)[^/\s]*")
 _PATH_SLASHES = re.compile(r"/(?<!:/)(?:\.?/)+")
 
 
+# Undecodable bytes (U+FFFD after decoding): a lone lead byte in front of a real "." or "/"
+# (%c0%2e) is junk; a run of four or more is two or more overlong characters (%c0%ae%c0%ae%c0%af),
+# which in a path can only have been dots and a separator; a shorter run is one separator (%c0%af).
+_PATH_FFFD_LEAD = re.compile("\ufffd(?=[./\\\\])")
+_PATH_FFFD_LONG = re.compile("\ufffd{4,}")
+_PATH_FFFD = re.compile("\ufffd+")
+# Slashes that look like "/" or "\\" but that NFKC leaves alone (division slash, fraction slash,
+# set minus, big solidi), and control characters, which no file name holds ("..%09/", "..%0d/").
+_PATH_LOOKALIKES = str.maketrans({"\u2215": "/", "\u2044": "/", "\u2216": "/", "\u29f5": "/", "\u29f8": "/",
+                                  "\u29f9": "/"})  # fmt: skip
+_PATH_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
 def path_view(lower: str) -> str:
     if "0x" in lower:
         lower = _PATH_HEX.sub(lambda m: _PATH_HEX_MAP[m.group(0)], lower)
-    if "\ufffd" in lower:
-        # Overlong UTF-8 dots and slashes (%c0%ae, %c0%af) decode to U+FFFD; in a path they can
-        # only have been separators or dots, and reading them as "/" keeps traversal visible.
-        lower = re.sub("\ufffd+", "/", lower)
-    lower = lower.replace("\\", "/").replace("\x00", "")
+    if not lower.isascii():
+        lower = lower.translate(_PATH_LOOKALIKES)
+        if "\ufffd" in lower:
+            lower = _PATH_FFFD_LEAD.sub("", lower)
+            lower = _PATH_FFFD_LONG.sub("../", lower)
+            lower = _PATH_FFFD.sub("/", lower)
+    if not lower.isprintable():
+        lower = _PATH_CONTROLS.sub("", lower)
+    lower = lower.replace("\\", "/")
     if ";" in lower:
         lower = _PATH_PARAMS.sub("", lower)
     return _PATH_SLASHES.sub("/", lower)

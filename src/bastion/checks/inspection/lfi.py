@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._rules import Rule
 
-__all__ = ["RULES", "SCREEN_WORDS"]
+__all__ = ["RESTRICTED_NAMES", "RULES", "SCREEN_WORDS"]
 
 _UNIX_FILES = (
     r"etc/(?:passwd|shadow|group|gshadow|hosts|issue|motd|master\.passwd|subuid|subgid|sudoers|crontab|fstab|"
@@ -30,6 +30,23 @@ _DOT_NAME = (
     r"netrc|pgpass|mysql_history|ds_store|dockerenv|gitconfig|git-credentials|aws|ssh|kube|docker|"
     r"config|[\w-]*ignore|[\w-]*rc)(?![\w-]))"
 )
+# A whole value that names a file no upload or file parameter should carry (optionally after a
+# directory, with stray spaces around its dot): server and framework configuration that an upload
+# would replace (".htaccess", "wp-config.php", "settings.php", Symfony's "config.yml"), and kernel
+# pseudo-files of /proc ("kcore", "mtrr").
+_RESTRICTED_NAMES_LIST = (
+    r"\.ht(?:access|passwd|digest)|\.user\s?\.\s?ini|php\s?\.\s?ini|web\s?\.\s?config|\.env(?:\.[\w-]+)?|"
+    r"wp-config\s?\.\s?php|(?:default\.)?settings(?:\.local)?\s?\.\s?php|config(?:_\w+)?\s?\.\s?(?:ya?ml|php)|"
+    r"(?:parameters|routing|security|services)\s?\.\s?ya?ml|local\s?\.\s?xml|"
+    r"mtrr|acpi|kcore|kmsg|kallsyms|cpuinfo|meminfo|iomem|ioports|sysrq-trigger|slabinfo|vmallocinfo|zoneinfo|"
+    r"buddyinfo"
+)
+RESTRICTED_NAMES = rf"\s*(?:[\w.-]*[/\\])*(?:{_RESTRICTED_NAMES_LIST})\s*"
+_RESTRICTED_ANCHORS = ("htaccess", "htpasswd", "htdigest", "user", "php", "web", "env", "wp", "settings",
+                       "config", "parameters", "routing", "security", "services", "local", "mtrr", "acpi",
+                       "kcore", "kmsg", "kallsyms", "cpuinfo", "meminfo", "iomem", "ioports", "sysrq",
+                       "slabinfo", "vmallocinfo", "zoneinfo", "buddyinfo")  # fmt: skip
+
 # The words a log file name is made of ("error.log", "error_log", "errorlog").
 _LOG_ANCHORS = tuple(f"{prefix}{suffix}" for prefix in ("error", "errors", "access", "debug", "install")
                      for suffix in ("", "log"))  # fmt: skip
@@ -38,6 +55,8 @@ RULES: tuple[Rule, ...] = (
     Rule("lfi.traversal", 1, "path", r"(?:^|[/=\s'\"(,:|;<>`])\.{2,}/|/\.{2,}(?:/|$)|^\.{2,}$", ('..',)),
     Rule("lfi.null_byte", 1, "lower", r"[\w./\\-]\x00", ('\x00',)),
     Rule("lfi.system_file", 1, "path", rf"(?:^|[^\w.~-])/?{_UNIX_FILES}(?![\w-])", ("etc",), ("/",)),
+    # any file under an absolute /etc/ or /boot/ (/etc/redhat-release, /etc/shadow-, /boot/grub/grub.cfg)
+    Rule("lfi.system_file", 1, "path", r"(?:^|[^\w.~/-])/(?:etc|boot)/[\w.-]", ("etc", "boot"), ("/",)),
     Rule("lfi.system_file", 1, "path",
          r"(?:^|[^\w.~-])/?(?:proc/(?:self|\d+|sys|net|version|cpuinfo|meminfo|mounts|interrupts|cmdline|"
          r"environ|kcore|modules|partitions|stat)|sys/(?:class|kernel|devices|block|bus|firmware|module|fs|power)|"
@@ -45,12 +64,22 @@ RULES: tuple[Rule, ...] = (
          r"usr/local/(?:etc|apache|nginx)|tmp/[\w.-]|home/[\w.-]+/\.)",
          ("proc", "sys", "dev", "root", "var", "usr", "tmp", "home"), ("/",)),
     Rule("lfi.system_file", 1, "path",
-         r"\b(?:boot\.ini|win\.ini|system\.ini|autoexec\.bat|(?:windows|winnt)/(?:system32|system|win\.ini|repair)|"
+         r"\b(?:boot\.ini|win\.ini|system\.ini|autoexec\.bat|(?:windows|winnt)/(?:win\.ini|repair|system\.ini)|"
          r"system32/(?:config|drivers|inetsrv)|inetpub/|pagefile\.sys|ntuser\.dat|sam$)",
          ("boot", "win", "system", "autoexec", "windows", "winnt", "inetpub", "pagefile", "ntuser", "sam")),
     # dot-directories and dot-files, after a slash or at the start
     Rule("lfi.secret_file", 1, "path", rf"/\.{_DOT_NAME}", ("/.",)),
     Rule("lfi.secret_file", 1, "path", rf"^\.{_DOT_NAME}", (".",)),
+    # a dot-file asked for by name at the end of a path (/.cursorrules, /app/.mcp.json), and the
+    # instruction files of AI coding assistants (CLAUDE.md, AGENTS.md, .github/copilot-instructions.md)
+    Rule("lfi.secret_file", 1, "path", r"/\.(?!well-known\b)[a-z][\w-]*(?:\.[\w-]+)*$", ("/.",)),
+    Rule("lfi.secret_file", 1, "path",
+         r"(?:^|/)(?:claude|agents|gemini|copilot-instructions|cursor|windsurf|cline|roo)(?:\.local)?\.md$",
+         ("claude", "agents", "gemini", "instructions", "cursor", "windsurf", "cline", "roo"), (".md",)),
+    # server status and diagnostics pages, Java deployment descriptors
+    Rule("lfi.secret_file", 1, "path",
+         r"(?:^|/)(?:server-(?:status|info)|phpinfo\.php|elmah\.axd|trace\.axd|web-inf/|meta-inf/)",
+         ("status", "info", "phpinfo", "elmah", "trace", "inf")),
     Rule("lfi.secret_file", 1, "path",
          r"\b(?:id_rsa|id_dsa|id_ecdsa|id_ed25519|authorized_keys|known_hosts|wp-config\.php|web\.config|"
          r"credentials\.xml|secrets?\.(?:ya?ml|json|env))\b",
@@ -65,6 +94,7 @@ RULES: tuple[Rule, ...] = (
           "ssh"), ("://",)),
     Rule("lfi.wrapper", 1, "lower", r"\bfile:/{1,3}[a-z]", ("file",), (":",)),
     Rule("lfi.wrapper", 1, "lower", r"/@fs/", ("/@fs/",)),
+    Rule("lfi.restricted_file", 1, "lower", rf"^{RESTRICTED_NAMES}$", _RESTRICTED_ANCHORS),
     # --- paranoia 2 ---------------------------------------------------------------------------
     Rule("lfi.secret_file", 2, "path", r"(?:^|[\s=/])\.(?!well-known)[a-z][\w.-]*$", ('.',)),
 )  # fmt: skip
@@ -74,6 +104,8 @@ _SCREEN_TEXT = (
     "etc proc sys dev root var usr tmp home boot win system system32 autoexec winnt inetpub "
     "pagefile ntuser sam id_rsa id_dsa id_ecdsa id_ed25519 authorized_keys known_hosts wp wp_config web "
     "config credentials secret secrets error errors access debug install log php phar zip expect glob jar "
-    "netdoc gopher dict compress ogg rar ssh2 file fs env htaccess htpasswd git svn hg"
+    "netdoc gopher dict compress ogg rar ssh2 file fs env htaccess htpasswd git svn hg htdigest mtrr "
+    "acpi kcore kmsg kallsyms cpuinfo meminfo iomem ioports sysrq slabinfo vmallocinfo zoneinfo buddyinfo "
+    "status phpinfo elmah trace inf"
 )
 SCREEN_WORDS: frozenset[str] = frozenset(_SCREEN_TEXT.split())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._rules import Rule, keywords, trie
 
-__all__ = ["RULES", "SCREEN_WORDS"]
+__all__ = ["CATALOG", "RULES", "SCREEN_WORDS"]
 
 _Q = "['\"`]"
 # Leaving a literal: a quote, a closing parenthesis, or a number.
@@ -41,7 +41,8 @@ _STATEMENTS = (
     "revoke|set|use|begin|print|if|merge|call|load|handler|rename"
 )
 _CMP_ANCHORS = ("=", "<", ">", "like", "rlike", "regexp", "is", "in", "between", "glob")
-_OPERAND = rf"(?:{_Q}?[\w@.$-]*{_Q}?|\([^()]{{0,40}}\))"
+# An operand is not empty: "' and = bar" compares nothing.
+_OPERAND = rf"(?:{_Q}?[\w@.$-]+{_Q}?|{_Q}[\w@.$-]*{_Q}|\([^()]{{0,40}}\))"
 
 # Functions that exist only in SQL dialects (or whose call syntax only appears in SQL): flagged
 # with or without a space before "(".
@@ -66,6 +67,17 @@ _WORD_FUNCTIONS = (
     r"locate|uuid|schema|exp|ceil|ceiling|collation|charset|polygon|pow"
 )
 
+# System catalogues of MySQL, SQL Server, PostgreSQL, Oracle, SQLite and MS Access.
+_CATALOG = (
+    "information_schema|sysobjects|syscolumns|sysdatabases|sysusers|syscomments|sysprocesses|syslogins|"
+    "sysfiles|sysaux|msysobjects|msysaccessobjects|msysaccessstorage|msysaccessxml|msysmodules|msysmodules2|"
+    "msysqueries|msysrelationships|msysaces|msdb|tempdb|northwind|sqlite_master|sqlite_temp_master|"
+    "sqlite_schema|sqlite_temp_schema|sqlite_sequence|pg_catalog|pg_toast|pg_shadow|pg_user|pg_database|"
+    "pg_tables|pg_namespace|pg_proc|pg_authid|pg_roles|all_tables|user_tables|all_tab_columns|"
+    "user_tab_columns|dba_users|dba_tables|all_users|user_objects|schema_name"
+)
+CATALOG = _CATALOG  # for the engine's screen
+_CATALOG_T = trie(_CATALOG)
 _TIME_WORDS = ("sleep", "pg_sleep", "benchmark")
 _TIME_FUNCTION = r"(?:s(?<![\w.$]s)leep|p(?<![\w.$]p)g_sleep|b(?<![\w.$]b)enchmark)"
 _SQL_FUNCTIONS_T, _WORD_FUNCTIONS_T = trie(_SQL_FUNCTIONS), trie(_WORD_FUNCTIONS)
@@ -108,9 +120,17 @@ RULES: tuple[Rule, ...] = (
     Rule("sqli.stacked", 1, "sql",
          rf"{_BREAK}\s*;\s*(?:{_STATEMENTS})\b", keywords(_STATEMENTS), (";",)),
     Rule("sqli.stacked", 1, "sql",
-         r"(?:^|[;/(])\s*(?:insert\s+into\s+[\w`.]+\s*(?:\(|values|select)|update\s+[\w`.]+\s+set\s+[\w`]+\s*=|"
+         r"[;/(]\s*(?:insert\s+into\s+[\w`.]+\s*(?:\(|values|select)|update\s+[\w`.]+\s+set\s+[\w`]+\s*=|"
          r"delete\s+from\s+[\w`.]+|(?:create|drop|alter|truncate|rename)\s+"
          r"(?:table|database|schema|user|view|index|function|procedure|trigger)\b|truncate\b\s*[\w\[])",
+         ('insert', 'update', 'delete', 'create', 'drop', 'alter', 'truncate', 'rename')),
+    # The same statements as a whole value need SQL around the words ("drop table lamp" is a search):
+    # a column list or VALUES, SET x =, WHERE, IF EXISTS, a terminator, a comment or CASCADE.
+    Rule("sqli.stacked", 1, "sql",
+         r"^\s*(?:insert\s+into\s+[\w`.]+\s*(?:\(|values|select)|update\s+[\w`.]+\s+set\s+[\w`]+\s*=|"
+         r"delete\s+from\s+[\w`.]+\s*(?:where\b|;|--|#)|(?:create|drop|alter|truncate|rename)\s+"
+         r"(?:table|database|schema|user|view|index|function|procedure|trigger)\s+(?:if\s+(?:not\s+)?exists\b|"
+         r"[\w`.\[\]]+\s*(?:;|--|#|\(|cascade\b|purge\b|add\b|drop\b|modify\b|rename\b|owner\b)))",
          ('insert', 'update', 'delete', 'create', 'drop', 'alter', 'truncate', 'rename')),
     Rule("sqli.exec", 1, "sql",
          r"\b(?:xp_cmdshell|xp_dirtree|xp_regread|xp_regwrite|xp_fileexist|xp_servicecontrol|sp_oacreate|"
@@ -122,27 +142,29 @@ RULES: tuple[Rule, ...] = (
          r"\bexec(?:ute)?\b\s*(?:master\.|\(\s*@|@\w|immediate\b|xp_|sp_)|\bdeclare\s+@\w|\bset\s+@\w+\s*=|"
          r"\bprocedure\s+analyse\s*\(|\binto\s+(?:out|dump)file\b|\bload\s+data\s+(?:local\s+)?infile\b",
          ('exec', 'execute', 'declare', 'set', 'procedure', 'into', 'load')),
+    # Catalogue tables and system databases: named in a value, they are what an injection reads.
     Rule("sqli.schema", 1, "sql",
-         r"\binformation_schema\b|\b(?:sysobjects|syscolumns|sysdatabases|sysusers|msysobjects|msysaccessobjects|msdb|tempdb|northwind|"
-         r"sqlite_master|sqlite_schema|pg_catalog|pg_shadow|pg_user|pg_database|all_tables|user_tables|"
-         r"all_tab_columns|dba_users|user_objects)\b|\bmysql\.(?:user|db)\b|\bsys\.(?:tables|objects|columns|"
-         r"databases|sql_logins)\b|@@(?:version|datadir|hostname|basedir|tmpdir|servername|identity)\b",
-         ("information_schema", "sysobjects", "syscolumns", "sysdatabases", "sysusers", "msysobjects",
-          "msysaccessobjects", "sqlite_master", "sqlite_schema", "pg_catalog", "pg_shadow", "pg_user",
-          "pg_database", "all_tables", "user_tables", "all_tab_columns", "dba_users", "user_objects",
-          "msdb", "tempdb", "northwind", "mysql", "sys", "@@")),
+         rf"\b(?:{_CATALOG_T})\b|\bmysql\.(?:user|db)\b|\bsys\.(?:tables|objects|columns|databases|sql_logins|"
+         r"database_name|schemas|all_\w+)\b|\bmaster\s?\.\.\s?sys\w+|"
+         r"@@(?:version|datadir|hostname|basedir|tmpdir|servername|identity|language|spid)\b",
+         (*keywords(_CATALOG), "mysql", "sys", "master", "@@")),
     Rule("sqli.time", 1, "sql",
          r"\bwaitfor\s+(?:delay|time)\b|\bdbms_lock\.sleep\b|\bdbms_pipe\.receive_message\b",
          ("waitfor", "dbms_lock", "dbms_pipe")),
     # sleep(5), pg_sleep(5), benchmark(…) called as code; each name starts the pattern (the check
     # that no word character precedes it comes right after its first letter), so the regex
     # engine skips ahead to candidate letters instead of trying every position
-    Rule("sqli.time", 1, "sql", rf"{_TIME_FUNCTION}\((?!s\))", _TIME_WORDS, ("(",)),
+    # the call has an argument that SQL accepts: a number and ")" or ",", a variable, a call, a column
+    Rule("sqli.time", 1, "sql",
+         rf"{_TIME_FUNCTION}\(\s*(?:-?\d+(?:\.\d+)?\s*[),]|[@('\"]|[a-z_]\w*\s*[(),+*/-])",
+         _TIME_WORDS, ("(",)),
     Rule("sqli.time", 1, "sql", rf"{_TIME_FUNCTION}\s*\(\s*\d+(?:\.\d+)?\s*\)", _TIME_WORDS, ("(",)),
     Rule("sqli.time", 1, "sql", r"[(,=|&'\"`]\s*(?:sleep|pg_sleep|benchmark)\b\s*\(", _TIME_WORDS, ("(",)),
     Rule("sqli.time", 1, "sql", r"\b(?:select|and|or)\s*(?:sleep|pg_sleep|benchmark)\b\s*\(", _TIME_WORDS,
          ("select", "and", "or")),
-    Rule("sqli.function", 1, "sql", rf"(?<![\w$.])(?:{_SQL_FUNCTIONS_T})\s*[=\\]?\s*\((?!s\))",
+    # a call: "(" then an expression, ")" or the end of the value ("md5(/" is a path, not a call)
+    Rule("sqli.function", 1, "sql",
+         rf"(?<![\w$.])(?:{_SQL_FUNCTIONS_T})\s*[=\\]?\s*\((?!s\))(?=\s*(?:[\w@'\"(*`$+-]|\)|$))",
          keywords(_SQL_FUNCTIONS), ("(",)),
     Rule("sqli.function", 1, "sql", rf"(?<![\w$.-])(?:{_WORD_FUNCTIONS_T})[=\\]?\((?!s\))",
          keywords(_WORD_FUNCTIONS), ("(",)),
@@ -224,4 +246,4 @@ _SCREEN_TEXT = (
     "infile outfile dumpfile notnull collate regexp rlike glob shutdown grant revoke "
     "merge handler xp_cmdshell xp_dirtree openrowset opendatasource immediate master"
 )
-SCREEN_WORDS: frozenset[str] = frozenset(_SCREEN_TEXT.split())
+SCREEN_WORDS: frozenset[str] = frozenset(_SCREEN_TEXT.split()) | frozenset(_CATALOG.split("|"))

@@ -20,7 +20,8 @@ __all__ = ["RULES", "SCREEN_WORDS"]
 
 
 def _spaced(word: str) -> str:
-    return r"\s?".join(word)
+    # "<s c r i p t", "<f/o/r/m", "<s%00cript" (a NUL or a control character: collapsed to a space)
+    return r"[^\w<>'\"]{0,2}".join(word)
 
 
 _TAGS = "|".join(
@@ -28,7 +29,8 @@ _TAGS = "|".join(
     for t in (
         "script", "iframe", "frameset", "frame", "object", "embed", "applet", "form", "svg", "math",
         "style", "isindex", "vmlframe", "import", "noscript", "xss", "marquee", "template", "xmp",
-        "plaintext", "bgsound", "layer", "ilayer", "portal",
+        "plaintext", "bgsound", "layer", "ilayer", "portal", "body", "image", "video", "audio", "bindings",
+        "animate", "param", "set",
     )
 )  # fmt: skip
 _SCHEMES = "|".join(_spaced(s) for s in ("javascript", "vbscript", "livescript", "ecmascript"))
@@ -47,13 +49,20 @@ RULES: tuple[Rule, ...] = (
          ("xmlns", "xi", "xsi", "xlink")),
     Rule("xss.handler", 1, "html", r"<[a-z][^<>]{0,300}?[\s/\"'`]on[a-z]{3,50}\s?=", ("<",), ("=",)),
     Rule("xss.handler", 1, "html", rf"[\s\"'`;(]on{_NOT_HANDLERS}[a-z]{{3,50}}\s?=", ("=",)),
+    # after "/", "=", "," or a digit (as in tokens and base64: ".../onafe="), a value must follow
+    Rule("xss.handler", 1, "html", rf"[/=,\d]on{_NOT_HANDLERS}[a-z]{{3,50}}\s?=(?!=|$)", ("=",)),
     Rule("xss.handler", 1, "html", rf"^on{_NOT_HANDLERS}[a-z]{{3,50}}\s?=", ("=",)),
     Rule("xss.handler", 1, "html", r"<[a-z][^<>]{0,300}?\bsrcdoc\s?=", ('srcdoc',)),
+    Rule("xss.handler", 1, "html",
+         r"\b(?:formaction|xlink:href)\s?=|<[^<>]{0,200}vmlframe[^<>]{0,200}src\s?=|<!\s?entity\s[^>]{0,200}\bsystem\b",
+         ("formaction", "xlink", "vmlframe", "entity")),
     Rule("xss.script_url", 1, "html",
          rf"(?:{_SCHEMES})\s?:(?![ ]?[a-z]+(?: [a-z]+){{2}}[^(=`\[;]{0,200}$)", (':',)),
     Rule("xss.script_url", 1, "html",
          r"\bdata\s?:\s?(?:text/html|image/svg\+xml|application/(?:x-)?(?:java|ecma)script|"
-         r"text/(?:java|ecma)script)|\b(?:src|href|data|action|formaction)\s?=\s?['\"]?\s?data:", ('data',)),
+         r"text/(?:java|ecma)script)|\b(?:src|href|data|action|formaction)\s?=\s?['\"]?\s?data:|"
+         r"\bdata\s?:\s?(?:,|(?!(?:image|audio|video|font)/)[a-z]+/[\w.+-]+\s?(?:;[\w=.-]{1,40}\s?){0,3}[;,])",
+         ('data',)),
     Rule("xss.css", 1, "html",
          rf"\burl\s?\(\s?['\"]?\s?(?:{_SCHEMES})|-moz-binding|:\s?expression\s?\(|\bbehavior\s?:\s?url|"
          r"@\s?i\s?m\s?p\s?o\s?r\s?t\s?['\"(]", ("url", "moz", "expression", "behavior", "@")),
@@ -66,10 +75,10 @@ RULES: tuple[Rule, ...] = (
           "outerhtml")),
     # alert(1), prompt`1`: the name starts the pattern (no word character, "." or "$" before
     # its first letter), so the engine skips ahead to candidate letters
-    Rule("xss.js_call", 1, "html", r"(?:a(?<![\w.$]a)lert|p(?<![\w.$]p)rompt|c(?<![\w.$]c)onfirm)\s?[(`]",
+    Rule("xss.js_call", 1, "html", r"(?:a(?<![\w$]a)lert|p(?<![\w$]p)rompt|c(?<![\w$]c)onfirm)\s?\+?\s?[(`]",
          ("alert", "prompt", "confirm"), ("(", "`")),
     Rule("xss.js_call", 1, "html",
-         r"(?<![\w.$])(?:eval|atob|settimeout|setinterval|execscript|msgbox|importscripts)\s?\(|"
+         r"(?<![\w$])(?:eval|atob|settimeout|setinterval|execscript|msgbox|importscripts)\s?\+?\s?\(|"
          r"\.fromcharcode\s?\(|\bnew\s+function\s?\(",
          ("eval", "atob", "settimeout", "setinterval", "execscript", "msgbox", "importscripts",
           "fromcharcode", "function"), ("(",)),
@@ -78,10 +87,16 @@ RULES: tuple[Rule, ...] = (
     Rule("xss.js_call", 1, "html",
          r"\b(?:self|top|window|parent|this|globalthis|frames|document)\s?\[\s?['\"`\\]",
          ("self", "top", "window", "parent", "this", "globalthis", "frames", "document"), ("[",)),
+    Rule("xss.js_call", 1, "html",
+         r"\b(?:self|top|window|parent|this|globalthis|frames|document)\)?\[(?!\d+\])[^\]\s]{1,200}\]",
+         ("self", "top", "window", "parent", "this", "globalthis", "frames", "document"), ("[",)),
     Rule("xss.js_call", 1, "html", r"\.\s?(?:call|apply|bind)\s?`", ("call", "apply", "bind"), ("`",)),
     Rule("xss.js_call", 1, "html", r"\$\{\s?(?:alert|eval|prompt|confirm|atob)\b", ("${",)),
     Rule("xss.jsfuck", 1, "html", r"[(\[+!]\s?!\s?\[\s?\]|\[\s?\]\s?\[\s?[(!\[]", ("[]", "[ ]")),
     Rule("xss.utf7", 1, "lower", r"\+ad[w4]-", ('+ad',)),
+    # "<" and ">" with their high bit set (U+00BC, U+00BE in US-ASCII decoders), written as escapes:
+    # a closing tag \xbc/script\xbe
+    Rule("xss.tag", 1, "lower", r"\\xbc\s?/\s?[a-z][\w-]{0,30}(?:\\x[0-9a-f]{2})?\s?(?:\\xbe|>)", ("\\xbc",)),
     # "<" written as a JavaScript or CSS escape in front of a tag that runs code: \u003cscript, \x3csvg
     Rule("xss.tag", 1, "lower",
          rf"\\(?:u00|x|0{{0,4}})3c\s?/?\s?(?:{_TAGS}|img|body|a|image|video|audio|input)(?![\w-])",
