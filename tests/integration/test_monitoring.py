@@ -225,3 +225,61 @@ class TestFollow:
 def gateway(upstream: EchoUpstream, tmp_path: Path) -> Any:
     with GatewayThread(load_text(config_text(upstream.port, tmp_path / "bastion.db"))) as gw:
         yield gw
+
+
+class TestAlertsThroughTheGateway:
+    def test_credential_stuffing_through_real_requests_fires_once_and_is_delivered(
+        self, tmp_path: Path
+    ) -> None:
+        """Ten made-up keys from one address: the gateway's auth.failed events reach the alert engine, which
+        fires one alert.fired (stored with its evidence) and posts it, signed, to the webhook channel."""
+        from bastion.core.webhook_signing import sign_standard_webhook, standard_webhooks_secret
+
+        from ._identity import identity_stack, random_key
+        from .test_alerts import Receiver
+
+        routes = """
+      - path: /v1/orders/{order_id}
+        methods: [GET]
+        auth: [api_key]
+"""
+        with Receiver() as receiver:
+            extra = f"""
+identity:
+  pepper: ${{env:BASTION_PEPPER}}
+  lockout: {{failures: 10000, within: 5m, block_for: 5m}}
+alerts:
+  channels:
+    - {{name: secops, type: webhook, url: "{receiver.url}", secret: ${{env:ALERT_SECRET}}}}
+  rules:
+    - {{name: stuffing, builtin: credential_stuffing, channels: [secops]}}
+"""
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            with identity_stack(tmp_path, routes, extra, env={"ALERT_SECRET": secret}) as stack:
+                for _ in range(12):
+                    status, _, _ = request(
+                        stack.gw.port, "GET", "/v1/orders/1", headers={"X-API-Key": random_key()}
+                    )
+                    assert status == 401
+                assert receiver.got.wait(15), "the alert was not delivered"
+
+                def fired() -> list[Any]:
+                    with stack.engine.connect() as conn:
+                        return conn.execute(
+                            select(events_table.c.data, events_table.c.resource).where(
+                                events_table.c.type == "alert.fired"
+                            )
+                        ).all()
+
+                [(data, resource)] = wait_for(fired, what="the alert.fired event")
+            doc = json.loads(data)
+            assert resource == "alert:stuffing"
+            assert doc["rule"] == "stuffing" and doc["detector"] == "credential_stuffing"
+            assert doc["group"] in ("ip:127.0.0.1", "net:127.0.0.0/24")
+            assert doc["evidence"]["distinct_identities"] >= 10 and len(doc["evidence"]["samples"]) >= 1
+            [(headers, body)] = receiver.received  # once: the two later failures are inside the cooldown
+            alert = json.loads(body)["alert"]
+            assert alert["type"] == "alert.fired" and alert["resource"] == "alert:stuffing"
+            key = standard_webhooks_secret(secret)
+            expected = sign_standard_webhook(key, headers["webhook-id"], headers["webhook-timestamp"], body)
+            assert headers["webhook-signature"] == expected

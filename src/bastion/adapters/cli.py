@@ -65,6 +65,8 @@ def version() -> None:
 def serve(config_path: Path, workers: int, log_level: str) -> None:
     """Run the gateway (and its admin listener) until SIGTERM or Ctrl-C."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL at INFO; a sink's or an alert channel's URL may carry a token.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     loaded = _load(config_path)
     for w in loaded.warnings:
         click.echo(f"warning: {w}", err=True)
