@@ -41,6 +41,11 @@ ROUTES = """
         auth: [hmac_signature]
         hmac:
           secrets: [${env:WEBHOOK_SECRET}]
+      - path: /status/{code}
+        methods: [POST]
+        auth: [hmac_signature]
+        hmac:
+          secrets: [${env:WEBHOOK_SECRET}]
 """
 
 
@@ -123,3 +128,20 @@ def test_a_retry_after_the_upstream_never_answered_is_not_a_replay(
         else:
             status = standard_post(gateway.port, path, "msg_retry_1", b"{}")[0]
         assert status == 502
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_a_retry_after_the_upstream_failed_with_5xx_is_not_a_replay(
+    gw: tuple[GatewayThread, EchoUpstream], code: int
+) -> None:
+    """The upstream answered but did not take the webhook (5xx): the sender's retry must reach it again, or
+    the message is lost (a 409 tells the sender it was delivered)."""
+    gateway, upstream = gw
+    before = len(upstream.requests)
+    for _ in range(2):
+        status, _ = standard_post(gateway.port, f"/status/{code}", f"msg_5xx_{code}", b"{}")
+        assert status == code
+    assert len(upstream.requests) == before + 2
+    # A 4xx is the upstream's answer about the message itself: the record stays, a retry is a replay.
+    assert standard_post(gateway.port, "/status/422", f"msg_4xx_{code}", b"{}")[0] == 422
+    assert standard_post(gateway.port, "/status/422", f"msg_4xx_{code}", b"{}")[0] == 409

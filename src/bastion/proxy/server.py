@@ -789,6 +789,8 @@ class ClientConnection(asyncio.Protocol):
         """The upstream answered a fast-path request (called from its protocol callback)."""
         fwd, ex, pool = conn.fast
         conn.fast = None
+        if conn.status >= 500 and fwd.ctx.undo is not None:
+            self.gateway.upstream_failed(fwd.ctx)  # not taken: the sender's retry is not a replay
         if self._rewrites(fwd, conn):
             self._side(self._answer(fwd, ex, conn, pool, None))
             return
@@ -967,6 +969,8 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(err, BodyError):
                 return self._body_failed(fwd, ex, err, None)
             return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "write")
+        if conn.status >= 500 and fwd.ctx.undo is not None:
+            self.gateway.upstream_failed(fwd.ctx)  # not taken: the sender's retry is not a replay
         return await self._answer(fwd, ex, conn, pool, pump)
 
     def _rewrites(self, fwd: Forward, conn: UpstreamConnection) -> bool:
