@@ -191,6 +191,20 @@ class TestCheck:
         doc = json.loads(result.stdout)
         assert doc["ok"] is True and doc["warnings"] == []
 
+    def test_monitoring_example_is_valid_and_quiet(self) -> None:
+        example = ROOT / "examples" / "monitoring.yaml"
+        env = {
+            **WITH_TOKEN,
+            "BASTION_PEPPER": "example-pepper-0123456789abcdef",
+            "BASTION_CHAIN_KEY": "example-chain-key-0123456789",
+            "SINK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "ALERT_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        }
+        result = cli("check", "-c", str(example), "--json", env=env)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True and doc["warnings"] == []
+
     def test_serve_refuses_workers_with_per_process_replay_protection(self, tmp_path: Path) -> None:
         example = ROOT / "examples" / "webhooks.yaml"
         text = example.read_text().replace("sqlite:///bastion-webhooks.db", f"sqlite:///{tmp_path / 'b.db'}")
