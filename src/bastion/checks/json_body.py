@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = ["JSON_INVALID", "JSON_LIMIT", "JsonLimits", "JsonRejected", "json_bod
 
 JSON_INVALID = "json_invalid"
 JSON_LIMIT = "json_limit_exceeded"
+_DIGITS = b"0123456789"
 _PARSED = "json_body"  # ctx.notes key: the parsed value (or the Deny it earned)
 
 
@@ -63,30 +65,21 @@ def parse_json(raw: bytes, limits: JsonLimits) -> Any:
         raise JsonRejected(JSON_INVALID, "The body is not valid UTF-8.") from None
     if text.startswith("\ufeff"):
         raise JsonRejected(JSON_INVALID, "The body starts with a byte-order mark.")
-    keys = 0
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal keys
-        keys += len(items)
-        if keys > limits.max_keys:
-            raise JsonRejected(JSON_LIMIT, f"The body has more than {limits.max_keys} keys.")
-        value = dict(items)
-        if len(value) != len(items):
-            raise JsonRejected(JSON_INVALID, "The body repeats a key in one object.")
-        return value
-
-    def constant(name: str) -> Any:
-        raise JsonRejected(JSON_INVALID, "The body is not valid JSON (NaN and Infinity are not JSON).")
-
+    state = _state
+    state.count[:] = (0, limits.max_keys)
     try:  # the hooks cost a call per object and per float; integers and strings stay in C
-        value = json.loads(text, object_pairs_hook=pairs, parse_float=_finite_float, parse_constant=constant)
+        value = state.decoder.decode(text)
     except json.JSONDecodeError:
         raise JsonRejected(JSON_INVALID, "The body is not valid JSON.") from None
     except RecursionError:
         raise JsonRejected(JSON_LIMIT, f"The body is nested deeper than {limits.max_depth} levels.") from None
     except ValueError:  # an integer longer than Python converts (4300 digits)
         raise _long_number(limits.max_number_length) from None
-    if _number_run(limits.max_number_length).search(text) is not None:
+    # An integer longer than the limit needs that many digits: most bodies have fewer in all (counted in
+    # C, ~0.3 µs, where the regex scan costs ~6 µs).
+    if len(raw) - len(raw.translate(None, _DIGITS)) > limits.max_number_length and (
+        _number_run(limits.max_number_length).search(text) is not None
+    ):
         _check_numbers(value, limits)  # an integer longer than the limit
     # What the text itself rules out needs no walk: nesting is at most the brackets it has, an array
     # at most its commas + 1, a string at most the text. Only a body that could break a limit is walked.
@@ -97,6 +90,31 @@ def parse_json(raw: bytes, limits: JsonLimits) -> Any:
     ):
         _check_shape(value, limits)
     return value
+
+
+class _DecoderState(threading.local):
+    """A decoder per thread, built once (``json.loads`` with hooks builds one per call: ~3 µs), and the
+    key count of the parse in progress in ``count`` (a parse never starts another on the same thread)."""
+
+    def __init__(self) -> None:
+        count = self.count = [0, 0]  # keys so far, the limit: a list, so the hook reads no attribute
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = count[0] = count[0] + len(items)
+            if keys > count[1]:
+                raise JsonRejected(JSON_LIMIT, f"The body has more than {count[1]} keys.")
+            value = dict(items)
+            if len(value) != len(items):
+                raise JsonRejected(JSON_INVALID, "The body repeats a key in one object.")
+            return value
+
+        self.decoder = json.JSONDecoder(
+            object_pairs_hook=pairs, parse_float=_finite_float, parse_constant=_constant
+        )
+
+
+def _constant(name: str) -> Any:
+    raise JsonRejected(JSON_INVALID, "The body is not valid JSON (NaN and Infinity are not JSON).")
 
 
 def _finite_float(text: str) -> float:
@@ -189,3 +207,6 @@ async def json_body(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
 
 
 _MISSING = object()
+
+
+_state = _DecoderState()

@@ -8,9 +8,9 @@ Compiled once, at config load, from a spec that :mod:`bastion.config.openapi` ha
 * the **request body**: its media types (anything else is 415), and for JSON and form bodies a schema;
 * OpenAPI schemas are translated to JSON Schema draft 7 (3.0's ``nullable`` and boolean
   ``exclusiveMinimum``, 3.1's type arrays; ``int32``/``int64`` become bounds; ``readOnly`` properties may
-  not be sent in a request — mass assignment of ``id`` or ``role`` is refused) and compiled to Python
-  code with ``fastjsonschema``. Component schemas stay ``$ref``s into ``definitions`` (recursive schemas
-  work).
+  not be sent in a request — mass assignment of ``id`` or ``role`` is refused) and compiled once with
+  ``jsonschema-rs`` (a Rust implementation of JSON Schema). Component schemas stay ``$ref``s into
+  ``definitions`` (recursive schemas work).
 
 Per request the compiled validator runs once (a few microseconds for a typical body). Only when it
 fails does the slower ``jsonschema`` validator run over the same schema, to list every failing location
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote_plus
 
-import fastjsonschema
+import jsonschema_rs
 import jsonschema
 
 from ..core.decision import Context, Deny, Verdict
@@ -267,28 +267,32 @@ def _uuid(value: str) -> bool:
 
 
 class _Schema:
-    """One compiled schema: a fast yes/no (fastjsonschema), and the reasons when it says no (jsonschema)."""
+    """One compiled schema: a fast yes/no (jsonschema-rs), and the reasons when it says no (jsonschema)."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
         try:
-            self._fast = fastjsonschema.compile(schema, formats={"uuid": _uuid})
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
-            raise SpecError(f"a schema does not compile: {exc}") from None
+            self._fast = jsonschema_rs.Draft7Validator(
+                schema, validate_formats=True, formats={"uuid": _uuid}
+            )
+        except (jsonschema_rs.ValidationError, ValueError) as exc:
+            raise SpecError(f"a schema does not compile: {str(exc).splitlines()[0][:200]}") from None
         self._slow: jsonschema.Draft7Validator | None = None
 
     def valid(self, value: Any) -> bool:
         try:
-            self._fast(value)
-        except fastjsonschema.JsonSchemaValueException:
-            return False
-        return True
+            return bool(self._fast.is_valid(value))
+        except ValueError:  # a value jsonschema-rs cannot represent (an integer beyond 64 bits, a NaN)
+            return not any(True for _ in self._slow_validator().iter_errors(value))
 
-    def errors(self, value: Any, location: str) -> list[tuple[str, str]]:
+    def _slow_validator(self) -> jsonschema.Draft7Validator:
         if self._slow is None:
             self._slow = jsonschema.Draft7Validator(self.schema, format_checker=_format_checker())
+        return self._slow
+
+    def errors(self, value: Any, location: str) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
-        for error in self._slow.iter_errors(value):
+        for error in self._slow_validator().iter_errors(value):
             found.extend(_describe(error, location))
             if len(found) >= MAX_ERRORS:
                 break
