@@ -295,3 +295,113 @@ class TestCli:
     def test_events_without_config_is_a_usage_error(self) -> None:
         result = cli("events", env={"BASTION_CONFIG": None})
         assert result.exit_code == 2 and "--config" in result.stderr
+
+
+class TestPurgeCannotBeTurnedIntoACover:
+    """Attacks on the purge itself: an intruder without the chain key trying to get rows deleted and the
+    gap excused by a record the gateway signs."""
+
+    def test_a_forged_record_is_not_carried_forward_by_the_next_purge(self, engine: Engine) -> None:
+        ids = fill(engine, 10, key=KEY, start=time.time() - 60)  # recent: no purge would delete them
+        rows_now = rows(engine)
+        fake = {
+            "id": "01J00000000000000000000000",
+            "time": T0,  # old: the next purge deletes it, and would carry its anchors if it trusted them
+            "type": "events.purged",
+            "severity": "info",
+            "actor": "system",
+            "data": json.dumps({"anchors": {rows_now[0]["chain"]: {"seq": 4, "hash": rows_now[3]["hash"]}}}),
+            "chain": "01J00000000000000000000001",
+            "seq": 1,
+            "prev_hash": "0" * 64,
+        }
+        fake["hash"] = row_hash(fake, None)
+        with engine.begin() as conn:
+            conn.execute(delete(events_table).where(events_table.c.id.in_(ids[:4])))
+            conn.execute(events_table.insert().values(**fake))
+        purge_events(engine, T0 + 1, key=KEY, now=time.time)
+        kinds = {(p.kind, p.event_id) for p in verify(engine, KEY).problems}
+        assert ("deleted", ids[4]) in kinds  # still caught: the purge signed nothing for the forger
+
+    def test_an_old_row_rewritten_to_look_like_the_anchor_is_not_purged(self, engine: Engine) -> None:
+        """Delete recent rows 2..6, then rewrite old row 1 as seq 6 with row 6's hash: a purge that
+        anchored the last deleted row blindly would excuse the gap."""
+        now = time.time()
+        writer = EventWriter(engine, flush_interval=60.0, chain_key=KEY)
+        writer.emit(new_event("request.denied", now=now - 10 * 86400))  # old, purgeable
+        for i in range(8):
+            writer.emit(new_event("request.denied", now=now - 60 + i))
+        writer.close()
+        got = rows(engine)
+        with engine.begin() as conn:
+            conn.execute(delete(events_table).where(events_table.c.seq.between(2, 6)))
+            conn.execute(
+                update(events_table).where(events_table.c.seq == 1).values(seq=6, hash=got[5]["hash"])
+            )
+        done = purge_events(engine, now - 86400, key=KEY, now=time.time)
+        assert done.suspect == (got[0]["chain"],) and done.count == 0
+        # the rewritten row is kept as evidence (beside rows 7-9 and the purge's own record, which names it)
+        assert [r["type"] for r in rows(engine)].count("request.denied") == 4
+        assert not verify(engine, KEY).ok
+
+    def test_a_quiet_writer_keeps_its_anchor(self, engine: Engine) -> None:
+        """Every row of a running gateway is older than the retention (a quiet night): its next row must
+        still verify after the purge."""
+        now = time.time()
+        writer = EventWriter(engine, flush_interval=60.0, chain_key=KEY)
+        for i in range(5):
+            writer.emit(new_event("request.denied", now=now - 3 * 86400 + i))
+        writer.flush()
+        assert purge_events(engine, now - 86400, key=KEY, now=time.time).count == 5
+        purge_events(engine, now - 86400, key=KEY, now=time.time)  # a second purge: nothing left to cut
+        writer.emit(new_event("request.denied", now=now))
+        writer.close()
+        result = verify(engine, KEY)
+        assert result.ok, result.problems
+
+    def test_rows_cut_from_a_chains_end_after_a_purge_are_noticed(self, engine: Engine) -> None:
+        now = time.time()
+        ids = fill(engine, 10, key=KEY, start=now - 600)
+        fill(engine, 2, key=KEY, start=now - 3 * 86400)  # something for the purge to do
+        purge_events(engine, now - 86400, key=KEY, now=time.time)
+        assert verify(engine, KEY).ok
+        with engine.begin() as conn:
+            conn.execute(delete(events_table).where(events_table.c.id.in_(ids[7:])))  # the last three
+        [problem] = verify(engine, KEY).problems
+        assert problem.kind == "deleted" and problem.seq == 10 and "up to seq 7" in problem.detail
+
+    def test_a_whole_chain_deleted_after_a_purge_is_noticed(self, engine: Engine) -> None:
+        now = time.time()
+        ids = fill(engine, 3, key=KEY, start=now - 600)  # e.g. one `bastion keys create`
+        fill(engine, 2, key=KEY, start=now - 3 * 86400)
+        purge_events(engine, now - 86400, key=KEY, now=time.time)
+        with engine.begin() as conn:
+            conn.execute(delete(events_table).where(events_table.c.id.in_(ids)))
+        [problem] = verify(engine, KEY).problems
+        assert problem.kind == "deleted" and "no rows" in problem.detail
+
+    def test_a_row_inserted_without_a_chain_is_noticed(self, engine: Engine) -> None:
+        fill(engine, 3, start=time.time() - 60)
+        with engine.begin() as conn:
+            conn.execute(
+                events_table.insert().values(
+                    id="7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+                    time=time.time(),
+                    type="admin.action",
+                    severity="info",
+                    data="{}",
+                )
+            )
+        [problem] = verify(engine).problems
+        assert problem.kind == "inserted" and problem.event_id == "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+
+    def test_times_out_of_order_in_a_chain_still_purge_and_verify(self, engine: Engine) -> None:
+        now = time.time()
+        writer = EventWriter(engine, flush_interval=60.0, chain_key=KEY)
+        for t in (now - 3 * 86400, now - 10, now - 2 * 86400, now - 5):  # an alert made before a request
+            writer.emit(new_event("request.denied", now=t))
+        writer.close()
+        done = purge_events(engine, now - 86400, key=KEY, now=time.time)
+        assert done.count == 3  # the cut is contiguous: seq 1-3 (the newer seq 2 goes with them)
+        result = verify(engine, KEY)
+        assert result.ok, result.problems

@@ -348,6 +348,33 @@ class TestWorkers:
         assert set(workers) <= stopped  # each worker flushed its own events on the way out
 
 
+class TestWorkersWithoutAdmin:
+    def test_the_parent_purges_old_events_without_an_admin_listener(
+        self, upstream_for_process: EchoUpstream, tmp_path: Path
+    ) -> None:
+        from bastion.events.writer import EventWriter, new_event
+        from bastion.store.database import open_database
+
+        port = free_port()
+        cfg, db = write_config(
+            tmp_path, upstream_for_process.port, port, admin=False, extra="events:\n  retention: 2d\n"
+        )
+        engine = open_database(f"sqlite:///{db}")
+        writer = EventWriter(engine, flush_interval=60.0)
+        for i in range(3):
+            writer.emit(new_event("request.denied", now=time.time() - 5 * 86400 + i))
+        writer.close()
+        engine.dispose()
+        with GatewayProcess(cfg, port, args=("--workers", "2")) as gw:
+            wait_until(
+                lambda: any(r["type"] == "events.purged" for r in events(db)), 20, "the parent's purge"
+            )
+            code = gw.terminate(30)
+        assert code == 0, gw.stderr.decode(errors="replace")
+        [purged] = [r for r in events(db) if r["type"] == "events.purged"]
+        assert purged["data"]["count"] == 3
+
+
 class TestSigkill:
     def test_sigkill_loses_at_most_the_last_flush_interval_of_events(
         self, upstream_for_process: EchoUpstream, tmp_path: Path

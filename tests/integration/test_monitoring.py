@@ -283,3 +283,28 @@ alerts:
             key = standard_webhooks_secret(secret)
             expected = sign_standard_webhook(key, headers["webhook-id"], headers["webhook-timestamp"], body)
             assert headers["webhook-signature"] == expected
+
+
+def test_follow_pages_through_a_flood(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """More new events than one page between two polls: every one is printed, once."""
+    from bastion.adapters.cli_events import _follow
+    from bastion.events.query import EventFilter
+
+    engine = open_database(f"sqlite:///{tmp_path / 'f.db'}")
+    writer = EventWriter(engine, flush_interval=60.0)
+    writer.emit(new_event("auth.failed", reason="history"))
+    writer.flush()
+    sent: list[str] = []
+
+    def flood() -> None:
+        for i in range(25):
+            event = new_event("auth.failed", reason="flood", source_ip=f"198.51.100.{i}")
+            sent.append(event.id)
+            writer.emit(event)
+        writer.flush()
+
+    _follow(engine, EventFilter(type="auth."), True, poll=0, page=10, polls=2, on_ready=flood)
+    printed = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert printed == sent
+    writer.close()
+    engine.dispose()

@@ -150,32 +150,50 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _follow(
-    engine: Any, flt: Any, as_json: bool, *, poll: float = 0.5, stop_after: float | None = None
+    engine: Any,
+    flt: Any,
+    as_json: bool,
+    *,
+    poll: float = 0.5,
+    page: int = 5000,
+    polls: int | None = None,
+    on_ready: Any = None,
 ) -> None:
-    """Tail the log: each event written from now on, once, in id order within each poll."""
+    """Tail the log: each event written from now on, once. Every poll reads everything newer than the
+    newest event seen (page by page, however many there are), then looks back FOLLOW_LAG seconds for
+    events other writers flushed late (at most ``page`` of them: under a flood, a late one can be missed)."""
     from ..events.query import events_after, newest_id
 
     last = newest_id(engine)
     # What is already there (within the look-back) is history, not news.
     seen = {
-        row["id"]: time.monotonic()
-        for row in events_after(engine, flt, _id_floor(last, FOLLOW_LAG), limit=100_000)
+        row["id"] for row in events_after(engine, flt, _id_floor(last, FOLLOW_LAG), up_to=last, limit=100_000)
     }
     click.echo("following new events (Ctrl-C stops)", err=True)
     sys.stderr.flush()
-    started = time.monotonic()
-    try:
-        while stop_after is None or time.monotonic() - started < stop_after:
-            # Look back FOLLOW_LAG before the newest event seen: late writers' events are not missed.
-            for row in events_after(engine, flt, _id_floor(last, FOLLOW_LAG), limit=5000):
-                if row["id"] in seen:
-                    continue
-                seen[row["id"]] = time.monotonic()
-                last = max(last, row["id"])
+    if on_ready is not None:
+        on_ready()
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if row["id"] not in seen:
+                seen.add(row["id"])
                 click.echo(json.dumps(row, separators=(",", ":")) if as_json else _line(row))
-            cutoff = time.monotonic() - 3 * FOLLOW_LAG
-            for key in [k for k, t in seen.items() if t < cutoff and k < _id_floor(last, FOLLOW_LAG)]:
-                del seen[key]
+
+    try:
+        while polls is None or polls > 0:
+            polls = None if polls is None else polls - 1
+            floor = _id_floor(last, FOLLOW_LAG)
+            show(events_after(engine, flt, floor, up_to=last, limit=page))  # late arrivals
+            while True:
+                rows = events_after(engine, flt, last, limit=page)
+                show(rows)
+                if rows:
+                    last = rows[-1]["id"]
+                if len(rows) < page:
+                    break
+            floor = _id_floor(last, FOLLOW_LAG)
+            seen = {i for i in seen if i > floor}
             sys.stdout.flush()
             time.sleep(poll)
     except KeyboardInterrupt:

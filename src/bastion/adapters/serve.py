@@ -28,7 +28,7 @@ from ..events.writer import EventWriter
 from ..inventory.recorder import InventoryRecorder
 from ..proxy.server import GatewayServer, serve
 from ..runtime.gateway import Gateway, build_gateway
-from ..runtime.metrics import MetricsFile, merge, read_dir, render
+from ..runtime.metrics import MetricsFile, WorkerMetrics, merge, render
 from ..runtime.monitoring import Monitoring
 from ..store.database import open_database
 from .admin import build_admin_app
@@ -92,12 +92,14 @@ def _metrics(
 ) -> Callable[[], bytes]:
     """``/metrics``: this process's counters, plus each data-plane worker's last snapshot."""
 
+    workers = WorkerMetrics(workers_dir) if workers_dir is not None else None
+
     def scrape() -> bytes:
         own = monitoring.snapshot(gateway, running.server if running is not None else None)
-        if workers_dir is None:
+        if workers is None:
             return render(own)
         # The parent serves no traffic: its gateway's route counts and in-flight are always zero.
-        return render(merge([own, *read_dir(workers_dir)]))
+        return render(merge([own, *workers.snapshots()]))
 
     return scrape
 
@@ -296,34 +298,46 @@ def run(loaded: LoadedConfig, workers: int = 1) -> None:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
-    if loaded.settings.admin is not None:
-        loop = _new_loop()
-        asyncio.set_event_loop(loop)
+    # The parent runs the purge and the admin API (when configured), and its alert engine sees the admin
+    # API's events (the workers' engines see the data plane's; on redis:// they count together).
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
 
-        async def _admin_only() -> None:
-            engine = open_database(loaded.settings.storage.database, migrate_schema=False)
-            monitoring = Monitoring(loaded, engine)
-            monitoring.start()
+    async def _parent() -> None:
+        engine = open_database(loaded.settings.storage.database, migrate_schema=False)
+        monitoring = Monitoring(loaded, engine)
+        monitoring.start()
+        gateway: Gateway | None = None
+        server: _AdminServer | None = None
+        try:
             gateway = build_gateway(loaded, monitoring, engine=engine)
             gateway.metrics = monitoring.metrics
             assert gateway.identity is not None
-            gateway.identity.start()
-            # The parent purges, and its alert engine sees the admin API's events (the workers' engines
-            # see the data plane's; with redis:// they count together).
+            if loaded.settings.admin is not None:
+                gateway.identity.start()
             await monitoring.attach(gateway, purge=True)
-            server = await _start_admin(loaded, gateway, engine, monitoring, workers_dir=metrics_dir)
+            if loaded.settings.admin is not None:
+                server = await _start_admin(loaded, gateway, engine, monitoring, workers_dir=metrics_dir)
             # Poll: the stop flag is set by a signal handler and the workers are other processes.
             while not stop.is_set() and any(p.is_alive() for p in procs):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
-            server.should_exit = True
-            await server._bastion_task  # type: ignore[attr-defined]
+        finally:
+            if server is not None:
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await server._bastion_task  # type: ignore[attr-defined]
             await monitoring.aclose()
-            gateway.identity.close()
-            if gateway.state is not None:
+            if gateway is not None and gateway.identity is not None:
+                gateway.identity.close()
+            if gateway is not None and gateway.state is not None:
                 await gateway.state.aclose()
             monitoring.close()
+            engine.dispose()
 
-        loop.run_until_complete(_admin_only())
+    try:
+        loop.run_until_complete(_parent())
+    finally:
+        loop.close()
     for p in procs:
         p.join()
     shutil.rmtree(metrics_dir, ignore_errors=True)

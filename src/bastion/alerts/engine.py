@@ -51,7 +51,7 @@ def default_geo(ip: str) -> str | None:
     return iptocc.country_code(ip)
 
 
-def _snapshot(uses: dict[tuple[str, str | None, str], int]) -> dict[tuple[str, str | None, str], int]:
+def _snapshot(uses: dict[tuple[str, str | None, Any], int]) -> dict[tuple[str, str | None, Any], int]:
     """A copy of the use counts. ``observe_use`` belongs on the event loop that steps, but a caller on
     another thread must not make a step fail: a copy that raced a write is simply taken again."""
     for _ in range(10):
@@ -133,7 +133,7 @@ class AlertEngine:
             self.observe_use = _ignore_use  # type: ignore[method-assign]  # no rule reads traffic
         # request path: written by observe()/observe_use(), swapped out by step()
         self._queue: deque[Event] = deque()
-        self._uses: dict[tuple[str, str | None, str], int] = {}  # (consumer, key id, address) -> requests
+        self._uses: dict[tuple[str, str | None, Any], int] = {}  # (consumer, key id, address) -> requests
         # cooldowns this instance knows are held: skip the shared claim until then
         self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -161,7 +161,7 @@ class AlertEngine:
         self._queue.append(event)
         self._n["observed"] += 1
 
-    def observe_use(self, consumer: str, key_id: str | None, source_ip: str) -> None:
+    def observe_use(self, consumer: str, key_id: str | None, source_ip: Any) -> None:
         """An authenticated request that passed: one dictionary update, nothing else (the per-consumer
         counts and the distinct (key, address) pairs are derived from it at the next step)."""
         uses = self._uses
@@ -197,8 +197,13 @@ class AlertEngine:
                 results = await asyncio.gather(*(self._on_event(event, now) for event in chunk))
                 for found in results:
                     await self._fire_all(found, now, fired)
-            uses = _snapshot(self._uses)
+                await asyncio.sleep(0)  # the step shares the gateway's event loop: let requests in between
+            raw = _snapshot(self._uses)
             self._uses = {}
+            uses: dict[tuple[str, str | None, str], int] = {}
+            for (consumer, key_id, address), n in raw.items():  # the gateway passes address objects
+                use = (consumer, key_id, str(address))
+                uses[use] = uses.get(use, 0) + n
             counts: dict[str, int] = {}
             for (consumer, _, _), n in uses.items():
                 counts[consumer] = counts.get(consumer, 0) + n

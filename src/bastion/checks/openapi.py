@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote_plus
 
-import jsonschema_rs
 import jsonschema
+import jsonschema_rs
 
 from ..core.decision import Context, Deny, Verdict
 from ..core.request import BodyReadError, RequestView

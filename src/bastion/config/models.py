@@ -351,6 +351,13 @@ class EventSettings(_Model):
     # recomputing the chain.
     chain_key: SecretStr | None = None
 
+    @field_validator("chain_key")
+    @classmethod
+    def _chain_key(cls, v: Secret | None) -> Secret | None:
+        if v is not None and len(v.reveal().encode()) < 16:
+            raise ValueError("chain_key must be at least 16 bytes (e.g. openssl rand -base64 32)")
+        return v
+
     @field_validator("retention")
     @classmethod
     def _retention(cls, v: float) -> float:

@@ -146,11 +146,16 @@ def _conditions(flt: EventFilter) -> list[Any]:
     return conds
 
 
-def events_after(engine: Engine, flt: EventFilter, after: str, *, limit: int = 1000) -> list[dict[str, Any]]:
-    """Events newer than the id ``after``, oldest first (``bastion events --follow``). An empty ``after``
-    means from the beginning."""
+def events_after(
+    engine: Engine, flt: EventFilter, after: str, *, up_to: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Events with an id above ``after`` (and at most ``up_to``), oldest first (``bastion events
+    --follow``). An empty ``after`` means from the beginning."""
     t = events_table.c
-    stmt = select(events_table).where(and_(t.id > after, *_conditions(flt))).order_by(t.id).limit(limit)
+    conds = [t.id > after, *_conditions(flt)]
+    if up_to is not None:
+        conds.append(t.id <= up_to)
+    stmt = select(events_table).where(and_(*conds)).order_by(t.id).limit(limit)
     with engine.connect() as conn:
         return [row_to_dict(r._mapping) for r in conn.execute(stmt)]
 

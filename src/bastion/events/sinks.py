@@ -351,7 +351,10 @@ class _Webhook:
 
     def deliver(self, docs: list[Document], timeout: float) -> None:
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, follow_redirects=False, verify=True)
+            # trust_env=False: no .netrc credentials, no proxy from the environment
+            self._client = httpx.Client(
+                timeout=self.timeout, follow_redirects=False, verify=True, trust_env=False
+            )
         body = _dumps({"events": docs}).encode("utf-8")
         message_id = webhook_id(docs)
         stamp = int(self._clock())

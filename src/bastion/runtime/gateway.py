@@ -159,7 +159,7 @@ class Gateway:
         # Monitoring (runtime/monitoring.py): the counters behind /metrics, and a hook the alert engine
         # sets when a detector needs every authenticated request (consumer, key id, client address).
         self.metrics = Metrics()
-        self.on_use: Callable[[str, str | None, str], None] | None = None
+        self.on_use: Callable[[str, str | None, Any], None] | None = None
         self._direct: dict[IPAddress, ForwardedInfo] = {}
         # Request ids: a random per-process prefix and a counter. Unique without a syscall per request;
         # they identify, they do not authenticate.
@@ -414,7 +414,7 @@ class Gateway:
             up_headers.append(("accept-encoding", "identity"))
         if principal is not None:
             if self.on_use is not None:
-                self.on_use(principal.consumer, principal.key_id, str(client))
+                self.on_use(principal.consumer, principal.key_id, client)  # the engine makes it text, once
             strip = route.options["strip_credentials"]
             if strip:
                 up_headers = [(n, v) for n, v in up_headers if n not in strip]

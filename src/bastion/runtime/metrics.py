@@ -7,8 +7,8 @@ and lets ``prometheus_client`` write the text format.
 
 With ``--workers N`` the data plane runs in other processes: each worker writes its snapshot to a JSON
 file in a directory the parent made (every second, atomically renamed), and the parent's ``/metrics``
-adds them up. A worker that restarts starts again from zero: Prometheus's ``rate()`` treats that as a
-counter reset.
+adds them up. The counters of a worker that has exited are kept (``WorkerMetrics.retired``), so the
+sums never go down.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["BUCKETS", "Metrics", "MetricsFile", "merge", "read_dir", "render", "snapshot_of"]
+__all__ = ["BUCKETS", "Metrics", "MetricsFile", "WorkerMetrics", "merge", "render", "snapshot_of"]
 
 # Seconds. Gateway latencies: from the request head to the end of the response.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -103,20 +103,40 @@ class MetricsFile:
             os.unlink(self.path)
 
 
-def read_dir(directory: str) -> list[dict[str, Any]]:
-    """Every worker's last snapshot (files of processes that are gone are skipped and removed)."""
-    out = []
-    for path in glob.glob(os.path.join(directory, "bastion-metrics-*.json")):
-        pid = path.rsplit("-", 1)[-1].removesuffix(".json")
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                out.append(json.load(fh))
-        except (OSError, ValueError):
-            continue
+class WorkerMetrics:
+    """The workers' snapshots, read at scrape time by the supervising process. A worker that has exited
+    leaves its counters behind (folded into ``retired``), so the sums never go down; its gauges go."""
+
+    _GAUGES = ("in_flight", "connections")
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.retired: dict[str, Any] = {}
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        out = [self.retired]
+        for path in glob.glob(os.path.join(self.directory, "bastion-metrics-*.json")):
+            pid = path.rsplit("-", 1)[-1].removesuffix(".json")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    snap = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            if pid.isdigit() and not _alive(int(pid)):
+                _add(self.retired, _counters_only(snap))
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                continue
+            out.append(snap)
+        return out
+
+
+def _counters_only(snap: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in snap.items() if k not in WorkerMetrics._GAUGES}
+    if isinstance(out.get("events"), dict):
+        out["events"] = {k: v for k, v in out["events"].items() if k != "queued"}
+    if isinstance(out.get("sinks"), dict):
+        out["sinks"] = {n: {k: v for k, v in st.items() if k != "queued"} for n, st in out["sinks"].items()}
     return out
 
 

@@ -117,20 +117,31 @@ class Monitoring:
                 self.purged += done.count
                 if done.count:
                     log.info("purged %d event(s) older than the retention", done.count)
+                if done.suspect:
+                    log.error(
+                        "the event log's hash chain does not verify for %d chain(s); their rows were kept: "
+                        "run `bastion events verify`",
+                        len(done.suspect),
+                    )
+                if done.event is not None and self.sinks is not None:
+                    self.sinks.emit(done.event)  # written by the purge itself; the sinks get a copy
             except Exception as exc:  # the database is down: try again next interval
                 log.error("event purge failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.purge_interval)
 
     async def aclose(self) -> None:
+        # The alert engine first: it takes its last step and waits for deliveries, and its run task then
+        # ends by itself (cancelling it mid-step would lose the events it had taken).
+        if self.alerts is not None:
+            with contextlib.suppress(Exception):
+                await self.alerts.aclose()
         for task in self._tasks:
-            task.cancel()
+            if not task.done():
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
-        if self.alerts is not None:
-            with contextlib.suppress(Exception):
-                await self.alerts.aclose()
 
     def close(self) -> None:
         """After :meth:`aclose`: the sinks and the writer take what is queued, then stop."""
