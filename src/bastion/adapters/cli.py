@@ -70,7 +70,7 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
     loaded = _load(config_path)
     for w in loaded.warnings:
         click.echo(f"warning: {w}", err=True)
-    from ..runtime.gateway import build_gateway
+    from ..runtime.gateway import build_gateway, check_upstreams
     from .serve import run
 
     if workers > 1 and not loaded.settings.storage.state.startswith(("redis://", "rediss://")):
@@ -92,6 +92,7 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
             )
             sys.exit(1)
     try:
+        check_upstreams(loaded, middleware=False)
         build_gateway(loaded)  # route table errors before any listener opens
         run(loaded, workers=workers)
     except ConfigError as exc:
@@ -167,13 +168,19 @@ def _engine(loaded: LoadedConfig, open_database: Any) -> Any:
 @main.command()
 @CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def check(config_path: Path, as_json: bool) -> None:
+@click.option(
+    "--middleware",
+    is_flag=True,
+    help="Check it for BastionMiddleware (services with upstream: app) rather than bastion serve.",
+)
+def check(config_path: Path, as_json: bool, middleware: bool) -> None:
     """Validate a configuration: exit 0 when it can run, 1 with every problem listed when not."""
-    from ..runtime.gateway import build_gateway
+    from ..runtime.gateway import build_gateway, check_upstreams
     from .checkup import posture_warnings
 
     try:
         loaded = load_config(config_path)
+        check_upstreams(loaded, middleware=middleware)
         gateway = build_gateway(loaded)
     except ConfigError as exc:
         if as_json:

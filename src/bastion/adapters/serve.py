@@ -27,7 +27,7 @@ from ..core.forwarding import NetworkSet
 from ..events.writer import EventWriter
 from ..inventory.recorder import InventoryRecorder
 from ..proxy.server import GatewayServer, serve
-from ..runtime.gateway import Gateway, build_gateway
+from ..runtime.gateway import Gateway, build_gateway, check_upstreams
 from ..runtime.metrics import MetricsFile, WorkerMetrics, merge, render
 from ..runtime.monitoring import Monitoring
 from ..store.database import open_database
@@ -167,6 +167,7 @@ async def run_process(
     metrics_dir: str | None = None,
 ) -> None:
     settings = loaded.settings
+    check_upstreams(loaded, middleware=False)  # upstream: app is for BastionMiddleware
     engine = open_database(settings.storage.database, migrate_schema=migrate)
     monitoring = Monitoring(loaded, engine)
     monitoring.start()

@@ -34,6 +34,7 @@ from .openapi import OpenApiDocument, load_openapi, template_shape
 from .units import parse_duration, parse_size
 
 __all__ = [
+    "APP_UPSTREAM",
     "AdminSettings",
     "ConsumersDefaults",
     "CorsSettings",
@@ -137,6 +138,8 @@ ListenAddr = Annotated[Listen, BeforeValidator(_listen)]
 Cidr = Annotated[IPv4Network | IPv6Network, BeforeValidator(_cidr)]
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# services[].upstream: app — requests go to the application BastionMiddleware wraps, not over the network.
+APP_UPSTREAM = "app"
 
 
 class _Model(BaseModel):
@@ -801,9 +804,14 @@ class ServiceSettings(_Model):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str) -> str:
+        if v == APP_UPSTREAM:
+            return v  # the wrapped application (BastionMiddleware); the proxy refuses it
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:9000")
+            raise ValueError(
+                "expected an http:// or https:// URL, e.g. http://127.0.0.1:9000 (or app: the application "
+                "BastionMiddleware wraps)"
+            )
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("the upstream URL cannot carry a query, fragment or credentials")
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import socket
@@ -20,6 +19,7 @@ import httptools
 
 from ..core.request import BodyReadError
 from ..runtime.gateway import Forward, Gateway, Respond, UpstreamSpec
+from ..runtime.responses import filter_json, is_encoded, json_kind
 from .upstream import UpstreamClosed, UpstreamConnection, UpstreamError, UpstreamPool, UpstreamTimeout
 
 __all__ = ["ClientConnection", "Exchange", "GatewayServer", "serve"]
@@ -1078,23 +1078,9 @@ class ClientConnection(asyncio.Protocol):
         limit, apply = fields
         raw = await self._read_whole(fwd, conn, limit)
         self._settle_upstream(ex, conn, pool, pump, clean=raw is not None)
-        encoded = any(
-            n.lower() == b"content-encoding" and v.strip().lower() not in (b"", b"identity")
-            for n, v in conn.headers
+        out, reason = filter_json(
+            raw, apply, status=conn.status, kind=_json_kind(conn), encoded=is_encoded(conn.headers)
         )
-        out: bytes | None = None
-        kind = _json_kind(conn)
-        reason = "too_large" if raw is None else "encoded" if encoded else "not_json"
-        if conn.status == 206:
-            reason = "partial"
-        elif kind == "ambiguous":
-            reason = "ambiguous_type"
-        elif raw is not None and not encoded:
-            try:  # JSON is UTF-8 (RFC 8259), without NaN or Infinity; anything else is not filtered
-                value = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
-                out = json.dumps(apply(value), separators=(",", ":"), ensure_ascii=False).encode()
-            except (ValueError, RecursionError):
-                out = None
         if out is None:
             return self._refuse(
                 fwd,
@@ -1359,19 +1345,7 @@ _ERROR_BODY_LIMIT = 1024 * 1024  # an upstream 5xx body read (and dropped) to re
 
 
 def _json_kind(conn: UpstreamConnection) -> str:
-    """``json`` (one JSON Content-Type), ``ambiguous`` (more than one Content-Type), or ``other``."""
-    types = [value for name, value in conn.headers if name.lower() == b"content-type"]
-    if len(types) > 1:
-        return "ambiguous"
-    if types:
-        mime = types[0].split(b";", 1)[0].strip().lower()
-        if mime == b"application/json" or mime.endswith(b"+json"):
-            return "json"
-    return "other"
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    return json_kind([value for name, value in conn.headers if name.lower() == b"content-type"])
 
 
 async def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:

@@ -30,7 +30,7 @@ from ..checks.openapi import OpenApiCheck, Operation, SpecError, compile_operati
 from ..checks.pkcv import HEADER as PKCV_HEADER
 from ..checks.rate_limit import RateLimitCheck
 from ..config.loader import LoadedConfig
-from ..config.models import GatewayConfig, ServiceSettings
+from ..config.models import APP_UPSTREAM, GatewayConfig, ServiceSettings
 from ..core.chain import Check
 from ..core.decision import Answer, Context, Deny
 from ..core.events import Event
@@ -49,7 +49,7 @@ from .identity import IdentityRuntime
 from .metrics import Metrics
 from .state import StateRuntime
 
-__all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "build_gateway"]
+__all__ = ["Forward", "Gateway", "Respond", "UpstreamSpec", "actor_of", "build_gateway", "check_upstreams"]
 
 METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Never forwarded from the client as-is: Bastion writes its own values (or none).
@@ -249,11 +249,14 @@ class Gateway:
         raw_headers: list[tuple[str, str]],
         peer: IPAddress,
         body: Body,
+        scheme: str | None = None,
     ) -> Forward | Respond:
+        """``scheme``: how the client reached this process, when the adapter knows better than the config
+        (the ASGI server's ``scope["scheme"]``); the proxy leaves it to ``tls``."""
         head = method == "HEAD"
         headers = Headers(raw_headers)
-        if self.trusted:
-            fwd = resolve_forwarded(peer, self.scheme, headers, self.trusted)
+        if self.trusted or (scheme is not None and scheme != self.scheme):
+            fwd = resolve_forwarded(peer, scheme or self.scheme, headers, self.trusted)
         else:
             # No proxy is trusted: the answer depends on the peer alone, so it is cached (bounded).
             fwd = self._direct.get(peer)  # type: ignore[assignment]
@@ -390,7 +393,7 @@ class Gateway:
                     severity=verdict.severity,
                     head=head,
                     event=verdict.event,
-                    actor=_actor(principal),
+                    actor=actor_of(principal),
                     extra=verdict.extra,
                 )
             assert isinstance(verdict, Answer)
@@ -453,7 +456,7 @@ class Gateway:
                 method=req.method,
                 path=req.path,
                 source_ip=str(req.client_ip),
-                actor=_actor(ctx.principal),
+                actor=actor_of(ctx.principal),
                 data=data,
             )
 
@@ -513,7 +516,8 @@ PROTOCOL_HEADERS = frozenset(
 _WHOLE_RESPONSE = frozenset({"accept-encoding", "range", "if-range"})
 
 
-def _actor(principal: Principal | None) -> str | None:
+def actor_of(principal: Principal | None) -> str | None:
+    """Who acted, as events record it: ``consumer:<name>/key:<id>`` (or ``/client:<id>``)."""
     if principal is None:
         return None
     if principal.key_id is not None:
@@ -539,6 +543,22 @@ def _safe_path(path: str | None) -> str | None:
 
 
 def _upstream_spec(svc: ServiceSettings) -> UpstreamSpec:
+    if svc.upstream == APP_UPSTREAM:
+        # The wrapped application (BastionMiddleware): no network, no base path, the client's Host kept.
+        return UpstreamSpec(
+            name=svc.name,
+            scheme=APP_UPSTREAM,
+            host="",
+            port=0,
+            base_path="",
+            host_header="",
+            preserve_host=True,
+            connect_timeout=svc.timeouts.connect,
+            read_timeout=svc.timeouts.read,
+            max_idle=0,
+            tls_verify=svc.tls_verify,
+            ca_file=None,
+        )
     parts = urlsplit(svc.upstream)
     scheme = parts.scheme
     port = parts.port or (443 if scheme == "https" else 80)
@@ -762,6 +782,29 @@ def _check_oauth_paths(loaded: LoadedConfig, routes: list[Route]) -> None:
                     f"{path} is also matched by the route {match.endpoint.template}",
                 )
             )
+    if issues:
+        raise ConfigError(issues)
+
+
+def check_upstreams(loaded: LoadedConfig, *, middleware: bool) -> None:
+    """``upstream: app`` means the application BastionMiddleware wraps: the proxy (``bastion serve``) has no
+    such application, and the middleware forwards nowhere else. A ConfigError names each service."""
+    from ..config.errors import ConfigError, ConfigIssue
+
+    issues = []
+    for index, svc in enumerate(loaded.settings.services):
+        is_app = svc.upstream == APP_UPSTREAM
+        if is_app == middleware:
+            continue
+        message = (
+            f"service {svc.name!r} forwards to {svc.upstream}; BastionMiddleware serves only services with "
+            "upstream: app (the application it wraps)"
+            if middleware
+            else "upstream: app is for BastionMiddleware (bastion.asgi); bastion serve needs an http:// or "
+            "https:// URL"
+        )
+        line = loaded.lines.get(("services", index, "upstream"))
+        issues.append(ConfigIssue(loaded.source, line, f"services[{index}].upstream", message))
     if issues:
         raise ConfigError(issues)
 
