@@ -211,6 +211,12 @@ Manage keys through the admin API (or `bastion keys --help` with your own config
 The event log:
   curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{admin_port}/admin/v1/events?type=request.'
   BASTION_ADMIN_TOKEN={token} bastion events -c {config_file} --since 10m
+  BASTION_ADMIN_TOKEN={token} bastion events -c {config_file} --follow    # live
+  BASTION_ADMIN_TOKEN={token} bastion events verify -c {config_file}      # the hash chains
+
+Metrics (Prometheus) and a report:
+  curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{admin_port}/metrics | grep ^bastion_denied
+  BASTION_ADMIN_TOKEN={token} bastion report -c {config_file} --since 1h --format md
 
 Press Ctrl-C to stop.
 """
