@@ -289,6 +289,11 @@ def test_memory_and_redis_state_answer_alike(prefix: str) -> None:
         out.append(await state.baseline("b", T0))
         await state.set_baseline("b", Baseline(12.5, 7, 99), T0, 3600)
         out.append(await state.baseline("b", T0 + 1))
+        for i in range(5):  # a caller 300 s behind the others counts only what it could see
+            await state.count("lag", T0 + 300 + i, 60)
+            await state.add_distinct("lagd", f"m{i}", T0 + 300 + i, 60)
+        out.append(await state.count("lag", T0, 60))
+        out.append(await state.add_distinct("lagd", "late", T0, 60))
         return out
 
     async def main() -> None:
@@ -303,6 +308,7 @@ def test_memory_and_redis_state_answer_alike(prefix: str) -> None:
             assert local[56:61] == seen
             assert local[61:64] == [True, False, True]
             assert local[64] is None and local[65] == Baseline(12.5, 7, 99)
+            assert local[66:] == [1, 1]
         finally:
             await shared.aclose()
 
@@ -753,3 +759,103 @@ def test_smtps_is_implicit_tls_with_a_verified_certificate(tls: dict[str, Any]) 
     assert len(box.messages) == 1
     failure = [e for e in emitted if e.type == "alert.delivery_failed"]
     assert [(f.data["error"], f.data["attempts"]) for f in failure] == [("SSLCertVerificationError", 1)]
+
+
+class _OddQuitServer(threading.Thread):
+    """A minimal SMTP server on loopback that accepts every message and answers QUIT with 421."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rwb") as f:
+                f.write(b"220 odd ESMTP\r\n")
+                f.flush()
+                in_data = False
+                for raw in f:
+                    line = raw.decode("latin-1").rstrip("\r\n")
+                    if in_data:
+                        if line == ".":
+                            in_data = False
+                            self.accepted += 1
+                            f.write(b"250 queued\r\n")
+                        else:
+                            continue
+                    elif line.upper().startswith("EHLO"):
+                        f.write(b"250-odd\r\n250 8BITMIME\r\n")
+                    elif line.upper() == "DATA":
+                        in_data = True
+                        f.write(b"354 go on\r\n")
+                    elif line.upper() == "QUIT":
+                        f.write(b"421 closing oddly\r\n")
+                        f.flush()
+                        break
+                    else:
+                        f.write(b"250 ok\r\n")
+                    f.flush()
+
+
+def test_an_odd_answer_to_quit_after_the_message_was_accepted_sends_it_once() -> None:
+    server = _OddQuitServer()
+    server.start()
+    emitted: list[Event] = []
+    try:
+
+        async def main() -> None:
+            engine, _ = email_engine(f"smtp://127.0.0.1:{server.port}", emitted)
+            await fire_stuffing(engine)
+            await engine.aclose()
+            assert engine.stats["deliveries"] == 1 and engine.stats["deliveries_failed"] == 0
+
+        asyncio.run(main())
+        assert server.accepted == 1
+        assert not [e for e in emitted if e.type == "alert.delivery_failed"]
+    finally:
+        server.sock.close()
+
+
+def test_deliveries_cut_off_at_shutdown_are_on_record() -> None:
+    """A receiver that never answers and a short flush timeout: the pending delivery becomes an
+    alert.delivery_failed event with error "shutdown", not a silent loss."""
+    hang = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does) and never answers
+    emitted: list[Event] = []
+    try:
+
+        async def main() -> None:
+            settings = AlertSettings.model_validate(
+                {
+                    "channels": [
+                        {
+                            "name": "ops",
+                            "type": "webhook",
+                            "url": f"http://127.0.0.1:{hang.getsockname()[1]}/hook",
+                            "secret": SECRET,
+                            "timeout": "5s",
+                        }
+                    ],
+                    "rules": [{**STUFFING, "channels": ["ops"]}],
+                }
+            )
+            engine = AlertEngine(
+                settings,
+                state=build_alert_state("memory://", None, "x"),
+                emit=emitted.append,
+                clock=Clock(),
+                flush_timeout=0.2,
+            )
+            await fire_stuffing(engine)
+            await engine.aclose()
+
+        asyncio.run(main())
+        failed = [e for e in emitted if e.type == "alert.delivery_failed"]
+        assert [e.data["error"] for e in failed] == ["shutdown"]
+    finally:
+        hang.close()

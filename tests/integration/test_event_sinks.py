@@ -472,6 +472,7 @@ class _Receiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         headers = list(self.headers.items())
         srv = self.server
+        srv.gate.wait(30)  # a slow receiver, as slow as the test wants (set: answers at once)
         with srv.lock:
             status = srv.statuses.pop(0) if srv.statuses else 200
             verified = bastion_verifies(srv.secrets[self.path], headers, body, srv.clock)
@@ -499,6 +500,8 @@ class WebhookReceiver(ThreadingHTTPServer):
         self.statuses: list[int] = []
         self.received: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def url(self, path: str) -> str:
@@ -712,3 +715,37 @@ def test_a_broken_whsec_secret_is_a_config_error_that_does_not_show_it(tmp_path:
         info.value
     )
     assert broken not in str(info.value) and "not*base64" not in repr(info.value)
+
+
+def test_draining_the_backlog_never_makes_another_process_wait(
+    receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Worker A delivers a 300-event backlog to a slow receiver; meanwhile worker B (same dead-letter file)
+    must still put its own events there at once, and they arrive after the backlog, in order."""
+    from bastion.core.events import event_document
+
+    dead = tmp_path / "shared.unsent.jsonl"
+    backlog = [event_document(new_event("request.denied", now=1_700_000_000.0 + i)) for i in range(300)]
+    dead.write_text("".join(json.dumps(d) + "\n" for d in backlog))
+    settings = webhook(receiver.url("/a"), dead_letter=str(dead), batch_size=100)
+    receiver.gate.clear()
+    a = SinkSet([settings], base_dir=str(tmp_path), backoff=FAST)
+    b = SinkSet([settings], base_dir=str(tmp_path), backoff=FAST)
+    a.start()
+    try:
+        wait_for(
+            lambda: list(tmp_path.glob("shared.unsent.jsonl.draining.*")), what="A to move the backlog aside"
+        )
+        later = [event_document(new_event("request.denied", now=1_700_001_000.0 + i)) for i in range(5)]
+        started = time.monotonic()
+        b._sinks[0]._bury(later)  # what B does with a batch while the sink is down
+        assert time.monotonic() - started < 1.0  # A is still stuck on the receiver, holding nothing
+        assert not receiver.gate.is_set()
+        receiver.gate.set()
+        want = [d["id"] for d in backlog + later]
+        wait_for(lambda: receiver.accepted_ids("/a") == want, what="the backlog, then B's events")
+    finally:
+        receiver.gate.set()
+        a.close()
+        b.close()
+    assert not list(tmp_path.glob("shared.unsent.jsonl*"))

@@ -279,7 +279,10 @@ class TestTokenErrors:
     def test_a_bad_secret_in_the_body_is_invalid_client(self, stack: Stack) -> None:
         client = new_client(stack)
         form = {"grant_type": "client_credentials", "client_id": client.client_id, "client_secret": "nope"}
-        assert_oauth_error(stack.post_form(TOKEN_PATH, form), 401, "invalid_client")
+        reply = stack.post_form(TOKEN_PATH, form)
+        assert_oauth_error(reply, 401, "invalid_client")
+        # the client id it tried is in the event: credential stuffing against clients is counted by it
+        assert stack.event_for("auth.failed", reply)["data"]["client_id"] == client.client_id
 
     def test_no_client_authentication_is_invalid_client(self, stack: Stack) -> None:
         assert_oauth_error(

@@ -238,7 +238,13 @@ def populated(engine: Engine, keys: dict[str, str]) -> dict[str, str]:
         "alert.fired",
         at - 4 * DAY,
         severity="critical",
-        data={"rule": "credential-stuffing", "group": "198.51.100.7", "count": 4},
+        # the shape the alert engine writes: the count is in the evidence
+        data={
+            "rule": "credential-stuffing",
+            "detector": "credential_stuffing",
+            "group": "ip:198.51.100.7",
+            "evidence": {"by": "ip", "distinct_identities": 4, "threshold": 3, "window": 300.0},
+        },
     )
     # outside the period: counted nowhere
     add_event(engine, "request.denied", SINCE - 60, source_ip="203.0.113.99", reason="ip_denied")
@@ -369,7 +375,7 @@ def test_alerts_and_endpoints(markdown: str) -> None:
     alerts = md_table(sections["Alerts fired"])
     assert [(r[1], r[2], r[3]) for r in alerts] == [
         (HOSTILE, f"source_ip={HOSTILE_IMG}", "12"),
-        ("credential-stuffing", "198.51.100.7", "4"),
+        ("credential-stuffing", "ip:198.51.100.7", "4"),
     ]
     endpoints = md_table(sections["Undeclared endpoints"])
     assert [(r[0], r[1], r[2], r[5]) for r in endpoints] == [

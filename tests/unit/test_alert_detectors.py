@@ -605,7 +605,7 @@ def test_memory_state_is_bounded() -> None:
     async def scenario() -> None:
         for i in range(1000):
             await state.add_distinct(f"k{i}", "m", T0, 60)
-        assert len(state._data) == 100 and state.evicted == 900
+        assert len(state._short) == 100 and state.evicted == 900
         for i in range(500):
             n = await state.add_distinct("wide", f"m{i}", T0 + i / 1000, 60)
         assert n == 50
@@ -662,3 +662,46 @@ def test_a_broken_whsec_secret_is_refused_at_load(secret: str) -> None:
             {"channels": [{**CHANNELS[0], "secret": secret}], "rules": [{**STUFFING, "channels": ["ops"]}]}
         )
     assert "channels.0.webhook.secret" in str(info.value)
+
+
+def test_a_flood_of_short_lived_keys_cannot_evict_a_keys_history() -> None:
+    """Made-up key ids (each a short-lived counter) fill the store: the countries seen for a real key (a
+    long-lived set) stay, so a stolen key used from a new country still alerts."""
+    state = MemoryAlertState(max_keys=100)
+
+    async def scenario() -> None:
+        await state.remember("seen:k1", "FR", T0, 90 * 86400)
+        for i in range(1000):
+            await state.add_distinct(f"cs:id:{i}", "10.0.0.1", T0 + i, 60)
+        seen = await state.remember("seen:k1", "RU", T0 + 2000, 90 * 86400)
+        assert seen.new and seen.known == 1 and seen.sample == ("FR",)
+
+    asyncio.run(scenario())
+
+
+def test_expired_entries_go_before_live_ones() -> None:
+    state = MemoryAlertState(max_keys=10)
+
+    async def scenario() -> None:
+        for i in range(9):
+            await state.claim(f"old{i}", T0, 10)  # all expired by T0 + 100
+        assert await state.claim("live", T0 + 50, 3600)
+        for i in range(5):
+            await state.claim(f"new{i}", T0 + 100, 10)
+        assert not await state.claim("live", T0 + 101, 3600)  # still held: the expired went first
+        assert state.evicted == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_lagging_caller_counts_only_up_to_its_own_now() -> None:
+    state = MemoryAlertState()
+
+    async def scenario() -> None:
+        for i in range(9):
+            await state.count("c", T0 + 200 + i, 60)
+            await state.add_distinct("d", f"m{i}", T0 + 200 + i, 60)
+        assert await state.count("c", T0, 60) == 1  # an event from 200 s earlier, seen late
+        assert await state.add_distinct("d", "late", T0, 60) == 1
+
+    asyncio.run(scenario())

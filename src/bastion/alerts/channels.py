@@ -216,25 +216,25 @@ class EmailChannel:
         await loop.run_in_executor(self._pool, self._send, message)
 
     def _send(self, message: EmailMessage) -> None:
-        """One SMTP session (in a worker thread)."""
+        """One SMTP session (in a worker thread). Once the server has accepted the message, nothing after
+        it (a QUIT answered oddly, a reset) makes it a failure: a retry would send it twice."""
+        client: smtplib.SMTP | None = None
         try:
-            client: smtplib.SMTP
             if self.implicit_tls:
                 context = self.ssl_context
                 client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
             else:
                 client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            with client:
+            client.ehlo()
+            if not self.implicit_tls and not self.loopback:
+                if not client.has_extn("starttls"):
+                    # a server that offers no TLS would see the message (and the login) in clear
+                    raise DeliveryError("starttls_unavailable", retry=False)
+                client.starttls(context=self.ssl_context)
                 client.ehlo()
-                if not self.implicit_tls and not self.loopback:
-                    if not client.has_extn("starttls"):
-                        # a server that offers no TLS would see the message (and the login) in clear
-                        raise DeliveryError("starttls_unavailable", retry=False)
-                    client.starttls(context=self.ssl_context)
-                    client.ehlo()
-                if self.username is not None and self.password is not None:
-                    client.login(self.username, self.password.reveal())
-                client.send_message(message, from_addr=self.sender, to_addrs=self.to)
+            if self.username is not None and self.password is not None:
+                client.login(self.username, self.password.reveal())
+            client.send_message(message, from_addr=self.sender, to_addrs=self.to)
         except DeliveryError:
             raise
         except smtplib.SMTPRecipientsRefused as exc:
@@ -246,6 +246,12 @@ class EmailChannel:
             raise DeliveryError("SSLCertVerificationError", retry=False) from None
         except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, TLS handshake
             raise DeliveryError(type(exc).__name__, retry=True) from None
+        finally:
+            if client is not None:
+                try:
+                    client.quit()
+                except (smtplib.SMTPException, OSError):
+                    client.close()
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

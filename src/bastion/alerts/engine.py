@@ -332,6 +332,7 @@ class AlertEngine:
                 else:
                     self._failed(alert, rule, name, error.error, attempts)
             except asyncio.CancelledError:
+                self._failed(alert, rule, name, "shutdown", 0)  # cut off at shutdown: still on record
                 raise
             except Exception as exc:
                 self._failed(alert, rule, name, type(exc).__name__, 0)
@@ -390,6 +391,11 @@ class AlertEngine:
                 await asyncio.wait_for(self._deliveries.join(), self.flush_timeout)
             except TimeoutError:
                 log.warning("alerts: %d deliveries still pending at shutdown", self._deliveries.qsize())
+        if self._deliveries is not None:  # never started: every one on record, not silently dropped
+            while not self._deliveries.empty():
+                alert, rule, name = self._deliveries.get_nowait()
+                self._deliveries.task_done()
+                self._failed(alert, rule, name, "shutdown", 0)
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

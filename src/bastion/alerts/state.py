@@ -125,6 +125,9 @@ def key_part(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+_LONG_LIVED = 86400.0  # entries kept at least this long live in their own store (MemoryAlertState)
+
+
 def _slots(now: float, window: float) -> tuple[int, int]:
     """The sub-bucket ``now`` falls in, and the oldest sub-bucket still inside the window."""
     width = window / COUNT_SLOTS
@@ -141,26 +144,39 @@ class MemoryAlertState:
     def __init__(self, max_keys: int = 100_000, max_members: int = MAX_MEMBERS) -> None:
         self.max_keys = max_keys
         self.max_members = max_members
-        self._data: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [expires_at, value]
+        # key -> [expires_at, value]. Two stores: what lives a day or more (the sources seen per key,
+        # baselines) apart from the short-lived counters and claims, so a flood of the latter (an attacker's
+        # made-up key ids) can never push a key's history out.
+        self._short: OrderedDict[str, list[Any]] = OrderedDict()
+        self._long: OrderedDict[str, list[Any]] = OrderedDict()
         self.evicted = 0
 
     def _get(self, key: str, now: float) -> Any:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        if item[0] <= now:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return item[1]
+        for data in (self._short, self._long):
+            item = data.get(key)
+            if item is None:
+                continue
+            if item[0] <= now:
+                del data[key]
+                return None
+            data.move_to_end(key)
+            return item[1]
+        return None
 
-    def _put(self, key: str, value: Any, expires_at: float) -> None:
-        data = self._data
+    def _put(self, key: str, value: Any, expires_at: float, now: float = 0.0) -> None:
+        data = self._long if expires_at - now >= _LONG_LIVED else self._short
+        other = self._short if data is self._long else self._long
+        other.pop(key, None)
         if key in data:
             data.move_to_end(key)
         elif len(data) >= self.max_keys:
-            data.popitem(last=False)
-            self.evicted += 1
+            # Expired entries go first (they gather at the least recently used end); then the least
+            # recently used live one.
+            while data and next(iter(data.values()))[0] <= now:
+                data.popitem(last=False)
+            if len(data) >= self.max_keys:
+                data.popitem(last=False)
+                self.evicted += 1
         data[key] = [expires_at, value]
 
     async def add_distinct(self, key: str, member: str, now: float, window: float) -> int:
@@ -169,16 +185,20 @@ class MemoryAlertState:
         members: OrderedDict[str, float] | None = self._get(key, now)
         if members is None:
             members = OrderedDict()
+        newest = next(reversed(members.values()), -math.inf)  # members are kept in time order
         if members.get(member, -math.inf) < now:
             members[member] = now
-            members.move_to_end(member)
+            # in time order: a late caller's member goes to the old end, where trimming starts
+            members.move_to_end(member, last=now >= newest)
         cutoff = now - window
         while members and next(iter(members.values())) <= cutoff:
             members.popitem(last=False)
         while len(members) > self.max_members:
             members.popitem(last=False)
-        self._put(key, members, now + window + _GC)
-        return len(members)
+        self._put(key, members, now + window + _GC, now)
+        if newest <= now:
+            return len(members)
+        return sum(1 for t in members.values() if t <= now)  # a lagging caller: only what it could see
 
     async def count(self, key: str, now: float, window: float, n: int = 1) -> int:
         slots: dict[int, int] | None = self._get(key, now)
@@ -188,14 +208,14 @@ class MemoryAlertState:
         slots[slot] = slots.get(slot, 0) + n
         for s in [s for s in slots if s < oldest]:
             del slots[s]
-        self._put(key, slots, now + window + _GC)
-        return sum(slots.values())
+        self._put(key, slots, now + window + _GC, now)
+        return sum(v for s, v in slots.items() if s <= slot)  # a lagging caller counts only up to its now
 
     async def add(self, key: str, n: int, now: float, ttl: float) -> int:
         value: int = self._get(key, now) or 0
         if n:
             value += n
-            self._put(key, value, now + ttl)
+            self._put(key, value, now + ttl, now)
         return value
 
     async def remember(self, key: str, member: str, now: float, ttl: float) -> Seen:
@@ -210,13 +230,13 @@ class MemoryAlertState:
             if known >= self.max_members:
                 del members[next(iter(members))]
             members[member] = None
-        self._put(key, members, now + ttl)
+        self._put(key, members, now + ttl, now)
         return Seen(new, known, sample)
 
     async def claim(self, key: str, now: float, ttl: float) -> bool:
         if self._get(key, now) is not None:
             return False
-        self._put(key, True, now + ttl)
+        self._put(key, True, now + ttl, now)
         return True
 
     async def baseline(self, key: str, now: float) -> Baseline | None:
@@ -224,10 +244,11 @@ class MemoryAlertState:
         return value
 
     async def set_baseline(self, key: str, baseline: Baseline, now: float, ttl: float) -> None:
-        self._put(key, baseline, now + ttl)
+        self._put(key, baseline, now + ttl, now)
 
     async def aclose(self) -> None:
-        self._data.clear()
+        self._short.clear()
+        self._long.clear()
 
 
 # -- redis -----------------------------------------------------------------------------------------------
@@ -245,22 +266,24 @@ local n = redis.call('ZCARD', KEYS[1])
 local cap = tonumber(ARGV[4])
 if n > cap then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
-  n = cap
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return n
+-- a caller behind the others counts only up to its own now
+return redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[3], ARGV[1])
 """)
 
 # KEYS[1]: a HASH of sub-bucket -> count. ARGV: this sub-bucket, n, the oldest sub-bucket kept, expiry ms.
 _COUNT = Script("""
 redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 local oldest = tonumber(ARGV[3])
+local current = tonumber(ARGV[1])
 local all = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #all, 2 do
-  if tonumber(all[i]) < oldest then
+  local slot = tonumber(all[i])
+  if slot < oldest then
     redis.call('HDEL', KEYS[1], all[i])
-  else
+  elseif slot <= current then  -- a caller behind the others counts only up to its own now
     total = total + tonumber(all[i + 1])
   end
 end

@@ -428,7 +428,20 @@ def _alerts(db: Any, period: Any) -> list[Alert]:
         rule = data.get("rule") or data.get("name")
         if not rule and resource.startswith("alert:"):
             rule = resource.removeprefix("alert:")
-        count = data.get("count")
+        evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else {}
+        count = next(
+            (
+                v
+                for v in (
+                    data.get("count"),
+                    evidence.get("count"),
+                    evidence.get("distinct_identities"),
+                    evidence.get("distinct_ips"),
+                )
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            ),
+            None,
+        )
         out.append(
             Alert(
                 time=float(row.time),

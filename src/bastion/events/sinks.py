@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -438,6 +439,7 @@ class _Sink:
         self._wake = threading.Event()
         self._stopping = False
         self._abandoned = False  # close() timed out and buried what was left; the thread must not repeat it
+        self._drains = 0  # dead-letter files this sink moved aside to deliver
         self._deadline = float("inf")
         self._down = False  # batches go to the dead-letter file until a probe succeeds
         self._next_probe = 0.0
@@ -487,7 +489,7 @@ class _Sink:
         self._wake.set()
 
     def _run(self) -> None:
-        if _has_content(self.dead_letter):  # left by an earlier run: deliver it before anything new
+        if _has_content(self.dead_letter) or self._draining_files():  # left by an earlier run: first
             self._down = True
             self._next_probe = self._mono()
         try:
@@ -508,7 +510,7 @@ class _Sink:
 
     def finish_inline(self) -> None:
         """``close`` without a thread: deliver or bury what is queued, in the caller."""
-        if _has_content(self.dead_letter):
+        if _has_content(self.dead_letter) or self._draining_files():
             self._down = True  # older events wait there: the queue goes after them, in order
         try:
             self._cycle(True)
@@ -570,19 +572,61 @@ class _Sink:
         self.delivered += len(docs)
 
     def _probe(self) -> None:
-        """Deliver the dead-letter file in order; on success remove it and leave the down state."""
+        """Deliver the dead-letter backlog in order; when it is all delivered, leave the down state.
+
+        The lock on the dead-letter file is held only to move it aside (``<file>.draining.<pid>.<n>``),
+        never while delivering: other processes keep appending to a fresh file without waiting on this
+        one's network. Files moved aside earlier (this or another process, maybe one that crashed) are
+        older than the current file, so they go first; one being drained elsewhere (locked) is skipped."""
+        while not self._stopping:
+            for path in self._draining_files():
+                done = self._drain(path)
+                if not done:  # failed, stopping, or (None) being drained elsewhere: newer ones wait
+                    return
+            try:
+                fh = open(self.dead_letter, "r+b")  # noqa: SIM115 - held across the lock
+            except FileNotFoundError:
+                log.info("sink %s: answering again; the dead-letter backlog was delivered", self.name)
+                self._up()
+                return
+            except OSError as exc:
+                self._probe_failed(exc)
+                return
+            with fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # appenders hold it for one write: microseconds
+                if not _same_file(fh.fileno(), self.dead_letter):
+                    continue  # another process moved it while we waited: look again
+                self._drains += 1
+                aside = f"{self.dead_letter}.draining.{os.getpid()}.{self._drains}"
+                try:
+                    os.rename(self.dead_letter, aside)
+                except OSError as exc:
+                    self._probe_failed(exc)
+                    return
+            # the loop comes back for what was appended to a new file meanwhile
+
+    def _draining_files(self) -> list[str]:
+        found = glob.glob(glob.escape(self.dead_letter) + ".draining.*")
+        paths = [p for p in found if not p.endswith(".tmp")]
+        return sorted(paths, key=lambda p: (_mtime(p), p))
+
+    def _drain(self, path: str) -> bool | None:
+        """Deliver one moved-aside file and remove it: True when done, False when delivery failed or
+        close() came (the rest stays in the file), None when another process holds it."""
         try:
-            fh = open(self.dead_letter, "r+b")  # noqa: SIM115 - held across the lock
+            fh = open(path, "r+b")  # noqa: SIM115 - held across the lock
         except FileNotFoundError:
-            self._up()
-            return
+            return True
         except OSError as exc:
             self._probe_failed(exc)
-            return
+            return False
         with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            if not _same_file(fh.fileno(), self.dead_letter):
-                return  # another process replaced it while we waited; the next probe opens the new one
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            if not _same_file(fh.fileno(), path):
+                return True  # drained and removed by whoever held it
             offset = 0
             try:
                 while not self._stopping:
@@ -593,18 +637,17 @@ class _Sink:
                         self.transport.deliver(docs, self._attempt_timeout())
                         self.delivered += len(docs)
                     offset = end
-                    self._spill(fh)
+                    self._spill()
                 else:
-                    self._keep_rest(fh, offset)  # close() came: the rest waits for the next start
-                    return
+                    self._keep_rest(fh, offset, path)  # close() came: the rest waits for the next start
+                    return False
             except Exception as exc:
-                self._keep_rest(fh, offset)
+                self._keep_rest(fh, offset, path)
                 self._probe_failed(exc)
-                return
+                return False
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.dead_letter)  # under the lock: appenders that wait for it will reopen
-        log.info("sink %s: answering again; the dead-letter file was delivered", self.name)
-        self._up()
+                os.unlink(path)
+        return True
 
     def _read_docs(self, fh: BinaryIO, offset: int) -> tuple[list[Document], int]:
         fh.seek(offset)
@@ -625,38 +668,29 @@ class _Sink:
             docs.append(doc)
         return docs, fh.tell()
 
-    def _spill(self, fh: BinaryIO) -> None:
-        """During a long probe, move queued events to the end of the file (they are newer than all of it),
-        so the queue does not overflow while the backlog drains."""
+    def _spill(self) -> None:
+        """During a long probe, move queued events to the dead-letter file (they are newer than the
+        backlog being drained), so the queue does not overflow while the backlog drains."""
         if len(self.queue) < self.queue_size // 2:
             return
-        batch = self._take(len(self.queue))
-        pos = fh.tell()
-        try:
-            fh.seek(0, os.SEEK_END)
-            fh.write(_lines([event_document(e) for e in batch]))
-            fh.flush()
-            os.fsync(fh.fileno())
-        except OSError:
-            self.queue.extendleft(reversed(batch))  # still the oldest queued; the probe fails on
-            raise
-        fh.seek(pos)
-        self.dead_lettered += len(batch)
+        self._bury([event_document(e) for e in self._take(len(self.queue))])
 
-    def _keep_rest(self, fh: BinaryIO, offset: int) -> None:
-        """Replace the file by its undelivered part (from ``offset``), atomically."""
+    def _keep_rest(self, fh: BinaryIO, offset: int, path: str) -> None:
+        """Replace the file at ``path`` by its undelivered part (from ``offset``), atomically."""
         if offset == 0:
             return
-        tmp = f"{self.dead_letter}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # O_EXCL below: never write through a file or link someone left there
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
                 fh.seek(offset)
                 while chunk := fh.read(1 << 20):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.dead_letter)
+            os.replace(tmp, path)
         except OSError as exc:
             # The whole file stays: its delivered part will be sent again (at least once).
             log.error("sink %s: the dead-letter file could not be shortened (%s)", self.name, _why(exc))
@@ -680,7 +714,7 @@ class _Sink:
             return
         try:
             self._append_dead_letter(_lines(docs), wait)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # a full disk, a lock not had in time, anything: counted, never silent
             self.lost += len(docs)
             log.error(
                 "sink %s: the dead-letter file is not writable (%s): %d events lost",
@@ -752,6 +786,13 @@ def _lock(fd: int, give_up: float | None) -> None:
             if time.monotonic() >= give_up:
                 raise TimeoutError from None
             time.sleep(_LOCK_POLL)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
 
 
 def _has_content(path: str) -> bool:

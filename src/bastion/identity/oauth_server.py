@@ -61,6 +61,7 @@ class _OAuthError(Exception):
         self.status = status
         self.cause = cause or error
         self.headers = headers
+        self.client_id: str | None = None
 
 
 def _locked(wait: float) -> _OAuthError:
@@ -366,12 +367,10 @@ class OAuthServer:
                         "block_for": blocked,
                     },
                 )
-            raise _OAuthError(
-                "invalid_client",
-                "client authentication failed",
-                401,
-                failure.code,
-            ) from None
+            err = _OAuthError("invalid_client", "client authentication failed", 401, failure.code)
+            # The client id it presented (what credential stuffing against clients is counted by), if sane.
+            err.client_id = client_id if client_id and len(client_id) <= 64 and client_id.isprintable() else None
+            raise err from None
 
     def _secret_client(self, client_id: str, secret: str) -> ClientRecord:
         client = self.index.client(client_id)
@@ -442,7 +441,8 @@ class OAuthServer:
             path=req.path,
             source_ip=ip_text(req.client_ip),
             reason=err.error,
-            data={"cause": err.cause, "status": err.status},
+            data={"cause": err.cause, "status": err.status}
+            | ({"client_id": err.client_id} if err.client_id else {}),
         )
         extra: tuple[tuple[str, str], ...] = err.headers
         if err.status == 401:
