@@ -316,14 +316,11 @@ class SyslogSinkSettings(_SinkBase):
         return v
 
 
-class WebhookSinkSettings(_SinkBase):
-    type: Literal["webhook"]
+class _SignedWebhook(_Model):
+    """What a signed outgoing webhook needs (the webhook sink and the webhook alert channel)."""
+
     url: str
-    secret: (
-        SecretStr  # signs each batch (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature)
-    )
-    batch_size: int = Field(100, ge=1, le=10_000)
-    flush_interval: Duration = 1.0
+    secret: SecretStr  # signs each message: Standard Webhooks (webhook-id, -timestamp, -signature)
     timeout: Duration = 5.0
 
     @field_validator("url")
@@ -336,6 +333,12 @@ class WebhookSinkSettings(_SinkBase):
     def _whsec(cls, v: Secret) -> Secret:
         standard_webhooks_secret(v.reveal())  # a whsec_ secret must decode (ValueError says so)
         return v
+
+
+class WebhookSinkSettings(_SinkBase, _SignedWebhook):
+    type: Literal["webhook"]
+    batch_size: int = Field(100, ge=1, le=10_000)
+    flush_interval: Duration = 1.0
 
 
 EventSink = Annotated[
@@ -1054,23 +1057,9 @@ class InventorySettings(_Model):
     unused_after: Duration = 30 * 86400.0  # a declared route with no traffic this long is reported unused
 
 
-class WebhookChannelSettings(_Model):
+class WebhookChannelSettings(_SignedWebhook):
     name: str = Field(pattern=_NAME)
     type: Literal["webhook"]
-    url: str
-    secret: SecretStr  # signs each alert (Standard Webhooks, like the webhook sink)
-    timeout: Duration = 5.0
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return require_secure_url(v, "url")
-
-    @field_validator("secret")
-    @classmethod
-    def _whsec(cls, v: Secret) -> Secret:
-        standard_webhooks_secret(v.reveal())  # a whsec_ secret must decode (ValueError says so)
-        return v
 
 
 class EmailChannelSettings(_Model):

@@ -676,8 +676,13 @@ class _Sink:
         self._bury([event_document(e) for e in self._take(len(self.queue))])
 
     def _keep_rest(self, fh: BinaryIO, offset: int, path: str) -> None:
-        """Replace the file at ``path`` by its undelivered part (from ``offset``), atomically."""
+        """Replace the file at ``path`` by its undelivered part (from ``offset``), atomically (nothing
+        undelivered: the file goes)."""
         if offset == 0:
+            return
+        if offset >= os.fstat(fh.fileno()).st_size:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             return
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
