@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
-from ..events.query import EventFilter, QueryError, get_event, parse_time, query_events
+from ..events.query import QueryError, event_filter, get_event, query_events
 from ..identity.manage import IdentityError
 from ..inventory.report import report as inventory_report
 from ..runtime.gateway import Gateway
@@ -247,15 +247,16 @@ def build_admin_app(
     ) -> dict[str, Any]:
         now = time.time()
         try:
-            flt = EventFilter(
+            flt = event_filter(
+                now,
+                since=since,
+                until=until,
                 type=type,
                 actor=actor,
                 resource=resource,
                 source_ip=source_ip,
                 severity=severity,
                 min_severity=min_severity,
-                since=parse_time(since, now) if since else None,
-                until=parse_time(until, now) if until else None,
             )
             events, token = query_events(engine, flt, page_size=page_size, page_token=page_token)
         except QueryError as exc:

@@ -87,19 +87,20 @@ def events(
         return
     if config_path is None:
         raise click.UsageError("Missing option '-c' / '--config' (or set BASTION_CONFIG).")
-    from ..events.query import EventFilter, QueryError, parse_time, query_events
+    from ..events.query import QueryError, event_filter, query_events
 
     now = time.time()
     try:
-        flt = EventFilter(
+        flt = event_filter(
+            now,
+            since=since,
+            until=until,
             type=type_,
             actor=actor,
             resource=resource,
             source_ip=source_ip,
             severity=severity,
             min_severity=min_severity,
-            since=parse_time(since, now) if since else None,
-            until=parse_time(until, now) if until else None,
         )
     except QueryError as exc:
         raise click.BadParameter(str(exc)) from None

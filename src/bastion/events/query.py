@@ -21,7 +21,7 @@ from ..config.units import parse_duration
 from ..core.events import SEVERITIES
 from ..store.schema import events_table
 
-__all__ = ["EventFilter", "QueryError", "parse_time", "query_events"]
+__all__ = ["EventFilter", "QueryError", "event_filter", "parse_time", "query_events"]
 
 MAX_PAGE_SIZE = 1000
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -47,6 +47,18 @@ class EventFilter:
             value = getattr(self, name)
             if value is not None and value not in SEVERITIES:
                 raise QueryError(f"{name} must be one of {', '.join(SEVERITIES)}")
+
+
+def event_filter(
+    now: float, *, since: str | None = None, until: str | None = None, **fields: str | None
+) -> EventFilter:
+    """An :class:`EventFilter` from text as a user writes it (``since``/``until``: ``1h`` or ISO 8601);
+    :class:`QueryError` says what is wrong. The admin API and ``bastion events`` build theirs here."""
+    return EventFilter(
+        since=parse_time(since, now) if since else None,
+        until=parse_time(until, now) if until else None,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 def parse_time(value: str, now: float) -> float:
