@@ -405,3 +405,51 @@ class TestPurgeCannotBeTurnedIntoACover:
         assert done.count == 3  # the cut is contiguous: seq 1-3 (the newer seq 2 goes with them)
         result = verify(engine, KEY)
         assert result.ok, result.problems
+
+
+class TestPurgeUnderLoad:
+    def test_purges_while_two_writers_write_keep_every_chain_verifiable(self, pg_engine: Engine) -> None:
+        """Two writers keep writing (old and new events interleaved) while purges run: afterwards every
+        chain verifies and only old events are gone."""
+        import threading
+
+        now = time.time()
+        writers = [
+            EventWriter(pg_engine, flush_interval=0.01, batch_size=20, chain_key=KEY) for _ in range(2)
+        ]
+        for w in writers:
+            w.start()
+        stop = threading.Event()
+
+        def write(w: EventWriter, offset: int) -> None:
+            i = 0
+            while not stop.is_set() and i < 2000:
+                age = 3 * 86400 if i % 3 == 0 else 10  # a third of them older than the retention
+                w.emit(new_event("request.denied", now=now - age + offset + i * 0.001))
+                i += 1
+                if i % 50 == 0:
+                    w.flush()
+
+        threads = [threading.Thread(target=write, args=(w, n)) for n, w in enumerate(writers)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(3):
+                purge_events(pg_engine, now - 86400, key=KEY, now=time.time)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+            for w in writers:
+                w.close()
+        purge_events(pg_engine, now - 86400, key=KEY, now=time.time)
+        result = verify(pg_engine, KEY)
+        assert result.ok, result.problems[:3]
+        with pg_engine.connect() as conn:
+            oldest = conn.execute(
+                select(events_table.c.time)
+                .where(events_table.c.type == "request.denied")
+                .order_by(events_table.c.time)
+                .limit(1)
+            ).scalar()
+        assert oldest is None or oldest > now - 86400 - 60
