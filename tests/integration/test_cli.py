@@ -61,7 +61,7 @@ def line_of(text: str, needle: str) -> int:
 
 # -- help and version -----------------------------------------------------------------------------------
 
-SUBCOMMANDS = ["serve", "check", "events", "demo", "version"]
+SUBCOMMANDS = ["serve", "check", "events", "demo", "version", "audit", "scan", "report"]
 
 
 class TestHelp:

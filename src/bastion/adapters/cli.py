@@ -306,7 +306,7 @@ def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> Non
         sys.exit(1)
 
 
-from . import cli_events, cli_identity  # noqa: E402, F401 - register events/report, consumers/keys/clients
+from . import cli_audit, cli_events, cli_identity  # noqa: E402, F401 - register audit/scan, events/report, identities
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -369,7 +369,8 @@ class OAuthServer:
                 )
             err = _OAuthError("invalid_client", "client authentication failed", 401, failure.code)
             # The client id it presented (what credential stuffing against clients is counted by), if sane.
-            err.client_id = client_id if client_id and len(client_id) <= 64 and client_id.isprintable() else None
+            sane = bool(client_id) and len(client_id) <= 64 and client_id.isprintable()
+            err.client_id = client_id if sane else None
             raise err from None
 
     def _secret_client(self, client_id: str, secret: str) -> ClientRecord:
