@@ -89,11 +89,35 @@ def add_observed(engine: Engine, method: str, template: str, count: int, first: 
         )
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_database(f"sqlite:///{tmp_path / 'report.db'}")
-    yield eng
-    eng.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The report's queries on both stores: SQLite (embedded) and the real PostgreSQL."""
+    if request.param == "sqlite":
+        eng = open_database(f"sqlite:///{tmp_path / 'report.db'}")
+        yield eng
+        eng.dispose()
+        return
+    import secrets
+
+    import psycopg
+
+    from bastion.store.database import migrate
+
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    name = "bastion_report_" + secrets.token_hex(5)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432 (bash .ci/run starts it): {exc}")
+    eng = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}", migrate_schema=False)
+    migrate(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
