@@ -125,7 +125,7 @@ class MemoryGateway:
         if type is not None:
             query = query.where(events_table.c.type == type)
         with self.engine.connect() as conn:
-            return [row_to_dict(r._mapping) for r in conn.execute(query)]
+            return [row_to_dict(dict(r._mapping)) for r in conn.execute(query)]
 
     def close(self) -> None:
         if self._engine is not None:
@@ -147,10 +147,13 @@ def memory_gateway(
     base_dir: str | Path | None = None,
     **env: str,
 ) -> MemoryGateway:
-    """``config``: YAML text, a path to a YAML file (a :class:`~pathlib.Path`), or a mapping. ``env``: the
-    values ``${env:…}`` references read, over ``os.environ``. ``storage.database`` and ``storage.state`` are
-    replaced by a fresh SQLite file in a temporary directory and ``memory://``."""
+    """``config``: YAML text, a path to a YAML file (a :class:`~pathlib.Path`, or a one-line string ending
+    in ``.yaml``, ``.yml`` or ``.json``), or a mapping. ``env``: the values ``${env:…}`` references read,
+    over ``os.environ``. ``storage.database`` and ``storage.state`` are replaced by a fresh SQLite file in
+    a temporary directory and ``memory://``."""
     source = "<memory_gateway>"
+    if isinstance(config, str) and "\n" not in config and config.endswith((".yaml", ".yml", ".json")):
+        config = Path(config)  # a file name, not a one-line config
     if isinstance(config, Path):
         text, source = config.read_text(encoding="utf-8"), str(config)
         base_dir = base_dir or config.resolve().parent
@@ -213,7 +216,7 @@ def twilio_signature(
     """``X-Twilio-Signature`` for a webhook to ``url`` (the full public URL, query included) with form
     ``params``; JSON webhooks carry ``bodySHA256`` in the URL and no params."""
     try:
-        from twilio.request_validator import RequestValidator
+        from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
     except ImportError:  # the SDK is optional: Bastion's implementation is checked against it
         from .checks.twilio_signature import twilio_signature as compute
 

@@ -192,6 +192,14 @@ class TestBothFaces:
         assert reply.upstream_target() == "/v1/orders/42"
         assert_problem(face.call("GET", "/v1/orders/a%2Fb"), 400, "path_encoded_slash")
 
+    def test_forwarding_headers_from_an_untrusted_client_are_replaced(self, face: sc.Face) -> None:
+        spoof = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example", "X-Request-Id": "mine"}
+        reply = face.call("GET", "/status/200", spoof)
+        seen = reply.upstream_headers()
+        assert seen["x-forwarded-for"] == ["127.0.0.1"]  # no proxy is trusted: the peer is the client
+        assert seen["x-forwarded-host"] != ["evil.example"]
+        assert seen["x-request-id"] == [reply.headers["x-request-id"]] != ["mine"]
+
     def test_an_undeclared_route_is_not_found(self, face: sc.Face) -> None:
         assert_problem(face.call("GET", "/v1/secret"), 404, "route_not_found")
         assert_problem(face.call("DELETE", "/v1/orders/42"), 405, "method_not_allowed")
@@ -428,6 +436,46 @@ class TestInProcess:
             assert {"gateway.started", "gateway.stopped"} <= set(types)
             assert "rate_limit.exceeded" in types
 
+    def test_without_a_lifespan_the_first_request_starts_the_engine(self) -> None:
+        with memory_gateway(CLOCKED, BASTION_PEPPER=PEPPER) as bastion:
+            app = BastionMiddleware(_ping, config=bastion)
+
+            async def scenario() -> int:
+                transport = httpx.ASGITransport(app=app)  # runs no lifespan
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                    status = (await client.get("/ping")).status_code
+                assert bastion.gateway is not None
+                await app.shutdown()
+                return status
+
+            assert asyncio.run(scenario()) == 401
+            assert bastion.gateway is None
+            assert [e["reason"] for e in bastion.events("request.denied")] == ["auth_required"]
+
+    def test_bastion_answers_a_cors_preflight_and_decorates_the_applications_answer(self) -> None:
+        cors = "cors: {allow_origins: ['https://shop.example'], allow_headers: [x-api-key]}"
+        config = CLOCKED.replace("rate_limit: [2/minute]}", f"rate_limit: [2/minute], {cors}}}")
+        with memory_gateway(config, BASTION_PEPPER=PEPPER) as bastion:
+            app = BastionMiddleware(_ping, config=bastion)
+            origin = {"Origin": "https://shop.example"}
+
+            async def scenario() -> tuple[httpx.Response, httpx.Response]:
+                async with lifespan(app):
+                    key = make_key(bastion, "shop", ["x:y"])
+                    transport = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                        ask = {**origin, "Access-Control-Request-Method": "GET"}
+                        preflight = await client.options("/ping", headers=ask)
+                        actual = await client.get("/ping", headers={**origin, "X-API-Key": key})
+                        return preflight, actual
+
+            preflight, actual = asyncio.run(scenario())
+            assert preflight.status_code in (200, 204)
+            assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+            assert actual.status_code == 200
+            assert actual.headers["access-control-allow-origin"] == "https://shop.example"
+            assert actual.headers["x-request-id"]
+
     def test_a_websocket_is_closed_with_policy_violation(self) -> None:
         with memory_gateway(CLOCKED, BASTION_PEPPER=PEPPER) as bastion:
             app = BastionMiddleware(_ping, config=bastion)
@@ -483,6 +531,19 @@ class TestInProcess:
     def test_admin_needs_an_admin_block(self) -> None:
         with pytest.raises(ConfigError, match="admin=True needs an admin: block"):
             BastionMiddleware(_ping, config=load_text(CLOCKED, env={"BASTION_PEPPER": PEPPER}), admin=True)
+
+    def test_memory_gateway_takes_a_mapping_or_a_file_name(self, tmp_path: Path) -> None:
+        route = {"path": "/ping", "methods": ["GET"], "auth": "none"}
+        mapping = {"services": [{"name": "api", "upstream": "app", "routes": [route]}]}
+        with memory_gateway(mapping) as a:
+            storage = a.loaded.settings.storage
+            assert storage.database.startswith(f"sqlite:///{a.directory}") and storage.state == "memory://"
+        assert not Path(a.directory).exists()  # nothing left behind
+        path = tmp_path / "bastion.yaml"
+        path.write_text(APP_CONFIG, encoding="utf-8")
+        with memory_gateway(str(path)) as b:
+            assert b.loaded.source == str(path)
+            assert b.database_url != "sqlite:///unused.db"
 
     def test_the_principal_object(self) -> None:
         who = BastionPrincipal("shop", frozenset({"a", "b"}), "api_key", "k1", None, "r1")

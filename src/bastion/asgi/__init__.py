@@ -17,10 +17,11 @@ on here:
 * ``Forward``: the application is called with a new scope: ``path`` is the canonical path, ``headers``
   are the ones the gateway forwards (the caller's credentials stripped, ``X-Bastion-Consumer``,
   ``X-Bastion-Scopes``, ``X-Forwarded-*`` and ``X-Request-Id`` set), ``client`` is the client address
-  after trusted-proxy resolution, and ``scope["bastion"]`` is a :class:`BastionPrincipal` (None on
-  ``auth: none`` routes). The body is read lazily from ``receive`` (``_body.py``), bounded by the route's
-  ``max_body``; if a check read it whole, the application gets those bytes. The response goes back through
-  the response policy (``_response.py``) and streams unless the route filters it.
+  after trusted-proxy resolution, and ``scope["bastion"]`` is a :class:`BastionPrincipal` (None when no
+  consumer credential authenticated the request). The body is read lazily from ``receive``
+  (``_body.py``), bounded by the route's ``max_body``; if a check read it whole, the application gets
+  those bytes. The response goes back through the response policy (``_response.py``) and streams unless
+  the route filters it.
 
 Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered that the policy does not need. The lifespan
 starts the engine (database, event writer, sinks, alerts, identity snapshot, state connections) before

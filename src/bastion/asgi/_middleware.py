@@ -203,11 +203,9 @@ class BastionMiddleware:
         raw_path = raw.partition(b"?")[0].decode("latin-1") if raw else quote(scope["path"], safe=_PATH_SAFE)
         query = scope.get("query_string", b"").decode("latin-1")
         peer = _peer(scope)
-        headers: list[tuple[str, str]] = []
-        head_bytes = 0
-        for name, value in scope["headers"]:
-            head_bytes += len(name) + len(value) + 4
-            headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        raw_headers = scope["headers"]
+        headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw_headers]
+        head_bytes = sum(len(n) + len(v) for n, v in raw_headers) + 4 * len(raw_headers)
         limits = gw.limits
         # What the proxy's parser refuses before routing: the ASGI server's own limits may be looser.
         refusal = None
@@ -406,16 +404,25 @@ def _admin_path(scope: Scope) -> str | None:
     )
 
 
+_PEERS: dict[str, IPAddress] = {}  # parsed peer addresses (bounded): parsing one costs a few µs
+
+
 def _peer(scope: Scope) -> IPAddress:
     """The TCP peer as the server reports it. Without one (a Unix socket) or with a name that is not an
     address (test clients say "testclient"), the peer is this host: trusted_proxies decides the rest."""
     client = scope.get("client")
-    if client:
+    if not client:
+        return _LOOPBACK
+    host = client[0]
+    peer = _PEERS.get(host)
+    if peer is None:
         try:
-            return ip_address(client[0])
+            peer = ip_address(host)
         except ValueError:
-            pass
-    return _LOOPBACK
+            peer = _LOOPBACK
+        if len(_PEERS) < 65536:
+            _PEERS[host] = peer
+    return peer
 
 
 def _framing(headers: list[tuple[str, str]], version: str) -> tuple[int | None, bool, str | None]:

@@ -14,11 +14,13 @@ __all__ = ["BastionPrincipal", "Denied", "principal_view"]
 class BastionPrincipal:
     """The authenticated caller of this request, as Bastion's checks found them: the same values the
     proxy sends upstream as ``X-Bastion-Consumer`` and ``X-Bastion-Scopes``. ``scope["bastion"]`` is this
-    object on routes with ``auth``, and None on ``auth: none`` routes."""
+    object when a consumer's credential authenticated the request (API key, OAuth2 token, JWT, PKCV), and
+    None otherwise: ``auth: none`` routes, and webhooks (a signature authenticates a sender, not a
+    consumer)."""
 
     consumer: str
     scopes: frozenset[str]
-    method: str  # "api_key" | "oauth2" | "jwt:<issuer>" | "pkcv" | "twilio" | …
+    method: str  # "api_key" | "oauth2" | "jwt:<issuer name>" | "pkcv"
     key_id: str | None
     client_id: str | None
     request_id: str

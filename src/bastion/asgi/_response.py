@@ -54,7 +54,8 @@ class Responder:
         self._skip = skip
         self._security = security
         self.head = fwd.req.method == "HEAD"
-        self.fields = fwd.req.route.options.get("response_fields")
+        # response_fields: (max_body, the filter) compiled at load, or None
+        self.fields: Any = fwd.req.route.options.get("response_fields")
         self.started = False
         self.finished = False
         self._mode = _RELAY
