@@ -346,3 +346,28 @@ services:
     routes:
       - {{path: /checked/v1/orders, methods: [POST], auth: none}}
 """
+
+
+# -- the middleware section -------------------------------------------------------------------------------
+
+
+def bastion_middleware_conf(tmp: Path, *, name: str = "bastion-mw") -> str:
+    """BastionMiddleware in front of the FastAPI endpoint: an API key and a rate limit far above the load,
+    the same checks as the do-it-yourself row."""
+    return f"""\
+trusted_proxies: []
+storage:
+  database: sqlite:///{tmp}/{name}.db
+identity:
+  pepper: ${{env:BASTION_PEPPER}}
+  refresh_interval: 0.2s
+services:
+  - name: orders
+    upstream: app
+    routes:
+      - path: /v1/orders/{{order_id}}
+        methods: [GET]
+        auth: [api_key]
+        rate_limit: [10000/second]
+        rate_limit_by: key
+"""

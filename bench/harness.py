@@ -77,7 +77,7 @@ def ensure_tools() -> None:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx", "wrk", "curl", "util-linux"],
                        check=True, env=env, timeout=900)
-    wanted = ("aiohttp", "uvicorn", "uvloop", "httptools")
+    wanted = ("aiohttp", "uvicorn", "uvloop", "httptools", "slowapi")  # slowapi: the middleware section
     missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if missing:
         log(f"installing {' '.join(missing)} with pip")

@@ -31,7 +31,7 @@ import harness
 from harness import LOAD_CPU, SUT_CPU, Processes, Server, StartError, WrkResult, log
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("main", "auth", "ratelimit", "validation", "routes", "bodies", "conns")
+SECTIONS = ("main", "auth", "ratelimit", "validation", "middleware", "routes", "bodies", "conns")
 KIB, MIB = 1024, 1024 * 1024
 BODY_SIZES = (("1 KiB", KIB), ("100 MiB", 100 * MIB))
 ROUTE_COUNTS = (10, 10_000)
@@ -459,6 +459,71 @@ def section_validation(bench: Bench) -> dict:
     } for r in rows]}
 
 
+def _fastapi(bench: Bench, variant: str, env: dict[str, str]) -> Server:
+    """A FastAPI app of bench/asgi_apps.py under uvicorn (uvloop, httptools), alone on core 0."""
+    def start() -> Server:
+        port = harness.free_port()
+        argv = [sys.executable, "-m", "uvicorn", "asgi_apps:app", "--app-dir", str(BENCH_DIR),
+                "--host", harness.HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning", "--lifespan", "on", "--backlog", "4096"]
+        return bench.procs.launch(f"fastapi-{variant}", argv, cpu=SUT_CPU, port=port, ready_timeout=60,
+                                  env={"BENCH_APP": variant, "PYTHONPATH": str(BENCH_DIR), **env})
+    return bench._get(f"fastapi-{variant}", start)
+
+
+def section_middleware(bench: Bench) -> dict:
+    """The embedded face: the same FastAPI endpoint bare, behind the usual do-it-yourself stack (slowapi
+    and a hand-written API-key dependency), and behind BastionMiddleware (API key + rate limit)."""
+    path = configs.PATH_ITEM
+    rows: list[Row] = []
+    key = ""
+    skip = None
+    try:
+        import fastapi  # noqa: F401
+        import slowapi  # noqa: F401
+    except ImportError as exc:
+        skip = f"needs fastapi and slowapi ({exc.name} is missing): pip install slowapi"
+    cfg = bench.tmp / "bastion-mw.yaml"
+    if skip is None:
+        cfg.write_text(configs.bastion_middleware_conf(bench.tmp))
+        exe = bastion_cli()
+        env = {**os.environ, "BASTION_PEPPER": configs.BENCH_PEPPER}
+        try:
+            assert exe is not None, "no bastion command"
+            for args in (["consumers", "create", "bench", "--scope", "orders:read"],
+                         ["keys", "create", "--consumer", "bench"]):
+                out = subprocess.run([*exe, *args, "-c", str(cfg), "--json"], capture_output=True, text=True,
+                                     env=env, timeout=60, check=True)
+            key = json.loads(out.stdout)["key"]
+        except Exception as exc:  # reported as skipped rows
+            skip = f"could not make a key: {type(exc).__name__}: {exc}"
+    variants = [
+        ("mw-bare", "FastAPI GET /v1/orders/{id}, nothing in front", "bare", {}),
+        ("mw-diy", "FastAPI + slowapi + a hand-written API-key dependency", "diy", {"BENCH_DIY_KEY": key}),
+        ("mw-bastion", "FastAPI + BastionMiddleware (API key + rate limit)", "bastion",
+         {"BENCH_MW_CONFIG": str(cfg), "BASTION_PEPPER": configs.BENCH_PEPPER}),
+    ]
+    for row_key, label, variant, env_extra in variants:
+        row = Row(row_key, label, path, headers={"x-api-key": key} if variant != "bare" else {})
+        if skip:
+            row.skip = skip
+        else:
+            try:
+                row.server = _fastapi(bench, variant, env_extra)
+                got = harness.http_request(row.server.port, "GET", path, headers=row.headers or None)
+                if got.status != 200 or got.body != configs.ORIGIN_BODY.encode():
+                    row.skip = f"sanity GET {path} returned {got.status}: {got.body[:200]!r}"
+            except Exception as exc:
+                row.skip = f"did not start: {type(exc).__name__}: {exc}"
+        rows.append(row)
+    measure_rounds(rows, bench.args, "middleware")
+    base = rows[0]
+    return {"rows": [r.to_json() | {
+        "summary": wrk_summary(r),
+        "vs_bare": ratio_summary(paired_ratios(r, base)),
+    } for r in rows]}
+
+
 @contextlib.contextmanager
 def redis_on_load_core(bench: Bench) -> Iterator[None]:
     """Redis is a service beside the gateway, not part of it: while the rate-limit rows run, the local
@@ -746,6 +811,9 @@ def render_report(results: dict) -> str:
     if "validation" in sec:
         out += _ratio_table("## Validation and inspection: the cost of checking a JSON POST (Bastion, "
                             "wrk -c32)", sec["validation"]["rows"], "÷ forwarded as is", "vs_unvalidated")
+    if "middleware" in sec:
+        out += _ratio_table("## Middleware: FastAPI + BastionMiddleware against the do-it-yourself stack "
+                            "(uvicorn, wrk -c32)", sec["middleware"]["rows"], "÷ bare FastAPI", "vs_bare")
     if "routes" in sec:
         sd = sec["routes"]["slowdown_pct"]
         out += ["## Routes: 10 vs 10,000 declared routes (Bastion, wrk -c32, GET /v1/orders/123)", "",
@@ -860,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     runners = {"main": section_main, "auth": section_auth, "ratelimit": section_ratelimit,
                "validation": section_validation,
+               "middleware": section_middleware,
                "routes": section_routes, "bodies": section_bodies, "conns": section_conns}
     started = time.monotonic()
     try:
