@@ -7,13 +7,14 @@ leave loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,35 @@ def request(port: int, method: str, path: str, *, headers: Mapping[str, str] | N
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+# -- a scratch database on the real PostgreSQL ------------------------------------------------------------
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@contextlib.contextmanager
+def scratch_postgres(prefix: str = "bastion_test") -> Iterator[Any]:
+    """An engine on a new database of the local PostgreSQL, migrated to this Bastion's schema; dropped
+    afterwards. Fails (never skips) when PostgreSQL is not running."""
+    import secrets
+
+    import psycopg
+    import pytest
+
+    from bastion.store.database import migrate, open_database
+
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432 (bash .ci/run starts it): {exc}")
+    engine = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}", migrate_schema=False)
+    migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -21,7 +21,7 @@ from bastion.events.writer import EventWriter, new_event
 from bastion.store.database import open_database
 from bastion.store.schema import events_table
 
-from ..support import config_text
+from ..support import config_text, scratch_postgres
 from .test_cli import cli, write
 
 T0 = 1_700_000_000.0
@@ -217,27 +217,8 @@ class TestPurge:
 
 @pytest.fixture
 def pg_engine() -> Iterator[Engine]:
-    import secrets
-
-    import psycopg
-
-    from bastion.store.database import migrate
-
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    name = "bastion_chain_" + secrets.token_hex(5)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432 (bash .ci/run starts it): {exc}")
-    eng = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}", migrate_schema=False)
-    migrate(eng)
-    try:
+    with scratch_postgres("bastion_chain") as eng:
         yield eng
-    finally:
-        eng.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class TestPostgres:

@@ -97,27 +97,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield eng
         eng.dispose()
         return
-    import secrets
+    from ..support import scratch_postgres
 
-    import psycopg
-
-    from bastion.store.database import migrate
-
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    name = "bastion_report_" + secrets.token_hex(5)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432 (bash .ci/run starts it): {exc}")
-    eng = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}", migrate_schema=False)
-    migrate(eng)
-    try:
+    with scratch_postgres("bastion_report") as eng:
         yield eng
-    finally:
-        eng.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

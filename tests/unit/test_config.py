@@ -597,3 +597,88 @@ jwt_issuers:
         assert issue.path == "jwt_issuers[0].jwks_url"
         assert reason in issue.message
         assert "pw@" not in issue.message
+
+
+class TestMonitoringSettings:
+    """events.* and alerts.*: each mistake named at its key, the secrets never echoed."""
+
+    BASE = (
+        "services:\n  - name: s\n    upstream: http://127.0.0.1:9\n"
+        "    routes: [{path: /x, methods: [GET], auth: none}]\n"
+    )
+
+    @pytest.mark.parametrize(
+        ("block", "path", "message"),
+        [
+            ("events: {retention: 10m}", "events.retention", "at least 1h"),
+            ("events: {purge_interval: 5s}", "events.purge_interval", "between 1m and 1d"),
+            ("events: {chain_key: short}", "events.chain_key", "at least 16 bytes"),
+            (
+                "events: {sinks: [{type: jsonl, path: /tmp/a.jsonl}, {type: jsonl, path: /tmp/b.jsonl, "
+                "name: jsonl-1}]}",
+                "events.sinks",
+                "sink names must be unique",
+            ),
+            (
+                "events: {sinks: [{type: syslog, address: 'udp://127.0.0.1'}]}",
+                "events.sinks[0].address",
+                "port",
+            ),
+            ("events: {sinks: [{type: kafka, path: x}]}", "events.sinks[0]", ""),
+            (
+                "events: {sinks: [{type: jsonl, path: /tmp/a.jsonl, rotate: 1KiB}]}",
+                "events.sinks[0].rotate",
+                "4KiB",
+            ),
+            (
+                "events: {sinks: [{type: webhook, url: 'http://example.com/in', "
+                "secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'}]}",
+                "events.sinks[0].url",
+                "https://",
+            ),
+            (
+                "alerts: {rules: [{name: s, builtin: traffic_spike, distinct: 3}]}",
+                "alerts.rules[0]",
+                "distinct is not a parameter of the traffic_spike detector",
+            ),
+            (
+                "alerts: {rules: [{name: s, builtin: credential_stuffing, channels: [nope]}]}",
+                "alerts",
+                "does not declare",
+            ),
+            (
+                "alerts: {rules: [{name: s, when: {type: auth., count: 5, within: 1m}, "
+                "builtin: credential_stuffing}]}",
+                "alerts.rules[0]",
+                "not both",
+            ),
+            ("alerts: {rules: [{name: s, builtin: admin_outside_policy}]}", "alerts.rules[0]", "hours"),
+            (
+                "alerts: {rules: [{name: s, builtin: admin_outside_policy, hours: "
+                "'08:00-19:00', timezone: Mars/Base}]}",
+                "alerts.rules[0]",
+                "unknown time zone",
+            ),
+            (
+                "alerts: {channels: [{name: m, type: email, smtp: "
+                "'smtp://u:p@mail.example.com:25', to: [a@b.c]}]}",
+                "alerts.channels[0].smtp",
+                "not the URL",
+            ),
+        ],
+    )
+    def test_mistakes_are_named_at_their_key(self, block: str, path: str, message: str) -> None:
+        issue = only(errors(block + "\n" + self.BASE))
+        assert issue.path.startswith(path), issue
+        assert message in issue.message, issue
+
+    def test_the_chain_key_and_sink_secrets_are_never_echoed(self) -> None:
+        env = {**ENV, "K": "tiny-key", "S": "whsec_not*base64*sentinel"}
+        text = (
+            "events:\n  chain_key: ${env:K}\n  sinks:\n"
+            "    - {type: webhook, url: 'https://siem.example.com/in', secret: '${env:S}'}\n" + self.BASE
+        )
+        issues = errors(text, env)
+        shown = " ".join(str(i) for i in issues)
+        assert "tiny-key" not in shown and "sentinel" not in shown
+        assert {i.path for i in issues} == {"events.chain_key", "events.sinks[0].secret"}

@@ -28,14 +28,15 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _load(path: Path) -> LoadedConfig:
+def _load(path: Path, *, exit_status: int = 1) -> LoadedConfig:
+    """The config, or every problem on stderr and ``exit_status`` (audit and scan keep 1 for findings)."""
     try:
         return load_config(path)
     except ConfigError as exc:
         click.echo(f"bastion: the configuration has {len(exc.issues)} problem(s):", err=True)
         for issue in exc.issues:
             click.echo(f"  {issue}", err=True)
-        sys.exit(1)
+        sys.exit(exit_status)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,20 +18,14 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..config import ConfigError, LoadedConfig, load_config
-from .cli import main
+from ..config import LoadedConfig
+from .cli import _load, main
 
 FORMATS = click.Choice(["text", "json", "sarif"])
 
 
 def _load_or_exit(path: Path) -> LoadedConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.echo(f"bastion: the configuration has {len(exc.issues)} problem(s):", err=True)
-        for issue in exc.issues:
-            click.echo(f"  {issue}", err=True)
-        sys.exit(2)
+    return _load(path, exit_status=2)  # 1 means "found something"
 
 
 def _fail(message: str) -> None:
