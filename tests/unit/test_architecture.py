@@ -62,7 +62,19 @@ ALLOWED = {
     "events": {"core", "store", "config"},
     "inventory": {"core", "store"},
     "alerts": {"core", "config", "events", "state"},
-    "runtime": {"core", "checks", "config", "events", "store", "identity", "state", "inventory", "alerts"},
+    "egress": {"core"},
+    "runtime": {
+        "core",
+        "checks",
+        "config",
+        "events",
+        "store",
+        "identity",
+        "state",
+        "inventory",
+        "alerts",
+        "egress",
+    },
     "proxy": {"core", "runtime"},
     "adapters": {
         "core",
@@ -77,6 +89,7 @@ ALLOWED = {
         "adapters",
         "inventory",
         "alerts",
+        "egress",
     },
     "demo": set(),
     # The application-facing surface, at the adapters' level: the ASGI middleware, its FastAPI

@@ -193,12 +193,12 @@ class TestFieldErrors:
     def test_empty_services(self) -> None:
         issue = only(errors("listen: 127.0.0.1:8080\nservices: []\n"))
         assert (issue.line, issue.path) == (2, "services")
-        assert "empty" in issue.message
+        assert "at least one service" in issue.message
 
     def test_missing_services(self) -> None:
         issue = only(errors("listen: 127.0.0.1:8080\n"))
         assert issue.path == "services"
-        assert "required" in issue.message
+        assert "at least one service (services:) or egress route (egress:)" in issue.message
 
     def test_duplicate_service_names_point_at_the_repeated_service(self) -> None:
         text = MINIMAL + MINIMAL.split("\n", 1)[1]  # a second "- name: orders" entry

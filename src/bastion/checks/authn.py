@@ -8,6 +8,8 @@ the :class:`FailureLimiter` port; past the threshold the source (or key id) is r
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 
 from ..core.decision import Context, Deny, Verdict
@@ -37,8 +39,12 @@ class Authenticate:
         realm: str = "bastion",
         authorize: Authorize | None = None,
         stale: Callable[[float], bool] | None = None,
+        basic: bool = False,
     ) -> None:
         self.methods = methods
+        # HTTP Basic with the API key as the password (egress routes: stock SDKs such as Twilio's speak
+        # only Basic). The user name must be the key's consumer or its public id.
+        self.basic = basic and api_keys is not None
         self.stale = stale  # the identity store has not confirmed the snapshot for too long
         self.authorize = authorize  # run right after a success (authn → authz, fused)
         self.api_keys = api_keys
@@ -68,11 +74,14 @@ class Authenticate:
             if wait:
                 return _locked(wait, {"subject": "source_ip"})
         bearer = None
+        basic_user: str | None = None
         auth = req.headers.get("authorization")
         if auth is not None:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer":
                 bearer = value.strip()
+            elif self.basic and scheme.lower() == "basic":
+                basic_user, bearer = _basic_credentials(value)
         failure: AuthFailure | None = None
         principal: Principal | None = None
         presented = False
@@ -88,6 +97,9 @@ class Authenticate:
                     # send failures under a known id, and must not lock its owner out that way.
                     key_blocked = await limiter.blocked_for("key:" + key_id, now)
                 principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
+                if basic_user is not None and basic_user not in (principal.consumer, principal.key_id):
+                    principal = None
+                    raise AuthFailure("basic_user_mismatch", key_id=key_id)
             elif bearer and not bearer.startswith("bst_"):
                 # Any listed method may authenticate: try each verifier that takes the token; the
                 # first real failure (not "not mine") is the one recorded.
@@ -134,6 +146,19 @@ class Authenticate:
             evidence=evidence,
             event="auth.failed",
         )
+
+
+def _basic_credentials(value: str) -> tuple[str | None, str | None]:
+    """``(user, password)`` of a Basic credential whose password is a Bastion key; (None, None) otherwise
+    (the request then presents no key, and is refused as unauthenticated or invalid)."""
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None, "\x00malformed"  # presented, and wrong: counted as a failed attempt
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None, "\x00malformed"
+    return user, password
 
 
 def _other_credential(req: RequestView, api_keys: ApiKeyAuth | None) -> bool:

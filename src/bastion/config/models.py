@@ -202,10 +202,97 @@ class TlsSettings(_Model):
     hsts_include_subdomains: bool = False
 
 
+class AdminEmailSettings(_Model):
+    """SMTP for passwordless sign-in codes (the same rules as an alert email channel)."""
+
+    smtp: str
+    sender: str = Field("bastion@localhost", alias="from", pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration = 10.0
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("expected smtp://host:port or smtps://host:port")
+        if parts.username or parts.password:
+            raise ValueError("put the SMTP credentials in username and password (a secret reference)")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("the smtp address has an invalid port") from None
+        return v
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AdminEmailSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class AdminAccountSettings(_Model):
+    """Admin accounts (docs/admin-accounts.md): sessions, MFA, lockout and passwordless codes."""
+
+    require_mfa: bool = True
+    min_password_length: int = Field(12, ge=8, le=128)
+    session_idle: Duration = 1800.0
+    session_max: Duration = 12 * 3600.0
+    step_up_within: Duration = 600.0  # sensitive actions need a second factor at most this old
+    cookie_secure: bool = True  # false only on a loopback admin listener (plain-HTTP tests, local use)
+    lockout_failures: int = Field(5, ge=1, le=100)
+    lockout_within: Duration = 900.0
+    lockout_for: Duration = 900.0
+    ip_attempts: int = Field(30, ge=1, le=10_000)  # sign-in attempts per client address per ip_window
+    ip_window: Duration = 900.0
+    code_digits: int = Field(8, ge=6, le=10)
+    code_ttl: Duration = 600.0
+    code_attempts: int = Field(5, ge=1, le=20)
+    codes_per_address: int = Field(5, ge=1, le=100)  # codes sent per address per code_window
+    codes_per_ip: int = Field(20, ge=1, le=10_000)
+    code_window: Duration = 3600.0
+    email: AdminEmailSettings | None = None  # none: no passwordless sign-in
+
+    @field_validator(
+        "session_idle",
+        "session_max",
+        "step_up_within",
+        "lockout_within",
+        "lockout_for",
+        "ip_window",
+        "code_ttl",
+        "code_window",
+    )
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than zero")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> AdminAccountSettings:
+        if self.session_idle > self.session_max:
+            raise ValueError("session_idle cannot exceed session_max")
+        if self.code_ttl > 3600:
+            raise ValueError("code_ttl is at most 1h: sign-in codes are short-lived")
+        return self
+
+
 class AdminSettings(_Model):
     listen: ListenAddr = Listen("127.0.0.1", 8081)
     token: SecretStr
     allow_ips: list[Cidr] = Field(default_factory=lambda: [ip_network("127.0.0.1/32"), ip_network("::1/128")])
+    token_enabled: bool = True  # false: admin.token is refused (people sign in with admin accounts)
+    accounts: AdminAccountSettings = Field(default_factory=AdminAccountSettings)
+
+    @model_validator(mode="after")
+    def _cookie(self) -> AdminSettings:
+        if not self.accounts.cookie_secure and not self.listen.is_loopback:
+            raise ValueError(
+                "admin.accounts.cookie_secure: false is allowed only on a loopback admin listener"
+            )
+        return self
 
 
 class StorageSettings(_Model):
@@ -1231,6 +1318,9 @@ def _cross(message: str, *at: str | int) -> PydanticCustomError:
     return PydanticCustomError("config_cross_check", message, {"at": at})
 
 
+from .egress import EgressSettings  # noqa: E402 - the egress section uses the value types above
+
+
 class GatewayConfig(_Model):
     listen: ListenAddr = Listen("127.0.0.1", 8080)
     trusted_proxies: list[Cidr] = Field(default_factory=list)
@@ -1253,7 +1343,8 @@ class GatewayConfig(_Model):
     responses: ResponseSettings = Field(default_factory=ResponseSettings)
     inventory: InventorySettings = Field(default_factory=InventorySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
-    services: list[ServiceSettings] = Field(min_length=1)
+    services: list[ServiceSettings] = Field(default_factory=list)  # at least one service or egress route
+    egress: list[EgressSettings] = Field(default_factory=list)
 
     @field_validator("public_base_url")
     @classmethod
@@ -1297,10 +1388,28 @@ class GatewayConfig(_Model):
             and self.listen.port != 0
         ):
             raise ValueError("admin.listen must differ from listen: the admin API has its own listener")
+        if not self.services and not self.egress:
+            raise _cross("declare at least one service (services:) or egress route (egress:)", "services")
+        self._check_egress()
         issuers = [i.name for i in self.jwt_issuers]
         if len(set(issuers)) != len(issuers):
             raise _cross("jwt_issuers names must be unique", "jwt_issuers")
         uses_keys: tuple[str | int, ...] | None = None
+        for e_index, egress in enumerate(self.egress):
+            at = ("egress", e_index, "auth")
+            for method in egress.auth_methods:
+                if method == "api_key":
+                    uses_keys = uses_keys or at
+                elif method == "oauth2" and self.oauth2 is None:
+                    raise _cross(
+                        f"the egress route {egress.name} uses oauth2 but there is no oauth2: section", *at
+                    )
+                elif method.startswith("jwt:") and method[4:] not in issuers:
+                    raise _cross(
+                        f"the egress route {egress.name} uses {method} but no jwt_issuers entry is named "
+                        f"{method[4:]!r}",
+                        *at,
+                    )
         for s_index, svc in enumerate(self.services):
             for r_index, route in enumerate(svc.routes):
                 at = ("services", s_index, "routes", r_index, "auth")
@@ -1330,6 +1439,39 @@ class GatewayConfig(_Model):
                 if p in paths:
                     raise _cross(f"oauth2 endpoint path {p} is also a route path", "oauth2")
         return self
+
+    def _check_egress(self) -> None:
+        """Egress names and path prefixes are unique, and no prefix hides (or is hidden by) a route."""
+        names: set[str] = set()
+        prefixes: list[tuple[str, int]] = []
+        for index, egress in enumerate(self.egress):
+            if egress.name in names:
+                raise _cross(
+                    f"egress names must be unique; {egress.name!r} is used twice", "egress", index, "name"
+                )
+            names.add(egress.name)
+            for other, other_index in prefixes:
+                a, b = egress.listen_path + "/", other + "/"
+                if a.startswith(b) or b.startswith(a):
+                    raise _cross(
+                        f"listen_path {egress.listen_path} overlaps that of egress[{other_index}] ({other})",
+                        "egress",
+                        index,
+                        "listen_path",
+                    )
+            prefixes.append((egress.listen_path, index))
+            for s_index, svc in enumerate(self.services):
+                for r_index, route in enumerate(svc.routes):
+                    path = route.path
+                    if path == egress.listen_path or path.startswith(egress.listen_path + "/"):
+                        raise _cross(
+                            f"the route {path} is inside the egress route {egress.name}'s listen_path",
+                            "services",
+                            s_index,
+                            "routes",
+                            r_index,
+                            "path",
+                        )
 
     def model_post_init(self, __context: Any) -> None:
         return None

@@ -91,5 +91,3 @@ def canonical_java(
 
 def request_hash(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-

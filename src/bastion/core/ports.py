@@ -22,6 +22,7 @@ __all__ = [
     "IdentityIndex",
     "ReplayCache",
     "StateUnavailable",
+    "Tallies",
     "TokenVerifier",
 ]
 
@@ -125,4 +126,27 @@ class ReplayCache(Protocol):
     def forget(self, key: str) -> None:
         """Drop ``key`` (best effort, never raises): the message it recorded never reached the application
         (the upstream did not answer), so the sender's retry must not be refused as a replay."""
+        ...
+
+
+class Tallies(Protocol):
+    """Windowed distinct counts and timed blocks, for detectors that act on patterns in traffic (SMS
+    pumping: numbers seen in one range, messages to one country, delivery outcomes). Raises
+    :class:`StateUnavailable` when it cannot answer."""
+
+    async def distinct(self, key: str, member: str, window: float, now: float) -> int:
+        """Record ``member`` under ``key`` at ``now``; how many distinct members were seen in the last
+        ``window`` seconds, this one included."""
+        ...
+
+    async def count(self, key: str, window: float, now: float) -> int:
+        """How many distinct members were seen under ``key`` in the last ``window`` seconds (records none)."""
+        ...
+
+    async def blocked_for(self, key: str, now: float) -> float:
+        """Seconds ``key`` stays blocked (0 when it is not)."""
+        ...
+
+    async def block(self, key: str, seconds: float, now: float) -> None:
+        """Block ``key`` for ``seconds`` from ``now`` (extends, never shortens, a running block)."""
         ...

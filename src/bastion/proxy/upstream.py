@@ -343,6 +343,38 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Tunnel(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT; hands the connection over once it is 200."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.established: asyncio.Future[int] = loop.create_future()
+        self.parser = httptools.HttpResponseParser(self)
+        self.size = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self.established.done():
+            return
+        self.size += len(data)
+        if self.size > MAX_RESPONSE_HEADER_BYTES:
+            self.established.set_exception(UpstreamError("proxy answer too large"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            if not self.established.done():
+                self.established.set_exception(UpstreamError("proxy answer malformed"))
+
+    def on_headers_complete(self) -> None:
+        if not self.established.done():
+            self.established.set_result(self.parser.get_status_code())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.established.done():
+            self.established.set_exception(UpstreamError("proxy closed the connection"))
+
+
 def _ssl_context(spec: UpstreamSpec) -> ssl.SSLContext | None:
     if spec.scheme != "https":
         return None
@@ -381,13 +413,16 @@ class UpstreamPool:
         spec = self.spec
         try:
             async with asyncio.timeout(spec.connect_timeout):
-                _, proto = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self.loop),
-                    spec.host,
-                    spec.port,
-                    ssl=self._ssl,
-                    server_hostname=spec.host if self._ssl else None,
-                )
+                if spec.proxy is not None:
+                    proto = await self._tunnel(spec.proxy)
+                else:
+                    _, proto = await self.loop.create_connection(
+                        lambda: UpstreamConnection(self.loop),
+                        spec.host,
+                        spec.port,
+                        ssl=self._ssl,
+                        server_hostname=spec.host if self._ssl else None,
+                    )
         except TimeoutError:
             raise UpstreamTimeout("connect") from None
         except (OSError, ssl.SSLError) as exc:
@@ -396,6 +431,32 @@ class UpstreamPool:
         self._open.add(proto)
         proto.on_lost = self._open.discard
         return proto
+
+    async def _tunnel(self, proxy: tuple[str, int]) -> UpstreamConnection:
+        """Through an HTTP CONNECT proxy (RFC 9110 §9.3.6): the tunnel, then TLS to the upstream inside it
+        (verified against the upstream's name, never the proxy's)."""
+        spec = self.spec
+        tunnel = _Tunnel(self.loop)
+        transport, _ = await self.loop.create_connection(lambda: tunnel, proxy[0], proxy[1])
+        try:
+            authority = f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"
+            transport.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii"))
+            status = await tunnel.established
+            if status != 200:
+                raise UpstreamError(f"proxy refused the tunnel ({status})")
+            conn = UpstreamConnection(self.loop)
+            if self._ssl is not None:
+                secure = await self.loop.start_tls(transport, conn, self._ssl, server_hostname=spec.host)
+                if secure is None:
+                    raise UpstreamError("TLS through the proxy failed")
+                conn.connection_made(secure)
+            else:
+                transport.set_protocol(conn)
+                conn.connection_made(transport)
+            return conn
+        except BaseException:
+            transport.abort()
+            raise
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.in_use = False

@@ -29,6 +29,7 @@ from ..checks.limits import BodyLimit
 from ..checks.openapi import OpenApiCheck, Operation, SpecError, compile_operations
 from ..checks.pkcv import HEADER as PKCV_HEADER
 from ..checks.rate_limit import RateLimitCheck
+from ..config.egress import EgressSettings
 from ..config.loader import LoadedConfig
 from ..config.models import APP_UPSTREAM, GatewayConfig, ServiceSettings
 from ..core.chain import Check
@@ -45,6 +46,7 @@ from ..core.request import Body, IPAddress, RequestView
 from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
 from ..inventory import Observer
+from .egress import EgressProblem, compile_egress, egress_target
 from .identity import IdentityRuntime
 from .metrics import Metrics
 from .state import StateRuntime
@@ -91,6 +93,8 @@ class UpstreamSpec:
     max_idle: int
     tls_verify: bool
     ca_file: str | None
+    proxy: tuple[str, int] | None = None  # an HTTP CONNECT proxy on the way (egress routes)
+    outbound: Any = None  # egress routes: the bastion.egress.Outbound that writes the provider's request
 
 
 @dataclass(slots=True)
@@ -403,6 +407,8 @@ class Gateway:
             return Respond(verdict.status, out, b"" if head else verdict.body)
 
         upstream: UpstreamSpec = route.target  # type: ignore[assignment]
+        if upstream.outbound is not None:
+            return await self._egress(req, ctx, upstream, parsed.upstream_headers)
         up_headers = parsed.upstream_headers
         if ctx.notes:
             # forward_unknown: false (OpenAPI): only the declared query parameters and headers go upstream
@@ -437,6 +443,41 @@ class Gateway:
         if query:
             target += "?" + query
         return Forward(req, ctx, upstream, target, up_headers)
+
+    async def _egress(
+        self, req: RequestView, ctx: Context, upstream: UpstreamSpec, caller_headers: list[tuple[str, str]]
+    ) -> Forward:
+        """An egress route's request to the provider: its own headers, credential and signature."""
+        outbound = upstream.outbound
+        path = upstream.base_path + outbound.path(req.path)
+        headers = outbound.headers(caller_headers, upstream.host_header)
+        if outbound.signer is not None:
+            body = await req.body.read()  # already read and bounded by the checks when it has fields
+            outbound.sign(
+                headers,
+                method=req.method,
+                path=path,
+                query=req.query,
+                body=body,
+                params=ctx.notes.get("egress_params", {}),
+            )
+        principal = ctx.principal
+        destinations = ctx.notes.get("egress_destinations") or ()
+        self.emit(
+            "egress.forwarded",
+            severity="info",
+            request_id=req.request_id,
+            route=req.route.id,
+            method=req.method,
+            path=_safe_path(req.path),
+            source_ip=str(req.client_ip),
+            actor=actor_of(principal),
+            data={
+                "operation": f"{req.method} {outbound.path(req.path)}"[:300],
+                "countries": sorted({d.country or f"+{d.calling_code}" for d in destinations}),
+            },
+        )
+        return Forward(req, ctx, upstream, path + ("?" + req.query if req.query else ""), headers)
 
     def upstream_failed(self, ctx: Context) -> None:
         """The upstream never answered this request: undo what checks recorded for it (replay records)."""
@@ -582,6 +623,32 @@ def _upstream_spec(svc: ServiceSettings) -> UpstreamSpec:
     )
 
 
+def _egress_spec(eg: EgressSettings, outbound: Any) -> UpstreamSpec:
+    scheme, host, port, base_path = egress_target(eg)
+    default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+    host_for_header = f"[{host}]" if ":" in host else host
+    proxy = None
+    if eg.proxy is not None:
+        p = urlsplit(eg.proxy)
+        proxy = (p.hostname or "", p.port or 80)
+    return UpstreamSpec(
+        name=f"egress:{eg.name}",
+        scheme=scheme,
+        host=host,
+        port=port,
+        base_path=base_path,
+        host_header=host_for_header if default_port else f"{host_for_header}:{port}",
+        preserve_host=False,
+        connect_timeout=eg.timeouts.connect,
+        read_timeout=eg.timeouts.read,
+        max_idle=eg.max_idle_connections,
+        tls_verify=eg.tls_verify,
+        ca_file=str(eg.ca_file) if eg.ca_file else None,
+        proxy=proxy,
+        outbound=outbound,
+    )
+
+
 def compile_routes(
     settings: GatewayConfig,
     identity: IdentityRuntime | None = None,
@@ -695,6 +762,7 @@ def compile_routes(
                     },
                 )
             )
+    routes.extend(compile_egress(settings, identity, state, clock, spec_for=_egress_spec))
     if identity is not None and identity.oauth is not None:
         o = settings.oauth2
         assert o is not None
@@ -809,6 +877,15 @@ def check_upstreams(loaded: LoadedConfig, *, middleware: bool) -> None:
         raise ConfigError(issues)
 
 
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """A route's location in the config, as a dotted path for an error."""
+    if loc[0] == "egress":
+        return f"egress[{loc[1]}].listen_path"
+    if loc[0] == "services":
+        return f"services[{loc[1]}].routes[{loc[3]}].path"
+    return ".".join(str(p) for p in loc)
+
+
 class _NullSink:
     def emit(self, event: Event) -> None:
         return None
@@ -853,6 +930,10 @@ def build_gateway(
         line = loaded.lines.get(("services", index, "openapi"))
         issue = ConfigIssue(loaded.source, line, f"services[{index}].openapi", str(exc))
         raise ConfigError([issue]) from None
+    except EgressProblem as exc:
+        line = loaded.lines.get(("egress", exc.index, "allow")) or loaded.lines.get(("egress", exc.index))
+        issue = ConfigIssue(loaded.source, line, f"egress[{exc.index}]", str(exc))
+        raise ConfigError([issue]) from None
     issues: list[ConfigIssue] = []
     for route in routes:
         try:
@@ -860,12 +941,7 @@ def build_gateway(
         except RouteError as exc:
             loc = route.options["location"]
             issues.append(
-                ConfigIssue(
-                    loaded.source,
-                    loaded.lines.get((*loc, "path")),
-                    f"services[{loc[1]}].routes[{loc[3]}].path",
-                    str(exc),
-                )
+                ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), _dotted(loc), str(exc))
             )
     if issues:
         raise ConfigError(issues)
@@ -876,8 +952,7 @@ def build_gateway(
         if exc.route is None:
             raise ConfigError([ConfigIssue(loaded.source, None, "services", str(exc))]) from None
         loc = exc.route.options["location"]
-        dotted = f"services[{loc[1]}].routes[{loc[3]}].path"
         raise ConfigError(
-            [ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), dotted, str(exc))]
+            [ConfigIssue(loaded.source, loaded.lines.get((*loc, "path")), _dotted(loc), str(exc))]
         ) from None
     return Gateway(settings, router, sink, source=loaded.source, identity=identity, state=state)

@@ -135,7 +135,9 @@ class IdentityRuntime:
     def needed(self) -> bool:
         return self.peppers is not None or bool(self.verifiers)
 
-    def checks_for(self, route: RouteSettings, route_id: str = "") -> list[Check]:
+    def checks_for(self, route: RouteSettings, route_id: str = "", *, basic: bool = False) -> list[Check]:
+        """The authentication checks of a route. ``basic``: also take an API key as the password of HTTP
+        Basic (egress routes, for SDKs that speak nothing else)."""
         methods = route.auth_methods
         if not methods:
             return []
@@ -210,6 +212,7 @@ class IdentityRuntime:
                 self.clock,
                 authorize=Authorize(route.scopes),
                 stale=self.stale,
+                basic=basic,
             )
         ]
         if route.require_pkcv:

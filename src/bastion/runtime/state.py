@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.models import StorageSettings
-from ..core.ports import Counters, ReplayCache
-from ..state.memory import MemoryCounters, MemoryReplayCache
-from ..state.redis import RedisCounters, RedisReplayCache, RedisState
+from ..core.ports import Counters, ReplayCache, Tallies
+from ..state.memory import MemoryCounters, MemoryReplayCache, MemoryTallies
+from ..state.redis import RedisCounters, RedisReplayCache, RedisState, RedisTallies
 
 __all__ = ["StateRuntime"]
 
@@ -22,13 +22,16 @@ class StateRuntime:
         self.redis: RedisState | None = None
         self.counters: Counters
         self.replay: ReplayCache
+        self.tallies: Tallies  # egress detectors (SMS pumping); created for every gateway, used by few
         if storage.state.startswith(("redis://", "rediss://")):
             self.redis = RedisState(storage.state, timeout=storage.state_timeout, prefix=storage.state_prefix)
             self.counters = RedisCounters(self.redis)
             self.replay = RedisReplayCache(self.redis)
+            self.tallies = RedisTallies(self.redis)
         else:
             self.counters = MemoryCounters()
             self.replay = MemoryReplayCache()
+            self.tallies = MemoryTallies()
         # on_state_failure: local — counts in this process when Redis cannot answer (a shadow count kept
         # while it can). In memory the counters are already this process's: no second count.
         self.fallback: Counters = MemoryCounters() if self.redis is not None else self.counters

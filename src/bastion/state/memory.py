@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ..core.ports import StateUnavailable
 from ..core.ratelimit import Decision, Limit, decide, window_of
 
-__all__ = ["MemoryCounters", "MemoryFailureLimiter", "MemoryReplayCache"]
+__all__ = ["MemoryCounters", "MemoryFailureLimiter", "MemoryReplayCache", "MemoryTallies"]
 
 
 class MemoryFailureLimiter:
@@ -155,3 +155,65 @@ class MemoryCounters:
     def _evict(self, table: OrderedDict) -> None:  # type: ignore[type-arg]
         while len(table) > self.max_keys:
             table.popitem(last=False)
+
+
+class MemoryTallies:
+    """Windowed distinct counts and blocks in this process. Implements :class:`bastion.core.ports.Tallies`.
+
+    Bounded: at most ``max_keys`` tallies (least recently used dropped first) of at most ``max_members``
+    members each (oldest dropped first). Blocks are never dropped to make room: when ``max_blocks``
+    unexpired blocks are held, it refuses (:class:`StateUnavailable`) and the caller fails closed.
+    """
+
+    def __init__(
+        self, max_keys: int = 100_000, max_members: int = 100_000, max_blocks: int = 100_000
+    ) -> None:
+        self.max_keys = max_keys
+        self.max_members = max_members
+        self.max_blocks = max_blocks
+        self._tallies: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
+        self._blocks: dict[str, float] = {}
+
+    async def distinct(self, key: str, member: str, window: float, now: float) -> int:
+        tallies = self._tallies
+        seen = tallies.get(key)
+        if seen is None:
+            if len(tallies) >= self.max_keys:
+                tallies.popitem(last=False)
+            seen = tallies[key] = OrderedDict()
+        else:
+            tallies.move_to_end(key)
+        seen.pop(member, None)
+        seen[member] = now  # newest last: the oldest are at the front
+        horizon = now - window
+        while seen:
+            first = next(iter(seen.values()))
+            if first > horizon and len(seen) <= self.max_members:
+                break
+            seen.popitem(last=False)
+        return len(seen)
+
+    async def count(self, key: str, window: float, now: float) -> int:
+        seen = self._tallies.get(key)
+        if not seen:
+            return 0
+        horizon = now - window
+        return sum(1 for at in seen.values() if at > horizon)
+
+    async def blocked_for(self, key: str, now: float) -> float:
+        until = self._blocks.get(key)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self._blocks[key]
+            return 0.0
+        return until - now
+
+    async def block(self, key: str, seconds: float, now: float) -> None:
+        blocks = self._blocks
+        if key not in blocks and len(blocks) >= self.max_blocks:
+            for old in [k for k, until in blocks.items() if until <= now]:
+                del blocks[old]
+            if len(blocks) >= self.max_blocks:
+                raise StateUnavailable("block list full")
+        blocks[key] = max(blocks.get(key, 0.0), now + seconds)

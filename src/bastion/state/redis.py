@@ -27,7 +27,14 @@ from ..core.ratelimit import Decision, Limit, window_of
 from ..core.urls import parse_redis_url
 from .redis_wire import Connection, Script, WireError, connect, pack
 
-__all__ = ["Breaker", "RedisCounters", "RedisFailureLimiter", "RedisReplayCache", "RedisState"]
+__all__ = [
+    "Breaker",
+    "RedisCounters",
+    "RedisFailureLimiter",
+    "RedisReplayCache",
+    "RedisState",
+    "RedisTallies",
+]
 
 T = TypeVar("T")
 
@@ -354,3 +361,57 @@ class RedisFailureLimiter:
     def clear(self) -> None:
         self.local.clear()
         self._active_until = 0.0
+
+
+# KEYS[1]: the tally (a sorted set, member -> last seen). ARGV: now, member, window, max members.
+_DISTINCT = Script("""
+local now, window, most = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = redis.call('ZCARD', KEYS[1])
+if n > most then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - most - 1)
+  n = most
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return n
+""")
+
+# KEYS[1]: the block (its value: when it ends). ARGV: until, ttl in ms. A running block is never shortened.
+_BLOCK = Script("""
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+""")
+
+
+class RedisTallies:
+    """Implements :class:`bastion.core.ports.Tallies` on Redis: one sorted set per tally, shared by every
+    instance; a block is a key holding its end time, expiring with it."""
+
+    def __init__(self, state: RedisState, max_members: int = 100_000) -> None:
+        self.state = state
+        self.max_members = max_members
+
+    async def distinct(self, key: str, member: str, window: float, now: float) -> int:
+        name = f"{self.state.prefix}:tally:{key}"
+        return int(
+            await self.state.run(_DISTINCT, [name], [repr(now), member, repr(window), self.max_members])
+        )
+
+    async def count(self, key: str, window: float, now: float) -> int:
+        name = f"{self.state.prefix}:tally:{key}"
+        return int(await self.state.execute("ZCOUNT", name, f"({now - window!r}", "+inf"))
+
+    async def blocked_for(self, key: str, now: float) -> float:
+        value = await self.state.execute("GET", f"{self.state.prefix}:block:{key}")
+        if value is None:
+            return 0.0
+        return max(0.0, float(value) - now)
+
+    async def block(self, key: str, seconds: float, now: float) -> None:
+        until = now + seconds
+        ttl = max(1, math.ceil(seconds * 1000))
+        await self.state.run(_BLOCK, [f"{self.state.prefix}:block:{key}"], [repr(until), ttl])
