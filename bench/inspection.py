@@ -12,7 +12,11 @@ is flagged by any family; *same family* counts only findings of the case's famil
 
 The corpus is split deterministically in two halves by ``sha256(id)``: rules were tuned while
 looking at the ``tune`` half only; the ``holdout`` half is reported separately to show how much of
-the result is overfitting.
+the result is overfitting (except for paranoia-1 ``rce`` and ``lfi``, whose misses in both halves
+were read in round 3; see docs/inspection.md).
+
+False positives are reported twice: over every ``benign_hint`` case, and over the genuinely benign
+ones, which leave out the payloads listed, with a reason each, in ``PAYLOADS_LABELLED_BENIGN``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,28 @@ MIN_PL1_RATE = 0.95
 MIN_OVERALL_RATE = 0.85
 MAX_BENIGN_FP_RATE = 0.02
 
+# ``benign_hint`` cases that carry a real attack payload. CRS marks a case "negative" when one
+# particular rule must stay silent (another rule or another paranoia level is meant to catch it),
+# and the corpus's heuristic turns that into ``benign_hint``. These are reported apart, with the
+# reason, so the "genuinely benign" false-positive rate excludes them openly; the raw rate over
+# every benign_hint case is reported next to it and is what ``--assert`` checks. Judgement calls
+# say so. A test checks that every id here is a benign_hint case of the corpus.
+PAYLOADS_LABELLED_BENIGN: dict[str, str] = {
+    "932207-3": "Referer carries ';/bin/ca? /et*/passwd', a globbed read of /etc/passwd "
+    "(CRS: 'obvious payload', negative only for 932207)",
+    "932230-18": "SSI injection '<!--#exec cmd=\"/bin/cat /etc/shadow\"-->' after HTML-entity text",
+    "932230-19": "SSI injection '<!--#exec cmd=\"/bin/cat /etc/shadow\"-->' before HTML-entity text",
+    "932230-20": "newline, then 'cat /etc/passwd;' (a command after a line break)",
+    "932230-21": "'cat /etc/passwd;' after a newline at the end of the value",
+    "932230-23": "Shellshock header '() { :;}; /bin/bash -c \"ftp …\"'",
+    "932236-6": "';vi … +silent !whoami' runs whoami from vi (negative only at PL2 for 932236)",
+    "932236-9": "';vi -c:!pwd' runs pwd from vi (negative only at PL2 for 932236)",
+    "932250-1": "judgement: a whole command line 'tar -xzf /var/www/exfiltrate.tar.gz /etc'; the test "
+    "checks that 932250 skips the word tar, not that the input is harmless",
+    "942160-12": "judgement: '/BENChmARk(2999/**/999,Md5(' is a mixed-case, comment-evaded time-based "
+    "blind SQLi probe; the test checks only that 942160 needs complete benchmark() syntax",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Case:
@@ -48,6 +74,11 @@ class Case:
     attack: bool
     benign: bool
     values: tuple[tuple[str, str], ...]
+
+    @property
+    def genuine(self) -> bool:
+        """A benign_hint case that does not carry a payload (see PAYLOADS_LABELLED_BENIGN)."""
+        return self.benign and self.id not in PAYLOADS_LABELLED_BENIGN
 
     @property
     def half(self) -> str:
@@ -131,6 +162,7 @@ def _pct(part: int, whole: int) -> str:
 class Report:
     detection: dict[tuple[str, int], Tally]
     benign: dict[str, Tally]
+    genuine: dict[str, Tally]
     negatives: dict[str, Tally]
     missed: list[tuple[Case, int]]
     flagged_benign: list[tuple[Case, list[Finding]]]
@@ -147,10 +179,15 @@ class Report:
     def benign_fp(self) -> tuple[int, int]:
         return sum(t.any_family for t in self.benign.values()), sum(t.cases for t in self.benign.values())
 
+    def genuine_fp(self) -> tuple[int, int]:
+        """False positives on the benign_hint cases that carry no payload."""
+        return sum(t.any_family for t in self.genuine.values()), sum(t.cases for t in self.genuine.values())
+
 
 def evaluate(cases: Iterable[Case], scanner: Scanner) -> Report:
     detection: dict[tuple[str, int], Tally] = defaultdict(Tally)
     benign: dict[str, Tally] = defaultdict(Tally)
+    genuine: dict[str, Tally] = defaultdict(Tally)
     negatives: dict[str, Tally] = defaultdict(Tally)
     missed: list[tuple[Case, int]] = []
     flagged: list[tuple[Case, list[Finding]]] = []
@@ -165,9 +202,11 @@ def evaluate(cases: Iterable[Case], scanner: Scanner) -> Report:
             negatives[case.family].add(found, case.family, pl1)
             if case.benign:
                 benign[case.family].add(found, case.family, pl1)
+                if case.genuine:
+                    genuine[case.family].add(found, case.family, pl1)
                 if found:
                     flagged.append((case, found))
-    return Report(detection, benign, negatives, missed, flagged)
+    return Report(detection, benign, genuine, negatives, missed, flagged)
 
 
 def detection_table(report: Report) -> str:
@@ -192,27 +231,27 @@ def detection_table(report: Report) -> str:
 def fp_table(report: Report) -> str:
     lines = [
         "| family | benign-hint cases | flagged | FP rate | flagged at paranoia 1 "
-        "| all expect_detect=false | flagged | rate |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| genuinely benign | flagged | FP rate | all expect_detect=false | flagged | rate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    tb = tn = Tally()
-    totals_b, totals_n = Tally(), Tally()
+    totals_b, totals_g, totals_n = Tally(), Tally(), Tally()
     for family in FAMILIES:
-        tb, tn = report.benign.get(family, Tally()), report.negatives.get(family, Tally())
+        tb, tg = report.benign.get(family, Tally()), report.genuine.get(family, Tally())
+        tn = report.negatives.get(family, Tally())
         lines.append(
             f"| `{family}` | {tb.cases} | {tb.any_family} | {_pct(tb.any_family, tb.cases)} "
-            f"| {_pct(tb.at_pl1, tb.cases)} | {tn.cases} | {tn.any_family} "
-            f"| {_pct(tn.any_family, tn.cases)} |"
+            f"| {_pct(tb.at_pl1, tb.cases)} | {tg.cases} | {tg.any_family} | {_pct(tg.any_family, tg.cases)} "
+            f"| {tn.cases} | {tn.any_family} | {_pct(tn.any_family, tn.cases)} |"
         )
-        for total, part in ((totals_b, tb), (totals_n, tn)):
+        for total, part in ((totals_b, tb), (totals_g, tg), (totals_n, tn)):
             total.cases += part.cases
             total.any_family += part.any_family
             total.at_pl1 += part.at_pl1
+    b, g, n = totals_b, totals_g, totals_n
     lines.append(
-        f"| **all** | {totals_b.cases} | {totals_b.any_family} "
-        f"| **{_pct(totals_b.any_family, totals_b.cases)}** "
-        f"| {_pct(totals_b.at_pl1, totals_b.cases)} | {totals_n.cases} | {totals_n.any_family} "
-        f"| {_pct(totals_n.any_family, totals_n.cases)} |"
+        f"| **all** | {b.cases} | {b.any_family} | **{_pct(b.any_family, b.cases)}** "
+        f"| {_pct(b.at_pl1, b.cases)} | {g.cases} | {g.any_family} | **{_pct(g.any_family, g.cases)}** "
+        f"| {n.cases} | {n.any_family} | {_pct(n.any_family, n.cases)} |"
     )
     return "\n".join(lines)
 
@@ -224,14 +263,20 @@ def summary_row(name: str, report: Report) -> str:
         cells.append(_pct(hit, total))
     hit, total = report.overall()
     fp, benign = report.benign_fp()
+    gfp, genuine = report.genuine_fp()
     return (
-        f"| {name} | " + " | ".join(cells) + f" | {_pct(hit, total)} | {_pct(fp, benign)} ({fp}/{benign}) |"
+        f"| {name} | " + " | ".join(cells) + f" | {_pct(hit, total)} | {_pct(fp, benign)} ({fp}/{benign}) "
+        f"| {_pct(gfp, genuine)} ({gfp}/{genuine}) |"
     )
 
 
 def summary_table(rows: Sequence[tuple[str, Report]]) -> str:
-    head = "| cases | " + " | ".join(f"`{f}` PL1" for f in FAMILIES) + " | all attacks | benign FP |"
-    sep = "|---|" + "---:|" * (len(FAMILIES) + 2)
+    head = (
+        "| cases | "
+        + " | ".join(f"`{f}` PL1" for f in FAMILIES)
+        + " | all attacks | benign-hint FP | genuinely benign FP |"
+    )
+    sep = "|---|" + "---:|" * (len(FAMILIES) + 3)
     return "\n".join([head, sep, *(summary_row(name, report) for name, report in rows)])
 
 
@@ -305,8 +350,8 @@ def render(full: Report, halves: dict[str, Report], timing: str | None, *, corpu
         f"Measured on {corpus_size} cases of `crs-attacks.jsonl` with `python bench/inspection.py`.",
         "",
         "**Summary.** Paranoia-1 detection per family, detection of all attack cases (each at its own "
-        "paranoia level) and false positives on the `benign_hint` cases, for the whole corpus and for "
-        "each half (rules were tuned looking only at the *tune* half):",
+        "paranoia level) and false positives on the `benign_hint` cases (all of them, and the genuinely "
+        "benign ones: without the payloads listed below), for the whole corpus and for each half:",
         "",
         summary_table([("all", full), *((f"{name} half", r) for name, r in halves.items())]),
         "",
@@ -315,17 +360,29 @@ def render(full: Report, halves: dict[str, Report], timing: str | None, *, corpu
         "",
         detection_table(full),
         "",
-        "**False positives** (`benign_hint` cases are inputs the CRS authors call legitimate; the full "
-        "`expect_detect=false` set also holds real attacks that a *different* CRS rule must catch):",
+        "**False positives** (`benign_hint` cases are inputs the CRS authors call legitimate; *genuinely "
+        "benign* leaves out the benign-hint cases that carry a real payload, listed below with the reason; "
+        "the full `expect_detect=false` set also holds real attacks that a *different* CRS rule must catch):",
         "",
         fp_table(full),
     ]
-    if full.flagged_benign:
-        parts += ["", "Benign-hint cases that are flagged (rule and normalised excerpt):", ""]
-        for case, found in sorted(full.flagged_benign, key=lambda item: item[0].id):
+    flagged = sorted(full.flagged_benign, key=lambda item: item[0].id)
+    for title, genuine in (
+        ("Genuinely benign cases that are flagged (rule and normalised excerpt):", True),
+        ("Benign-hint cases that carry a payload (`PAYLOADS_LABELLED_BENIGN` in the script):", False),
+    ):
+        rows = [(case, found) for case, found in flagged if case.genuine == genuine]
+        if not rows:
+            continue
+        parts += ["", title, ""]
+        for case, found in rows:
             first = found[0]
             excerpt = " ".join(first.excerpt.replace("`", "'").replace("|", "/").split())[:70]
-            parts.append(f"- {case.id} (paranoia {case.paranoia}): `{first.rule}` on `{excerpt}`")
+            reason = "" if genuine else f" — {PAYLOADS_LABELLED_BENIGN[case.id]}"
+            parts.append(f"- {case.id} (paranoia {case.paranoia}): `{first.rule}` on `{excerpt}`{reason}")
+    labelled = [cid for cid in PAYLOADS_LABELLED_BENIGN if cid not in {c.id for c, _ in flagged}]
+    if labelled and corpus_size > 2000:
+        parts += ["", "Labelled as payloads but not flagged: " + ", ".join(sorted(labelled))]
     if timing:
         parts += ["", "**Timing** (`Inspector()` at paranoia 1, one CPython 3.11 thread):", "", timing]
     return "\n".join(parts)

@@ -758,11 +758,13 @@ def test_corpus_subset_meets_the_bar() -> None:
     report = bench.evaluate(cases, bench.Scanner())
     assert time.perf_counter() - start < 10.0
     # Regression floors just under today's measurement on this subset (lowest family at paranoia 1:
-    # sqli 92.5%; all attacks 86.2%; benign false positives 1.8%). The bar (95% per family at
-    # paranoia 1, 85% overall, 2% benign false positives) is not met on the full corpus (lfi and rce
-    # at paranoia 1, and false positives); docs/inspection.md says by how much, and
+    # sqli 92.5%; all attacks 87.5%; benign-hint false positives 1.8%, genuinely benign 0%). On the
+    # full corpus the detection bar is met and the raw benign-hint false-positive rate is
+    # not (3.4% > 2%; 1.0% on the genuinely benign cases); docs/inspection.md says why, and
     # `bench/inspection.py --assert` checks it.
-    assert bench.check(report, min_pl1=0.92, min_overall=0.86, max_benign_fp=0.02) == []
+    assert bench.check(report, min_pl1=0.92, min_overall=0.87, max_benign_fp=0.02) == []
+    fp, benign = report.genuine_fp()
+    assert fp <= 0.01 * benign
 
 
 @needs_corpus
@@ -781,3 +783,13 @@ def test_the_kept_subset_is_the_stratified_subset_of_the_corpus() -> None:
     bench = _bench()
     expected = sorted(c.id for c in bench.stratified(bench.load(CORPUS), 300))
     assert sorted(c.id for c in bench.load(SUBSET)) == expected
+
+
+@needs_corpus
+def test_payloads_labelled_benign_are_benign_hint_cases_with_a_reason() -> None:
+    # The list that takes cases out of the "genuinely benign" rate must stay reviewable: only
+    # benign_hint cases of the corpus, each with a stated reason.
+    bench = _bench()
+    benign = {c.id for c in bench.load(CORPUS) if c.benign}
+    assert set(bench.PAYLOADS_LABELLED_BENIGN) <= benign
+    assert all(len(reason) > 20 for reason in bench.PAYLOADS_LABELLED_BENIGN.values())

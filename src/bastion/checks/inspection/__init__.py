@@ -75,11 +75,11 @@ _PLAIN = re.compile(r"[\w,@+.:-]*")
 # integer-overflow probes, sensitive file names.
 _PLAIN_SUSPECT = re.compile(
     r"^\.|\.\.|::|(?:window|document|location)\.|xp_|sp_|openrowset|information_schema|\d{10}|wp-config|"
-    r"\.php|\.env\b|\.e\.|"
+    r"\.php|\.env\b|\.e\.|\.sql\.|"
     # system catalogues (msdb, sysobjects, pg_catalog…: a literal each catalogue name contains)
     r"sys|msdb|tempdb|northwind|sqlite_|pg_|all_|user_|dba_|schema_name|"
     # file names that no upload may carry (config.yml, web.config, /proc's kcore…; see lfi.RESTRICTED_NAMES)
-    r"\.(?:ya?ml|config|xml|ini)$|^(?:mtrr|acpi|kcore|kmsg|kallsyms|cpuinfo|meminfo|iomem|ioports|slabinfo|"
+    r"\.(?:ya?ml|config|xml|ini)(?:$|[._~-])|^(?:mtrr|acpi|kcore|kmsg|kallsyms|cpuinfo|meminfo|iomem|ioports|slabinfo|"
     r"vmallocinfo|zoneinfo|buddyinfo|sysrq-trigger)$"
 )  # matched on the lower-cased value: without re.I the engine compares literals much faster
 
@@ -100,7 +100,7 @@ _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 _SCREEN_SHAPES = re.compile(
     "|".join(
         (
-            r"--|-moz-|-enc|-(?<=\s-)-?[a-z0-9]|/\*|/\.|/\?|\?/|\?\?|==|=\s?\(|::|:[/\\](?<=\b[a-z]:[/\\])|@@|@import",
+            r"--|-moz-|-enc|-(?<=\s-)-?[a-z0-9]|/\*|/\.|/\?|/@|\?/|\?\?|==|=\s?\(|::|:[/\\](?<=\b[a-z]:[/\\])|@@|@import",
             r"0x|\.\.|\.e[(.]|\.ini|\.log\b|_log\b|\+ad-|&#|&[a-z]{2,8};|xp_|sp_|pg_|json|data\s?:|script\s?:",
             r"\((?<=[a-z_?&.]\()|\((?<=[a-z_?&.]\s\()|\((?<=[a-z]\d\()|\)\s?like|\)\s*as\s|like\s+null|"
             # a word, up to three other characters, then "(": the paranoia-2 function-call shape

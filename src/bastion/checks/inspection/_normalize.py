@@ -103,7 +103,10 @@ def html_view(base: str) -> str:
 
 
 _SHELL_IFS = re.compile(r"\$\{?ifs\}?(?:\$\d)?")
-_SHELL_EMPTY = re.compile(r"\$[@*!?#$\-]|\$\(\)|\$\{\}|``|<\(\)|(?<=[a-z])\$[a-z]{1,3}\b|\\(?=[^\s])")
+# A backslash goes (c\at), except after a drive letter, where it starts a Windows path (c:\windows).
+_SHELL_EMPTY = re.compile(
+    r"\$[@*!?#$\-]|\$\(\)|\$\{\}|``|<\(\)|(?<=[a-z])\$[a-z]{1,3}\b|(?<![a-z]:)\\(?=[^\s])"
+)
 # A run of quotes touching a word or path character on either side (``c'a't``, ``"/etc"/passwd``).
 # Both alternatives start with a quote, so the engine skips ahead to quotes; each tests its side
 # from the run's first quote, so a long run of quotes costs linear time.

@@ -209,6 +209,17 @@ def _multipart_values(body: bytes, content_type: str) -> Iterator[tuple[str, str
         yield from _multipart_part(part)
 
 
+_RAW_FILENAME = re.compile(r'(?:^|;)\s*filename\s*=\s*"([^"\r\n]*)"', re.I)
+
+
+def _raw_header(part: Message, name: str) -> str:
+    """The header's value as received (``raw_items`` holds the unparsed source under any policy)."""
+    for key, value in part.raw_items():
+        if key.lower() == name:
+            return str(value)
+    return ""
+
+
 def _multipart_part(part: Message) -> Iterator[tuple[str, str]]:
     name = part.get_param("name", header="content-disposition")
     name = name if isinstance(name, str) else ""
@@ -216,6 +227,12 @@ def _multipart_part(part: Message) -> Iterator[tuple[str, str]]:
     filename = part.get_filename()
     if filename:
         yield f"form.{name}:filename", filename
+    # Browsers do not escape "\" in a multipart file name (the HTML standard percent-encodes only
+    # '"', CR and LF there), but the MIME parser reads it as a quoted-pair and drops it:
+    # filename="..\x.php" would reach us as "..x.php". Inspect the name as it was sent, too.
+    raw = _RAW_FILENAME.search(_raw_header(part, "content-disposition"))
+    if raw is not None and raw.group(1) != filename:
+        yield f"form.{name}:filename", raw.group(1)
     if part.get_content_type().startswith(_BINARY_TYPES):
         return
     payload = part.get_payload(decode=True)

@@ -28,7 +28,7 @@ _DOT_NAME = (
     r"(?:(?!well-known/)[a-z0-9][\w.-]*/|"
     r"(?:env|htaccess|htpasswd|git|svn|hg|bzr|bash_history|bashrc|zshrc|profile|npmrc|pypirc|"
     r"netrc|pgpass|mysql_history|ds_store|dockerenv|gitconfig|git-credentials|aws|ssh|kube|docker|"
-    r"config|[\w-]*ignore|[\w-]*rc)(?![\w-]))"
+    r"config|[\w-]*ignore|[\w-]*rc|boto|s3cfg|dockercfg|vault-token|passwd-s3fs|git-credentials)(?![\w-]))"
 )
 # A whole value that names a file no upload or file parameter should carry (optionally after a
 # directory, with stray spaces around its dot): server and framework configuration that an upload
@@ -36,12 +36,14 @@ _DOT_NAME = (
 # pseudo-files of /proc ("kcore", "mtrr").
 _RESTRICTED_NAMES_LIST = (
     r"\.ht(?:access|passwd|digest)|\.user\s?\.\s?ini|php\s?\.\s?ini|web\s?\.\s?config|\.env(?:\.[\w-]+)?|"
-    r"wp-config\s?\.\s?php|(?:default\.)?settings(?:\.local)?\s?\.\s?php|config(?:_\w+)?\s?\.\s?(?:ya?ml|php)|"
+    r"wp-config(?:[\s._-]{1,3}php)?|(?:default\.)?settings(?:\.local)?\s?\.\s?php|config(?:_\w+)?\s?\.\s?(?:ya?ml|php)|"
     r"(?:parameters|routing|security|services)\s?\.\s?ya?ml|local\s?\.\s?xml|"
     r"mtrr|acpi|kcore|kmsg|kallsyms|cpuinfo|meminfo|iomem|ioports|sysrq-trigger|slabinfo|vmallocinfo|zoneinfo|"
     r"buddyinfo"
 )
-RESTRICTED_NAMES = rf"\s*(?:[\w.-]*[/\\])*(?:{_RESTRICTED_NAMES_LIST})\s*"
+# A backup copy of such a file is as restricted as the file ("settings.php.bak", "web.config~").
+_BACKUP_SUFFIX = r"(?:[._-](?:bak|backup|old|orig|save|sav|swp|swo|tmp|copy|dist|txt|\d{1,8})|~)*"
+RESTRICTED_NAMES = rf"\s*(?:[\w.-]*[/\\])*(?:{_RESTRICTED_NAMES_LIST}){_BACKUP_SUFFIX}\s*"
 _RESTRICTED_ANCHORS = ("htaccess", "htpasswd", "htdigest", "user", "php", "web", "env", "wp", "settings",
                        "config", "parameters", "routing", "security", "services", "local", "mtrr", "acpi",
                        "kcore", "kmsg", "kallsyms", "cpuinfo", "meminfo", "iomem", "ioports", "sysrq",
@@ -93,7 +95,12 @@ RULES: tuple[Rule, ...] = (
          ("php", "phar", "zip", "expect", "glob", "jar", "netdoc", "gopher", "dict", "compress", "ogg", "rar",
           "ssh"), ("://",)),
     Rule("lfi.wrapper", 1, "lower", r"\bfile:/{1,3}[a-z]", ("file",), (":",)),
-    Rule("lfi.wrapper", 1, "lower", r"/@fs/", ("/@fs/",)),
+    # the Vite dev server's file and virtual-module endpoints (/@fs/etc/passwd, /@id/__x00__…), which
+    # no production client calls
+    Rule("lfi.wrapper", 1, "lower", r"/@(?:fs|id)/", ("/@fs/", "/@id/")),
+    # a compressed SQL dump (backup.sql.gz, db.sql.zip): the whole database, never a client's file
+    Rule("lfi.restricted_file", 1, "path",
+         r"[\w-]\.sql\.(?:gz|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)(?:$|[?#/\s])", ("sql",)),
     Rule("lfi.restricted_file", 1, "lower", rf"^{RESTRICTED_NAMES}$", _RESTRICTED_ANCHORS),
     # --- paranoia 2 ---------------------------------------------------------------------------
     Rule("lfi.secret_file", 2, "path", r"(?:^|[\s=/])\.(?!well-known)[a-z][\w.-]*$", ('.',)),

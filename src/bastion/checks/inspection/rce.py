@@ -38,7 +38,7 @@ _DISTINCT = (
     r"apt-get|yum|dnf|apk|kubectl|mysql|psql|sqlite3|redis-cli|uconv|iconv|flock|cpulimit|cscli|"
     r"ansible(?:-[a-z]+)?|chef(?:-[a-z]+)?|knife|ruby|irb|jrunscript|jshell|rlwrap|expect|setsid|"
     "wall|mail|sendmail|mutt|nice|ionice|perf|bsdtar|lastlogin|aptitude|htop|regedit|bcdboot|bcdedit|"
-    "diskpart|vssadmin|wevtutil|netsh|icacls|takeown|cacls|attrib"
+    "diskpart|vssadmin|wevtutil|netsh|icacls|takeown|cacls|attrib|rmt(?:-[a-z]+)?"
     "|timeout|stdbuf|unshare|chroot|runuser|ldd|objdump|readelf|"
     "getfacl|setfacl|sysctl|service|shutdown|reboot|halt|poweroff|mount|umount|fdisk|mkfs|losetup|"
     # More binaries that are no word of any language (GTFOBins-style lists of what an attacker runs
@@ -70,7 +70,10 @@ _STRONG = (
     "lastb|faillog|visudo|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|regsvr32|rundll32|mshta|"
     "bcdboot|bcdedit|regedit|diskpart|vssadmin|wevtutil|netsh|icacls|takeown|cacls|htop|aptitude|"
     "getfacl|setfacl|pkexec|mkfifo|socat|ncat|netcat|tcpdump|masscan|printenv|pstree|killall|crontab|"
-    "useradd|userdel|usermod|adduser|chattr|xxd|hexdump|lsmod|insmod|modprobe|lsof|dmesg"
+    "useradd|userdel|usermod|adduser|chattr|xxd|hexdump|lsmod|insmod|modprobe|lsof|dmesg|"
+    # AppArmor's tools (aa-exec is in _DISTINCT): "aa-" plus an English verb is still no word
+    "aa-status|aa-enabled|aa-complain|aa-enforce|aa-disable|aa-audit|aa-teardown|aa-unconfined|aa-genprof|"
+    "aa-logprof|aa-autodep|aa-cleanprof|aa-mergeprof|aa-notify|aa-remove-unknown"
 )
 # Strong names of programs that only run interactively.
 _INTERACTIVE = "(?:regedit|htop|aptitude|diskpart|visudo)"
@@ -86,14 +89,14 @@ COMMANDS = trie(f"{_STRONG}|{_DISTINCT}|{_COMMON}")
 # The lists as tries, for the patterns (see ``trie``).
 _DISTINCT_T, _COMMON_T, _STRONG_T = trie(_DISTINCT), trie(_COMMON), trie(_STRONG)
 _COMMANDS_T = trie(f"{_DISTINCT}|{_COMMON}")
-# Words that run the next word as a command.
+# Words that run the next word as a command (trap and eval run their first argument).
 _PREFIX = (
-    r"(?:(?:time|nohup|strace|ltrace|sudo|doas|env|nice|xargs|exec|command|builtin|busybox|"
+    r"(?:(?:time|nohup|strace|ltrace|sudo|doas|env|nice|xargs|exec|command|builtin|busybox|trap|eval|"
     r"timeout\s+\d+\w?)\s+)*"
 )
 # What follows a command in a real invocation (not in a sentence).
 _ARG = (
-    r"(?:-{1,2}[a-z0-9]|/|~|\.{1,2}/|\$|[<>|;&`]|https?://|\d{1,3}(?:\.\d{1,3}){3}|"
+    r"(?:-{1,2}[a-z0-9]|/|~|\.{1,2}/|\$|[<>|;&`]|https?://|\d{1,3}(?:\.\d{1,3}){3}|[a-z]:\\|"
     r"(?:passwd|shadow|id_rsa|hosts)\b|[\w.-]+\.(?:txt|log|sh|php|py|pl|rb|js|conf|cfg|ini|gz|xz|zip|tar|bak|sql|yml|yaml|json|xml|exe|bat|ps1|c|db)\b)"
 )
 # At the start of a value, options alone do not make a command line ("rm -rf advice" is a search):
@@ -104,7 +107,7 @@ _START_ARG = rf"(?:(?:-{{1,2}}[a-z0-9][\w=-]{{0,30}}\s*)+(?:$|{_OPERAND_ARG})|{_
 # Anchors for rules that need an _ARG after one space (the shell view collapses whitespace): each
 # alternative of _ARG starts with one of these, or contains a dot (file names, IPv4 addresses).
 _ARG_ANCHORS = (" -", " /", " ~", ".", " $", " <", " >", " |", " ;", " &", " `", " http", " passwd",
-                " shadow", " id_rsa", " hosts")  # fmt: skip
+                " shadow", " id_rsa", " hosts", ":\\")  # fmt: skip
 # The first word of each _STRONG name ("regsvr32" -> "regsvr", "ansible-[a-z]+" -> "ansible").
 _STRONG_ANCHORS = tuple(sorted({re.split(r"[^a-z_]", name)[0] for name in _STRONG.split("|")}))
 # A separator, as alternatives that each start with a literal (the regex engine then skips ahead).
@@ -116,8 +119,8 @@ _END = r"(?=$|[\s;|&<>`)'\",}]|\.exe\b|/[a-z?](?!\w))"
 _PATH = r"(?:/?(?:[\w.-]+/)*)?"
 
 SCREEN_SHAPE = (
-    rf";\s*(?:\$\w+\s+)*(?:['\"]\s*)?{_PREFIX}{_PATH}(?:{_DISTINCT_T})\b|"
-    rf"&\s*(?:\$\w+\s+)*(?:['\"]\s*)?{_PREFIX}{_PATH}(?:{_DISTINCT_T})\b|"
+    rf";[\s(]*(?:\$\w+\s+)*(?:['\"]\s*)?{_PREFIX}{_PATH}(?:{_DISTINCT_T})\b|"
+    rf"&[\s(]*(?:\$\w+\s+)*(?:['\"]\s*)?{_PREFIX}{_PATH}(?:{_DISTINCT_T})\b|"
     # a program with an option, a path or a number after "&" (the other separators are screen
     # characters or shapes already), and net.exe subcommands
     r"&\s*[a-z][\w.+-]{0,30}\s+(?:-|/|\d)|\bnet1?(?:\.exe)?\s+(?:user|users|localgroup|group|view|use|share|"
@@ -134,7 +137,7 @@ _BATCH_OPERAND = r"(?:\"[^\"]{0,60}\"|\[[^\]]{0,60}\]|[^\s:()\"\[=]{1,60})"
 _COMMAND_WORDS = keywords(f"{_DISTINCT}|{_COMMON}")
 
 RULES: tuple[Rule, ...] = (
-    Rule("rce.command", 1, "shell", rf"(?:;|\||&|`|\$\(|<\(|>\(|\{{)\s*(?:\$\w+\s+)*"
+    Rule("rce.command", 1, "shell", rf"(?:;|\||&|`|\$\(|<\(|>\(|\{{)[\s(]*(?:\$\w+\s+)*"
                                     rf"{_PREFIX}{_PATH}(?:{_DISTINCT_T}){_END}",
          keywords(_DISTINCT), (";", "|", "&", "`", "$(", "<(", ">(", "{")),
     # The same command, with an argument, after a separator or at the very start (two rules, so
@@ -145,6 +148,11 @@ RULES: tuple[Rule, ...] = (
     # tool form expects, not an injection: there the argument must look like a shell argument.
     Rule("rce.command", 1, "shell", rf"^\s*(?:\$\w+\s+)*{_PREFIX}{_PATH}"
                                     rf"(?:{_COMMANDS_T})\s+{_START_ARG}", _COMMAND_WORDS, _ARG_ANCHORS),
+    # A distinctive name (no English word) at the start, one operand, then an option with its value:
+    # "ansible all -m ping", "ssh host -p 2222", "nc host -e sh"
+    Rule("rce.command", 1, "shell", rf"^\s*{_PREFIX}{_PATH}(?:{_DISTINCT_T})\s+[\w.*:@/-]{{1,60}}\s+"
+                                    r"(?:-[a-z]|--[a-z][\w-]{1,30})(?:=\S|\s+[\w./$~-])",
+         keywords(_DISTINCT), (" -",)),
     Rule("rce.command", 1, "shell", rf"{_SEP}\s*(?:time|nohup|strace|ltrace|sudo|env|xargs)\s+"
                                     rf"(?:{_DISTINCT_T}){_END}",
          ('time', 'nohup', 'strace', 'ltrace', 'sudo', 'env', 'xargs')),
@@ -160,15 +168,26 @@ RULES: tuple[Rule, ...] = (
                                     rf"(?:{_DISTINCT_T})\.exe\b)", ("cmd", "powershell", "exe")),
     Rule("rce.substitution", 1, "lower",
          r"\$\((?!\s*['\"]|\s*(?:document|window|this|function|jquery)\b)\s*[a-z/.\\$(`]|"
-         r"\$\[[^\]]{0,200}\]|<\(\s*[a-z/$]|\$\{\s*`|\$\{\s*[a-z_]\w*\s*\}", ('$(', '$[', '<(', '${')),
+         r"\$\[[^\]]{0,200}\]|<\(\s*[a-z/$]|\$\{\s*`|\$\{\s*[a-z_]\w*\s*\}|"
+         # parameter expansion with a shell operator: ${x#pat}, ${path%%/*}, ${v:-default}, ${v/a/b},
+         # ${v^^}, ${#v}; not what template literals say: "${user.name}", "${n%2}", "${a/b}", and
+         # Spring's "${port:8080}"
+         r"\$\{[a-z_]\w*(?:#|%(?![\d\s])|:[-=?+]|//|/[^/}]{0,80}/|[\^,]{1,2}\})|\$\{#[a-z_]\w*\}",
+         ('$(', '$[', '<(', '${')),
     Rule("rce.substitution", 1, "shell", rf"`{_PREFIX}{_PATH}(?:{_COMMANDS_T})(?=[\s`;|&]|$)",
          _COMMAND_WORDS, ("`",)),
+    # output process substitution, >(tee log): "x >(y)" in a comparison names no command
+    Rule("rce.substitution", 1, "shell", rf"(?:^|[\s;|&])>\(\s*{_PREFIX}{_PATH}(?:{_COMMANDS_T}){_END}",
+         _COMMAND_WORDS, (">(",)),
+    # a backslash in front of a command name at the start bypasses aliases and filters: \ls, \wget …
+    Rule("rce.command", 1, "lower", rf"^\s*\\(?:{_DISTINCT_T}|{_STRONG_T})(?=$|[\s;|&])",
+         (*keywords(_DISTINCT), *_STRONG_ANCHORS), ("\\",)),
     Rule("rce.substitution", 1, "lower",
          r"\$\{[^}]{0,80}?(?:jndi|::-|\$\{(?:lower|upper|env|sys|date):)|\bjndi\s?:\s?(?:ldaps?|rmi|dns|iiop|corba|nds|nis|https?):",
          ("jndi", "::-", "lower", "upper", "env", "sys", "date")),
     # tilde expansion of the directory stack (~+, ~-2) and history expansion (!-1, !!)
     Rule("rce.tilde", 1, "lower", r"(?:^|[\s;|&`(])~[+-]\d*(?=$|[\s/;|&`)])", ('~+', '~-')),
-    Rule("rce.history", 1, "lower", r"(?:^|[\s;|&`(])!(?:-\d+|!)(?=$|[\s:;|&`)])", ('!-', '!!')),
+    Rule("rce.history", 1, "lower", r"(?:^|[\s;|&`(])!(?:-\d+|!)(?=$|[\s:;|&`)!])", ('!-', '!!')),
     Rule("rce.shellshock", 1, "lower", r"(?:^|[^\w\s)])\s*\(\s*\)\s*\{", ("{",), ("(",)),
     Rule("rce.shell_variable", 1, "shell", r"\$\{?(?:shell|ifs|bash|0|path|home|pwd)\}?(?=[\s/;|&]|$)",
          ('$',)),
@@ -186,8 +205,15 @@ RULES: tuple[Rule, ...] = (
     # be a word that no programming language puts there ("then", "and"…), and the operands hold
     # no parenthesis or colon, so pasted code ("if (x == 1) {", "if x == 1: return") stays quiet.
     Rule("rce.windows", 1, "lower",  # requires: what each alternative compares or tests
-         r"\bif\s+(?:/i\s+)?(?:not\s+)?(?:exist|defined|errorlevel|cmdextversion)\s+\S|\bif\s+/i\s|"
+         r"\bif\s*/i\s|\bif\s+(?:/i\s+)?(?:not\s+)?(?:exist|defined|errorlevel|cmdextversion)\s+\S|"
          r"\bif\s+(?:/i\s+)?(?:not\s+)?[\"\[]?%[~\w]|"
+         # operands in () or {} around a %variable% (batch's guard against empty arguments): a
+         # comparison must follow, as "if (%h) {" is Perl
+         r"\bif\s+(?:/i\s+)?(?:not\s+)?[({]%[~\w]{1,40}%?[)}]\s*(?:==|\s(?:equ|neq|lss|leq|gtr|geq)\s)|"
+         # two bracketed operands compared, then a command on the same line: no programming language
+         # reads "if (a) == (b) echo"
+         r"\bif\s+(?:not\s+)?(?:\([^()\n]{0,60}\)|\{[^{}\n]{0,60}\})\s*={2,3}\s*"
+         r"(?:\([^()\n]{0,60}\)|\{[^{}\n]{0,60}\})[ \t]+(?!(?:then|and|or|return|else|is)\b)[a-z@(%!]|"
          rf"\bif\s+(?:not\s+)?{_BATCH_OPERAND}\s*(?:={{2,3}}\s*{_BATCH_OPERAND}\s+"
          r"(?!(?:then|and|or|return|else|is|it|we|you|i)\b)[a-z@(%!]|\s(?:equ|neq|lss|leq|gtr|geq)\s+\S)|"
          r"\bif\s+(?:not\s+)?\(.{0,80}?(?:\)\s*|\s)(?:equ|neq|lss|leq|gtr|geq)\s",
@@ -276,8 +302,7 @@ _KEYWORDS = (
 # batch, PowerShell and code-execution keywords. Other command names are screened by SCREEN_SHAPE:
 # their rules also need a separator before them or an argument after them.
 SCREEN_WORDS: frozenset[str] = frozenset(
-    word
+    # the first word of each name is enough ("aa" for "aa-disable"): the screen's words split at "-"
+    re.split(r"[^a-z0-9_]+", name)[0]
     for name in re.sub(r"\(\?:-\[a-z\]\+\)\?|\[[^\]]*\]\??|\\\+|\?|\\", "", _STRONG).split("|")
-    for word in re.split(r"[^a-z0-9_]+", name)
-    if word and word != "get"
 ) | frozenset(_KEYWORDS.split())
