@@ -476,6 +476,41 @@ class KeyUsedAfterRotation:
         return [Finding(group, summary, evidence, self.samples.get(self.rule, group), event.source_ip)]
 
 
+_PUMPING_EVIDENCE = (
+    "egress",
+    "pattern",
+    "country",
+    "range",
+    "prefix",
+    "numbers",
+    "messages",
+    "reports",
+    "blocked_for",
+)
+
+
+class SmsPumping:
+    """An egress route found an SMS pumping pattern (``egress.pumping_detected``): one alert per range."""
+
+    detector = "sms_pumping"
+    types: tuple[str, ...] = ("egress.pumping_detected",)
+
+    def __init__(self, rule: AlertRuleSettings, samples: Samples) -> None:
+        self.rule = rule.name
+        self.samples = samples
+
+    async def on_event(self, event: Event, at: float) -> list[Finding]:
+        data = event.data
+        where = next((data[k] for k in ("range", "prefix", "country") if isinstance(data.get(k), str)), None)
+        if where is None:
+            return []
+        group = f"{data.get('egress') or ''}|{where}"
+        evidence = {k: data.get(k) for k in _PUMPING_EVIDENCE if data.get(k) is not None}
+        self.samples.add(self.rule, group, event)
+        summary = f"SMS pumping ({data.get('pattern')}) towards {where}"
+        return [Finding(group, summary, evidence, self.samples.get(self.rule, group))]
+
+
 def _parse_hours(text: str) -> tuple[int, int]:
     start, end = text.split("-")
     h1, m1 = start.split(":")
@@ -637,4 +672,6 @@ def build_detector(
             return KeyUsedAfterRotation(rule, samples)
         case "admin_outside_policy":
             return AdminOutsidePolicy(rule, samples)
+        case "sms_pumping":
+            return SmsPumping(rule, samples)
     raise ValueError(f"unknown detector {rule.builtin!r}")

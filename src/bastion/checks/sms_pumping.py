@@ -149,7 +149,7 @@ class PumpingDetector:
     ) -> Deny | None:
         kind, key = block
         where = key.rsplit("|", 1)[1]
-        data = {"pattern": pattern, "country": dest.country, kind: where, **evidence}
+        data = {"egress": self.route, "pattern": pattern, "country": dest.country, kind: where, **evidence}
         if self.policy.auto_block:
             await self.tallies.block(key, self.policy.block_for, now)
             data["blocked_for"] = self.policy.block_for
@@ -182,6 +182,7 @@ class PumpingDetector:
         if await self.tallies.blocked_for(key, now) > 0:
             return
         data: dict[str, Any] = {
+            "egress": self.route,
             "pattern": "low_completion",
             "country": dest.country,
             "prefix": prefix,
@@ -200,9 +201,8 @@ class DeliveryReports:
 
     name = "delivery_reports"
 
-    def __init__(self, detector: PumpingDetector, emit: Callable[..., None], json_limits: JsonLimits) -> None:
+    def __init__(self, detector: PumpingDetector, json_limits: JsonLimits) -> None:
         self.detector = detector
-        self.emit = emit
         self.json_limits = json_limits
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:

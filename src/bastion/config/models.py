@@ -730,6 +730,9 @@ class RouteSettings(_Model):
     reject_unknown_fields: bool = False  # every object in the body schema: additionalProperties false
     inspect: InspectMode | None = None  # block | monitor | off; default: the service's, then inspection's
     response_fields: ResponseFields | None = None
+    # Twilio status callbacks for messages sent through this egress route: delivery outcomes feed its SMS
+    # pumping detector (low completion). The route must authenticate the sender (twilio_signature).
+    delivery_reports: str | None = Field(None, pattern=_NAME)
 
     @field_validator("rate_limit_by")
     @classmethod
@@ -790,6 +793,11 @@ class RouteSettings(_Model):
             )
         if self.rate_limit_by is not None and not self.rate_limit:
             raise ValueError("rate_limit_by needs rate_limit (e.g. rate_limit: [10/second])")
+        if self.delivery_reports is not None and not methods:
+            raise ValueError(
+                "delivery_reports needs an authenticated sender (auth: [twilio_signature]): unsigned reports "
+                "could block any number range"
+            )
         if self.twilio is not None and self.twilio.public_url is not None and "{" in self.path:
             raise ValueError(
                 "twilio.public_url is one fixed URL; a route with path parameters needs public_base_url"
@@ -1192,6 +1200,7 @@ Builtin = Literal[
     "undeclared_endpoint",
     "key_used_after_rotation",
     "admin_outside_policy",
+    "sms_pumping",
 ]
 GroupBy = Literal["source_ip", "actor", "route", "resource", "reason", "type", "consumer", "key_id"]
 
@@ -1221,6 +1230,7 @@ BUILTIN_PARAMETERS: dict[str, dict[str, Any]] = {
     "undeclared_endpoint": {},
     "key_used_after_rotation": {},
     "admin_outside_policy": {"hours": None, "timezone": "UTC", "allow_ips": []},
+    "sms_pumping": {},
 }
 
 
@@ -1441,7 +1451,21 @@ class GatewayConfig(_Model):
         return self
 
     def _check_egress(self) -> None:
-        """Egress names and path prefixes are unique, and no prefix hides (or is hidden by) a route."""
+        """Egress names and path prefixes are unique, no prefix hides (or is hidden by) a route, and
+        delivery_reports name an egress route that checks destinations."""
+        with_geo = {e.name for e in self.egress if e.geo is not None and e.sms_pumping.enabled}
+        for s_index, svc in enumerate(self.services):
+            for r_index, route in enumerate(svc.routes):
+                if route.delivery_reports is not None and route.delivery_reports not in with_geo:
+                    raise _cross(
+                        f"delivery_reports: {route.delivery_reports} names no egress route with geo: and "
+                        "sms_pumping enabled",
+                        "services",
+                        s_index,
+                        "routes",
+                        r_index,
+                        "delivery_reports",
+                    )
         names: set[str] = set()
         prefixes: list[tuple[str, int]] = []
         for index, egress in enumerate(self.egress):

@@ -73,12 +73,12 @@ def delivery_reports(
     settings: GatewayConfig,
     name: str,
     state: Any,
-    emit: Callable[..., None],
     json_limits: JsonLimits,
     clock: Callable[[], float],
 ) -> DeliveryReports:
+    """The check a status-callback route runs after its signature check (``delivery_reports: <egress>``)."""
     eg = next(e for e in settings.egress if e.name == name)
-    return DeliveryReports(pumping_detector(eg, state, clock), emit, json_limits)
+    return DeliveryReports(pumping_detector(eg, state, clock), json_limits)
 
 
 def compile_egress(

@@ -46,7 +46,7 @@ from ..core.request import Body, IPAddress, RequestView
 from ..core.router import Route, RouteError, Router
 from ..events.writer import new_event
 from ..inventory import Observer
-from .egress import EgressProblem, compile_egress, egress_target
+from .egress import EgressProblem, compile_egress, delivery_reports, egress_target
 from .identity import IdentityRuntime
 from .metrics import Metrics
 from .state import StateRuntime
@@ -691,6 +691,8 @@ def compile_routes(
                 if identity is None:
                     raise RuntimeError("routes with auth need the identity runtime")
                 checks.extend(identity.checks_for(rs, route_id))
+            if rs.delivery_reports is not None:
+                checks.append(delivery_reports(settings, rs.delivery_reports, state, json_limits, clock))
             quota = settings.consumers_defaults.quota if rs.authenticates_consumers else None
             # A consumer's own quota (consumers set-quota) replaces the default wherever quotas are in force:
             # on routes with rate limits, and on every consumer route once consumers_defaults.quota is set.
