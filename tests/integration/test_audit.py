@@ -172,10 +172,11 @@ def test_a_weak_config_produces_each_problem_with_its_line(weak: tuple[Path, str
     assert store["P5.unused-consumer-scopes"] == [
         "consumer shop holds scopes no route requires: orders:delete"
     ]
-    # Every practice is listed; those with no rule yet are not checked.
+    # Every practice is listed, and checked (or not applicable to this config).
     assert [p["id"] for p in doc["practices"]] == list(PRACTICES)
     statuses = {p["id"]: p["status"] for p in doc["practices"]}
-    assert {pid for pid, s in statuses.items() if s == "not_checked"} == {"P15", "P16", "P18"}
+    assert {pid for pid, s in statuses.items() if s == "not_checked"} == set()
+    assert {statuses[p] for p in ("P15", "P16", "P18")} == {"not_applicable"}  # no egress route here
     # The score counts a warn as half a rule and a fail as none.
     scored = [c for c in got.values() if c["status"] in ("pass", "warn", "fail")]
     points = sum({"pass": 1.0, "warn": 0.5, "fail": 0.0}[c["status"]] for c in scored)

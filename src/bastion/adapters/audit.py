@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..config.errors import ConfigIssue
 from ..config.loader import LoadedConfig
@@ -525,6 +525,153 @@ def _no_rule(ctx: _Context, r: Rule) -> list[Finding]:
 )
 def _no_channel(ctx: _Context, r: Rule) -> list[Finding]:
     return [] if ctx.s.alerts.channels else [r.at(ctx, ("alerts",), "alerts.channels is empty")]
+
+
+# -- P6 / P15 / P16 / P17 / P18 egress ------------------------------------------------------------------
+
+
+def _egress(ctx: _Context) -> list[tuple[int, Any]]:
+    return list(enumerate(ctx.s.egress))
+
+
+def _calls_twilio(eg: Any) -> bool:
+    host = (urlsplit(eg.target).hostname or "").lower()
+    return host == "twilio.com" or host.endswith(".twilio.com")
+
+
+@rule(
+    "P15.egress-without-allow",
+    "fail",
+    "An egress route allows no operation",
+    "List the provider operations the application needs under allow: (deny by default).",
+    in_check=True,
+)
+def _egress_allow(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = _egress(ctx)
+    if not routes:
+        return None
+    return [
+        r.at(ctx, ("egress", i, "name"), f"egress route {eg.name} has no allow: every call is refused")
+        for i, eg in routes
+        if not eg.allow
+    ]
+
+
+@rule(
+    "P15.egress-allow-too-broad",
+    "warn",
+    "An egress allow rule takes any method or a whole subtree",
+    "Name each operation: a method and a path without {name:path} catch-alls.",
+)
+def _egress_broad(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = _egress(ctx)
+    if not routes:
+        return None
+    return [
+        r.at(ctx, ("egress", i, "allow", j), f"egress route {eg.name} allows {rule.method} {rule.path}")
+        for i, eg in routes
+        for j, rule in enumerate(eg.allow)
+        if rule.method == "*" or ":path}" in rule.path
+    ]
+
+
+@rule(
+    "P16.egress-without-geo",
+    "fail",
+    "Messages or calls through an egress route go to any country",
+    "Add geo: {fields: [To], allow_countries: [...]} to the egress route.",
+    in_check=True,
+)
+def _egress_geo(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = _egress(ctx)
+    if not routes:
+        return None
+    out = []
+    for i, eg in routes:
+        if eg.geo is None:
+            out.append(
+                r.at(
+                    ctx,
+                    ("egress", i, "name"),
+                    f"egress route {eg.name} does not check destination numbers",
+                    level="fail" if _calls_twilio(eg) else "warn",
+                )
+            )
+        elif eg.geo.allow_countries is None:
+            out.append(
+                r.at(
+                    ctx,
+                    ("egress", i, "geo"),
+                    f"egress route {eg.name} sends to every country not denied; list allow_countries",
+                    level="warn",
+                )
+            )
+    return out
+
+
+@rule(
+    "P17.egress-pumping-unguarded",
+    "warn",
+    "SMS pumping is not cut off on an egress route",
+    "Keep sms_pumping enabled with auto_block: true, and add the sms_pumping alert rule.",
+)
+def _egress_pumping(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = [(i, eg) for i, eg in _egress(ctx) if eg.geo is not None]
+    if not routes:
+        return None
+    out = []
+    alerted = any(rule.builtin == "sms_pumping" for rule in ctx.s.alerts.rules)
+    for i, eg in routes:
+        p = eg.sms_pumping
+        if not p.enabled or not p.auto_block:
+            what = "disabled" if not p.enabled else "only alerted (auto_block: false)"
+            out.append(
+                r.at(ctx, ("egress", i, "sms_pumping"), f"egress route {eg.name}: SMS pumping is {what}")
+            )
+        elif not alerted:
+            out.append(
+                r.at(ctx, ("alerts",), f"no sms_pumping alert rule: pumping on {eg.name} is blocked silently")
+            )
+    return out
+
+
+@rule(
+    "P6.egress-tls-verify-off",
+    "fail",
+    "TLS verification of an egress provider is turned off",
+    "Remove tls_verify: false; for a private CA or an inspecting proxy give ca_file: instead.",
+    in_check=True,
+)
+def _egress_tls(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = _egress(ctx)
+    if not routes:
+        return None
+    return [
+        r.at(
+            ctx,
+            ("egress", i, "tls_verify"),
+            f"egress route {eg.name} does not verify the provider's certificate",
+        )
+        for i, eg in routes
+        if not eg.tls_verify
+    ]
+
+
+@rule(
+    "P18.egress-without-pkcv",
+    "warn",
+    "Requests to Twilio are not signed with Public Key Client Validation",
+    "Add pkcv: {credential_id: CR…, private_key: ${file:…}} and enforce PKCV in the Twilio console.",
+)
+def _egress_pkcv(ctx: _Context, r: Rule) -> list[Finding] | None:
+    routes = [(i, eg) for i, eg in _egress(ctx) if _calls_twilio(eg)]
+    if not routes:
+        return None
+    return [
+        r.at(ctx, ("egress", i, "name"), f"egress route {eg.name} sends unsigned requests to Twilio")
+        for i, eg in routes
+        if eg.pkcv is None
+    ]
 
 
 # -- P12 admin ---------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class OperationRule(_Model):
 
 
 class BasicCredential(_Model):
-    username: SecretStr
+    # The account's API key SID (SK…) or account SID: an identifier, not a secret.
+    username: str = Field(min_length=1, max_length=256, pattern=r"^[^:\x00-\x1f\x7f]+$")
     password: SecretStr
 
 

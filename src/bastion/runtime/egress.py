@@ -37,7 +37,7 @@ EGRESS_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 def _credential(eg: EgressSettings) -> OutboundHeaders:
     c = eg.credentials
     if c.basic is not None:
-        return OutboundHeaders.basic(c.basic.username.reveal(), c.basic.password.reveal())
+        return OutboundHeaders.basic(c.basic.username, c.basic.password.reveal())
     if c.bearer is not None:
         return OutboundHeaders.bearer(c.bearer.reveal())
     assert c.header is not None  # the config model requires exactly one
@@ -148,7 +148,7 @@ def compile_egress(
             k = eg.pkcv
             signer = PkcvSigner(k.private_key.reveal(), k.credential_id, algorithm=k.algorithm, ttl=k.ttl)
             basic = eg.credentials.basic
-            iss = k.api_key_sid or (basic.username.reveal() if basic is not None else None)
+            iss = k.api_key_sid or (basic.username if basic is not None else None)
             sub = k.account_sid
         outbound = Outbound(
             prefix=eg.listen_path,
