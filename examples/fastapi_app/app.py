@@ -1,6 +1,7 @@
 """An orders API protected by BastionMiddleware: API keys with scopes, rate limits, request validation
-against the application's own OpenAPI document, response filtering, a Twilio webhook and the events of
-all of it — configured in bastion.yaml beside this file, with no security code in the endpoints.
+against the application's own OpenAPI document (FastAPI's, generated from the pydantic models below:
+``openapi: app`` in bastion.yaml), response filtering, a Twilio webhook and the events of all of it —
+configured in bastion.yaml beside this file, with no security code in the endpoints.
 
 Run it (Bastion starts and stops with the application's lifespan)::
 
@@ -10,8 +11,9 @@ Run it (Bastion starts and stops with the application's lifespan)::
     bastion keys create --consumer shop
     uvicorn --app-dir examples/fastapi_app app:app --no-proxy-headers --no-server-header
 
-``openapi.json`` is this application's generated document (``python app.py --openapi > openapi.json``);
-Bastion validates requests against it before the endpoints run, and the tests check it is current.
+When the application starts, Bastion reads its generated document (``app.openapi()``) once and validates
+every request against it before an endpoint runs: a body the models do not allow is Bastion's 422
+problem+json, and the endpoint is never called. ``python app.py --openapi`` prints that document.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from bastion.asgi import BastionMiddleware, BastionPrincipal
 from bastion.fastapi import CurrentPrincipal, require_scopes
@@ -33,14 +35,14 @@ from bastion.fastapi import CurrentPrincipal, require_scopes
 HERE = Path(__file__).parent
 
 
+# No extra="forbid" here: bastion.yaml's reject_unknown_fields refuses unknown fields before the endpoint,
+# where pydantic would silently drop them.
 class Item(BaseModel):
-    model_config = ConfigDict(extra="forbid")
     sku: str = Field(pattern=r"^[A-Z0-9-]{3,20}$")
     qty: int = Field(ge=1, le=100)
 
 
 class NewOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
     email: str = Field(max_length=254)
     items: list[Item] = Field(min_length=1, max_length=50)
 
@@ -56,7 +58,7 @@ Admin = Annotated[BastionPrincipal, Depends(require_scopes("orders:admin"))]
 
 
 def build_api() -> FastAPI:
-    """The endpoints alone (no middleware): what ``openapi.json`` is generated from."""
+    """The endpoints alone (no middleware): what the OpenAPI document is generated from."""
     api = FastAPI(title="Orders", version="1.0")
     orders: dict[str, dict[str, Any]] = {}
 

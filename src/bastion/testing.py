@@ -162,15 +162,27 @@ def memory_gateway(
     else:
         text = config
     loaded = load_config_text(
-        text, source=source, env={**os.environ, **env}, base_dir=Path(base_dir) if base_dir else None
+        text,
+        source=source,
+        env={**os.environ, **env},
+        base_dir=Path(base_dir) if base_dir else None,
+        defer_app_openapi=True,  # openapi: app: the middleware reads the application's document at startup
     )
     directory = tempfile.mkdtemp(prefix="bastion-test-")
+    return MemoryGateway(_in_memory(loaded, f"sqlite:///{Path(directory) / 'bastion.db'}"), directory, clock)
+
+
+def _in_memory(loaded: LoadedConfig, database: str) -> LoadedConfig:
+    """``loaded`` with its database at ``database`` and its state in memory — and so is the config it
+    becomes once the application's document is known (``LoadedConfig.with_app_openapi``)."""
     settings = loaded.settings
-    storage = settings.storage.model_copy(
-        update={"database": f"sqlite:///{Path(directory) / 'bastion.db'}", "state": "memory://"}
+    storage = settings.storage.model_copy(update={"database": database, "state": "memory://"})
+    reload = loaded.reload
+    return dataclasses.replace(
+        loaded,
+        settings=settings.model_copy(update={"storage": storage}),
+        reload=(lambda document: _in_memory(reload(document), database)) if reload is not None else None,
     )
-    loaded = dataclasses.replace(loaded, settings=settings.model_copy(update={"storage": storage}))
-    return MemoryGateway(loaded, directory, clock)
 
 
 def make_key(

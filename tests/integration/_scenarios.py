@@ -12,14 +12,17 @@ verbatim and ``/stream/<size>`` streams that many bytes in chunks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -28,7 +31,7 @@ from sqlalchemy import Engine, select
 from bastion.asgi import BastionMiddleware
 from bastion.store.database import open_database
 from bastion.store.schema import events_table
-from bastion.testing import MemoryGateway, make_key, memory_gateway
+from bastion.testing import MemoryGateway, lifespan, make_key, memory_gateway
 
 from ..support import EchoUpstream, GatewayThread, load_text, request
 from ._identity import PEPPER, Reply, wait_for
@@ -340,3 +343,45 @@ def face(name: str, tmp: Path) -> Iterator[Face]:
     maker = proxy_face if name == "proxy" else middleware_face
     with maker(tmp) as f:
         yield f
+
+
+# -- in process (httpx.ASGITransport, the lifespan run by bastion.testing.lifespan) -------------------
+
+
+class Reached:
+    """A pure ASGI layer to put *inside* BastionMiddleware (``app.add_middleware(Reached.layer(...))`` before
+    adding Bastion): it records every request that got past Bastion to the application."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def layer(self, app: Any) -> Any:
+        async def record(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.requests.append((scope["method"], scope["path"]))
+            await app(scope, receive, send)
+
+        return record
+
+
+def in_process(
+    app: Any,
+    scenario: Callable[[httpx.AsyncClient], Awaitable[Any]],
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 5000),
+    run_lifespan: bool = True,
+) -> Any:
+    """Run ``scenario`` against ``app`` over ``httpx.ASGITransport`` (the TCP peer is ``client``), inside
+    the application's lifespan unless told otherwise; what the scenario returns."""
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with contextlib.AsyncExitStack() as stack:
+            if run_lifespan:
+                await stack.enter_async_context(lifespan(app))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://testserver")
+            )
+            return await scenario(http)
+
+    return asyncio.run(main())

@@ -28,10 +28,11 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _load(path: Path, *, exit_status: int = 1) -> LoadedConfig:
-    """The config, or every problem on stderr and ``exit_status`` (audit and scan keep 1 for findings)."""
+def _load(path: Path, *, exit_status: int = 1, defer_app_openapi: bool = True) -> LoadedConfig:
+    """The config, or every problem on stderr and ``exit_status`` (audit and scan keep 1 for findings).
+    A middleware config's ``openapi: app`` is left for the application (config/loader.py), except to serve."""
     try:
-        return load_config(path)
+        return load_config(path, defer_app_openapi=defer_app_openapi)
     except ConfigError as exc:
         click.echo(f"bastion: the configuration has {len(exc.issues)} problem(s):", err=True)
         for issue in exc.issues:
@@ -68,7 +69,7 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request's URL at INFO; a sink's or an alert channel's URL may carry a token.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    loaded = _load(config_path)
+    loaded = _load(config_path, defer_app_openapi=False)
     for w in loaded.warnings:
         click.echo(f"warning: {w}", err=True)
     from ..runtime.gateway import build_gateway, check_upstreams
@@ -180,7 +181,7 @@ def check(config_path: Path, as_json: bool, middleware: bool) -> None:
     from .checkup import posture_warnings
 
     try:
-        loaded = load_config(config_path)
+        loaded = load_config(config_path, defer_app_openapi=middleware)
         check_upstreams(loaded, middleware=middleware)
         gateway = build_gateway(loaded)
     except ConfigError as exc:

@@ -27,9 +27,15 @@ Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered that the policy does 
 starts the engine (database, event writer, sinks, alerts, identity snapshot, state connections) before
 the application's own startup and stops it after the application's shutdown (``_runtime.py``).
 WebSocket connections are refused (closed with 1008) until Bastion can check them.
+
+``services[].openapi: app`` is the application's own generated document (FastAPI's ``app.openapi()``), read
+once when the engine starts and compiled like a file's (``_openapi.py``). The admin API is served from the
+application's listener with ``admin=True`` (``/admin/v1``) or where the application mounts
+:class:`BastionAdmin` (``_admin.py``).
 """
 
+from ._admin import BastionAdmin
 from ._middleware import BastionMiddleware
 from ._principal import BastionPrincipal, Denied
 
-__all__ = ["BastionMiddleware", "BastionPrincipal", "Denied"]
+__all__ = ["BastionAdmin", "BastionMiddleware", "BastionPrincipal", "Denied"]

@@ -16,7 +16,9 @@ from ..config.loader import LoadedConfig, load_config
 from ..core.paths import PathRejected, canonicalize_path
 from ..core.request import BodyReadError, IPAddress
 from ..runtime.gateway import Forward, Gateway, Respond, check_upstreams
+from ._admin import admin_mounts
 from ._body import ReceiveBody
+from ._openapi import OpenApiSource, resolve_app_openapi
 from ._principal import Denied, principal_view
 from ._response import Responder, send_respond
 from ._runtime import EngineRuntime
@@ -51,10 +53,13 @@ class BastionMiddleware:
     one, is told the running middleware). ``clock``: the time source of every check (tests pass a
     ``bastion.testing.FrozenClock``). ``env``: the mapping ``${env:…}`` references read (default
     ``os.environ``). ``admin``: also serve the admin API (``/admin/v1``, behind ``admin.allow_ips`` and
-    ``admin.token``) from the application's listener.
+    ``admin.token``) from the application's listener; or mount it where it belongs, ``app.mount("/bastion",
+    BastionAdmin())`` (``_admin.py``). ``openapi``: the document ``services[].openapi: app`` stands for — a
+    mapping, or a callable returning one; by default the application's own ``openapi()`` (``_openapi.py``).
 
     Every service must have ``upstream: app``. The engine starts with the application's lifespan (or, when
-    the server runs none, on the first request) and stops with it.
+    the server runs none, on the first request) and stops with it; that is when the application's document
+    is read and the admin mounts are found.
     """
 
     def __init__(
@@ -65,10 +70,13 @@ class BastionMiddleware:
         clock: Callable[[], float] | None = None,
         env: Mapping[str, str] | None = None,
         admin: bool = False,
+        openapi: OpenApiSource | None = None,
     ) -> None:
         self.app = app
         self._source = config
         self.loaded = _loaded(config, env)
+        if isinstance(openapi, Mapping):  # known now: the config is complete before anything starts
+            self.loaded = self.loaded.with_app_openapi(openapi)
         check_upstreams(self.loaded, middleware=True)
         if admin and self.loaded.settings.admin is None:
             raise ConfigError(
@@ -86,14 +94,39 @@ class BastionMiddleware:
         self.gateway: Gateway | None = None
         self._serve_admin = admin
         self._admin_app: ASGIApp | None = None
+        # Where the admin API is answered: (canonical path prefix, whether it is a BastionAdmin mount).
+        self._admin_at: tuple[tuple[str, bool], ...] = ()
+        self._admin_starts: tuple[str, ...] = ()  # their first segments: the cheap test of every request
+        self._openapi = openapi
         self._lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    async def startup(self) -> Gateway:
-        """Start the engine (idempotent): the lifespan does it; so does the first request without one."""
+    async def startup(self, scope: Scope | None = None) -> Gateway:
+        """Start the engine (idempotent): the lifespan does it; so does the first request without one.
+        ``scope``'s ``app`` (Starlette's and FastAPI's own) is the application whose document ``openapi: app``
+        means and whose routes may mount :class:`~bastion.asgi.BastionAdmin`."""
         async with self._lock:
             if self.gateway is not None:
                 return self.gateway
+            # The application: the wrapped app when it is one (BastionMiddleware(fastapi_app, …)), else the
+            # one whose middleware stack this is (Starlette and FastAPI put themselves in scope["app"]).
+            application = scope.get("app") if scope is not None else None
+            candidates = tuple(a for a in (self.app, application) if a is not None)
+            self.loaded = resolve_app_openapi(self.loaded, self._openapi, candidates)
+            routed = next((a for a in candidates if hasattr(a, "routes")), None)
+            mounts = admin_mounts(routed, self.loaded.source) if routed is not None else ()
+            if mounts and self.loaded.settings.admin is None:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            self.loaded.source,
+                            None,
+                            "admin",
+                            f"BastionAdmin is mounted at {mounts[0]}: the admin API needs an admin: block "
+                            "(token, allow_ips)",
+                        )
+                    ]
+                )
             runtime = EngineRuntime(self.loaded, self.clock)
             gateway = runtime.start()
             try:
@@ -101,8 +134,11 @@ class BastionMiddleware:
             except BaseException:
                 await runtime.stop()
                 raise
-            if self._serve_admin:
+            if self._serve_admin or mounts:
                 self._admin_app = runtime.admin_app()
+            at = ((ADMIN_PREFIX, False),) if self._serve_admin else ()
+            self._admin_at = at + tuple((m, True) for m in mounts)
+            self._admin_starts = tuple(sorted({"/" + p.split("/")[1] for p, _ in self._admin_at}))
             self.runtime, self.gateway = runtime, gateway
         bind = getattr(self._source, "bind", None)
         if callable(bind):
@@ -124,10 +160,10 @@ class BastionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            gateway = self.gateway or await self.startup()
+            gateway = self.gateway or await self.startup(scope)
             admin = self._admin_app
-            if admin is not None and (canonical := _admin_path(scope)) is not None:
-                await admin({**scope, "path": canonical}, receive, send)  # its own guard: allow_ips, token
+            if admin is not None and (child := _admin_scope(scope, self._admin_starts, self._admin_at)):
+                await admin(child, receive, send)  # its own guard: allow_ips, token
                 return
             await self._http(gateway, scope, receive, send)
         elif kind == "lifespan":
@@ -141,7 +177,7 @@ class BastionMiddleware:
         """Bastion starts before the application's own startup and stops after its shutdown."""
         first = await receive()
         try:
-            await self.startup()
+            await self.startup(scope)
         except Exception as exc:
             log.exception("bastion could not start")
             await send({"type": "lifespan.startup.failed", "message": f"bastion: {exc}"})
@@ -184,7 +220,7 @@ class BastionMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Not yet protected, so not served: closed with 1008 (policy violation), and recorded."""
-        gateway = self.gateway or await self.startup()
+        gateway = self.gateway or await self.startup(scope)
         raw = scope.get("raw_path") or scope.get("path", "").encode("utf-8")
         gateway.deny(
             403,
@@ -380,7 +416,7 @@ def _loaded(config: Any, env: Mapping[str, str] | None) -> LoadedConfig:
     if isinstance(config, LoadedConfig):
         return config
     if isinstance(config, str | os.PathLike):
-        return load_config(config, env=env)
+        return load_config(config, env=env, defer_app_openapi=True)  # openapi: app is read at startup
     loaded = getattr(config, "loaded", None)
     if isinstance(loaded, LoadedConfig):
         return loaded
@@ -389,19 +425,25 @@ def _loaded(config: Any, env: Mapping[str, str] | None) -> LoadedConfig:
     )
 
 
-def _admin_path(scope: Scope) -> str | None:
-    """The canonical path when it is the admin API's (``/admin/v1…``), else None."""
+def _admin_scope(scope: Scope, starts: tuple[str, ...], at: tuple[tuple[str, bool], ...]) -> Scope | None:
+    """The admin API's scope when the canonical path is under one of ``at`` (``/admin/v1`` with
+    ``admin=True``, a BastionAdmin mount), else None. Under a mount, the admin API sees its own paths
+    (``/bastion/admin/v1/keys`` → ``/admin/v1/keys``)."""
     raw = scope.get("raw_path")
     path = raw.partition(b"?")[0].decode("latin-1") if raw else quote(scope["path"], safe=_PATH_SAFE)
-    if not path.startswith(("/admin", "//", "/.", "/%")):
+    if not path.startswith(starts) and "//" not in path and "/." not in path and "%" not in path:
         return None  # the common case, decided without canonicalising twice
     try:
         canonical = canonicalize_path(path)
     except PathRejected:
         return None  # the gateway refuses it
-    return (
-        unquote(canonical) if canonical == ADMIN_PREFIX or canonical.startswith(ADMIN_PREFIX + "/") else None
-    )
+    for prefix, mounted in at:
+        if canonical == prefix or canonical.startswith(prefix + "/"):
+            if not mounted:
+                return {**scope, "path": unquote(canonical)}
+            own = canonical[len(prefix) :] or "/"
+            return {**scope, "path": unquote(own), "raw_path": own.encode("latin-1"), "root_path": ""}
+    return None
 
 
 _PEERS: dict[str, IPAddress] = {}  # parsed peer addresses (bounded): parsing one costs a few µs

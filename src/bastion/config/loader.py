@@ -3,6 +3,15 @@
 ruamel.yaml (YAML 1.2: ``::1/128`` is a plain scalar and ``no`` is a string, not ``False``) composes a
 node tree with a mark on every node, so each value's line is known and every validation error can point
 at it. Duplicate keys and merge keys are errors.
+
+``services[].openapi: app`` is the document of the application BastionMiddleware wraps, which exists only
+once the application does. ``app_openapi=`` gives it (the middleware does, when the application starts):
+it is substituted for ``app`` before validation, so it is checked, generates routes and is compiled like a
+file's. Without it the key is an error (``bastion serve``, ``bastion check``) — unless
+``defer_app_openapi=True`` (the CLI's identity, events and database commands; ``bastion check
+--middleware``; the middleware before its application starts), which validates everything else and leaves
+those services without operations: :attr:`LoadedConfig.app_openapi` names them, and
+:meth:`LoadedConfig.with_app_openapi` loads the same config again with the document.
 """
 
 from __future__ import annotations
@@ -10,18 +19,27 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from .errors import ConfigError, ConfigIssue
-from .models import GatewayConfig, Secret
+from .models import APP_UPSTREAM, GatewayConfig, Secret, _agree, _generated_routes
+from .openapi import (
+    APP_DOCUMENT,
+    APP_DOCUMENT_NAME,
+    OpenApiDocument,
+    SpecOperation,
+    app_document,
+    pending_app_document,
+)
 
 __all__ = ["LoadedConfig", "load_config", "load_config_text"]
 
@@ -40,6 +58,22 @@ class LoadedConfig:
     source: str
     warnings: list[ConfigIssue] = field(default_factory=list)
     lines: Mapping[Loc, int] = field(default_factory=dict)
+    # Services with openapi: app loaded without the application's document (defer_app_openapi): they have
+    # no operations yet — no validation, no generated routes. Not to be served until with_app_openapi.
+    app_openapi: tuple[str, ...] = ()
+    # Loads the same config again with the application's document (set when app_openapi is not empty).
+    reload: Callable[[Mapping[str, Any]], LoadedConfig] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def with_app_openapi(self, document: Mapping[str, Any]) -> LoadedConfig:
+        """This config with ``document`` (the application's generated OpenAPI document) for every
+        ``openapi: app``; itself when it has none. ``ConfigError`` when the document is not usable."""
+        if not self.app_openapi:
+            return self
+        if self.reload is None:
+            raise ConfigError("this configuration cannot be loaded again with the application's document")
+        return self.reload(document)
 
 
 def _quote_flow_references(text: str) -> str:
@@ -223,9 +257,112 @@ def _secret_locs(model: BaseModel, loc: Loc = ()) -> list[Loc]:
     return found
 
 
+_NEEDS_APP = (
+    "openapi: app is the generated document of the application BastionMiddleware wraps: the service needs "
+    "upstream: app"
+)
+_NOT_HERE = (
+    "openapi: app is the application's generated document, which only BastionMiddleware reads (when the "
+    "application starts); bastion serve needs the path of an OpenAPI document. Check a middleware config "
+    "with bastion check --middleware"
+)
+_DEFERRED = (
+    "openapi: app: the application's document is read when BastionMiddleware starts; the routes generated "
+    "from it, and whether the listed routes agree with it, are checked then"
+)
+# Stands in for the application's operations while they are unknown, so that route_defaults is still checked.
+_STAND_IN = OpenApiDocument(APP_DOCUMENT_NAME, {}, (SpecOperation("GET", "/", ()),))
+
+
+class _AppDocuments:
+    """``openapi: app`` in the composed data, before validation: the application's document substituted
+    (routes generated from it, or checked against it), or a document without operations (deferred)."""
+
+    def __init__(self, composer: _Composer, source: str, document: Mapping[str, Any] | None) -> None:
+        self.composer, self.source, self.document = composer, source, document
+        self.parsed: OpenApiDocument | ValueError | None = None
+        self.issues: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
+        self.pending: list[str] = []
+        self.without_routes: list[int] = []  # generated from a document not known yet: no routes
+
+    def _issue(self, loc: Loc, message: str) -> None:
+        self.composer.failed.add(loc)
+        self.issues.append(
+            ConfigIssue(self.source, _line_for(self.composer.lines, loc), _dotted(loc), message)
+        )
+
+    def _parse(self) -> OpenApiDocument:
+        if self.parsed is None:
+            try:
+                self.parsed = app_document(self.document)
+            except ValueError as exc:
+                self.parsed = exc
+        if isinstance(self.parsed, ValueError):
+            raise self.parsed
+        return self.parsed
+
+    def substitute(self, data: dict[str, Any], defer: bool) -> None:
+        services = data.get("services")
+        if not isinstance(services, list):
+            return
+        for index, svc in enumerate(services):
+            if not isinstance(svc, dict) or svc.get("openapi") != APP_DOCUMENT:
+                continue
+            at: Loc = ("services", index)
+            doc: OpenApiDocument | None = None
+            if svc.get("upstream") != APP_UPSTREAM:
+                self._issue((*at, "openapi"), _NEEDS_APP)
+            elif self.document is not None:
+                try:
+                    doc = self._parse()
+                except ValueError as exc:
+                    self._issue((*at, "openapi"), str(exc))
+            elif defer:
+                self.pending.append(str(svc.get("name")))
+                line = _line_for(self.composer.lines, (*at, "openapi"))
+                self.warnings.append(ConfigIssue(self.source, line, _dotted((*at, "openapi")), _DEFERRED))
+            else:
+                self._issue((*at, "openapi"), _NOT_HERE)
+            svc["openapi"] = doc or pending_app_document()  # a document: the model takes it as it is
+            try:
+                self._routes(svc, doc)
+            except PydanticCustomError as exc:
+                self._issue((*at, *exc.context["at"]), exc.message())  # type: ignore[index]
+            if svc.get("routes") == "from_openapi":  # not generated (no document, or a mistake reported)
+                svc["routes"] = [{"path": "/", "methods": ["GET"], "auth": "none"}]
+                self.without_routes.append(index)
+
+    @staticmethod
+    def _routes(svc: dict[str, Any], doc: OpenApiDocument | None) -> None:
+        """What the service model does for a file's document (models.ServiceSettings._openapi)."""
+        routes = svc.get("routes")
+        if routes == "from_openapi":
+            generated = _generated_routes(doc or _STAND_IN, svc.get("route_defaults"))
+            if doc is not None:
+                svc["routes"] = generated
+        elif "route_defaults" in svc:
+            raise PydanticCustomError(
+                "config_cross_check",
+                "route_defaults is for routes: from_openapi",
+                {"at": ("route_defaults",)},
+            )
+        elif doc is not None and isinstance(routes, list):
+            _agree(doc, routes)
+
+
 def load_config_text(
-    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None, base_dir: Path | None = None
+    text: str,
+    *,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    app_openapi: Mapping[str, Any] | None = None,
+    defer_app_openapi: bool = False,
 ) -> LoadedConfig:
+    """``app_openapi``: the generated OpenAPI document of the application BastionMiddleware wraps, for
+    ``services[].openapi: app``; ``defer_app_openapi``: without it, load such a config anyway (see the
+    module docstring)."""
     env = os.environ if env is None else env
     composer = _Composer(source, env, base_dir or Path.cwd())
     try:
@@ -240,7 +377,9 @@ def load_config_text(
     data = composer.build(node, ())
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "the top level must be a mapping of settings")])
-    issues = list(composer.issues)
+    app_docs = _AppDocuments(composer, source, app_openapi)
+    app_docs.substitute(data, defer_app_openapi)
+    issues = [*composer.issues, *app_docs.issues]
     settings: GatewayConfig | None = None
     try:
         settings = GatewayConfig.model_validate(data, context={"base_dir": composer.base_dir})
@@ -267,10 +406,35 @@ def load_config_text(
         for loc in _secret_locs(settings)
         if loc not in composer.referenced
     ]
-    return LoadedConfig(settings, source, warnings, composer.lines)
+    if not app_docs.pending:
+        return LoadedConfig(settings, source, warnings, composer.lines)
+    if app_docs.without_routes:
+        services = list(settings.services)
+        for index in app_docs.without_routes:
+            services[index] = services[index].model_copy(update={"routes": []})
+        settings = settings.model_copy(update={"services": services})
+    base = composer.base_dir
+
+    def reload(document: Mapping[str, Any]) -> LoadedConfig:
+        return load_config_text(text, source=source, env=env, base_dir=base, app_openapi=document)
+
+    return LoadedConfig(
+        settings,
+        source,
+        [*app_docs.warnings, *warnings],
+        composer.lines,
+        app_openapi=tuple(app_docs.pending),
+        reload=reload,
+    )
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    app_openapi: Mapping[str, Any] | None = None,
+    defer_app_openapi: bool = False,
+) -> LoadedConfig:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -280,4 +444,11 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError(
             f"cannot read config file: {getattr(exc, 'strerror', None) or exc}", str(p)
         ) from None
-    return load_config_text(text, source=str(p), env=env, base_dir=p.resolve().parent)
+    return load_config_text(
+        text,
+        source=str(p),
+        env=env,
+        base_dir=p.resolve().parent,
+        app_openapi=app_openapi,
+        defer_app_openapi=defer_app_openapi,
+    )

@@ -1,7 +1,11 @@
 """A service's OpenAPI document (``openapi: path/to/spec.yaml``): read once at config load, checked against
 the OpenAPI 3.0 / 3.1 schema (``openapi-spec-validator``), and listed as operations — which routes may be
 generated from (``routes: from_openapi``) or must agree with. The request validators are compiled from the
-same document by :mod:`bastion.checks.openapi` when the gateway is built."""
+same document by :mod:`bastion.checks.openapi` when the gateway is built.
+
+``openapi: app`` names the document of the application BastionMiddleware wraps (FastAPI's ``app.openapi()``):
+the middleware hands it to the loader when the application starts (:func:`app_document`), and from there it
+is a document like any other."""
 
 from __future__ import annotations
 
@@ -13,9 +17,22 @@ from typing import Any
 
 from ..core.urls import OPENAPI_METHODS, openapi_base_path
 
-__all__ = ["MAX_SPEC_BYTES", "OpenApiDocument", "SpecOperation", "load_openapi", "template_shape"]
+__all__ = [
+    "APP_DOCUMENT",
+    "MAX_SPEC_BYTES",
+    "OpenApiDocument",
+    "SpecOperation",
+    "app_document",
+    "load_openapi",
+    "parse_openapi",
+    "pending_app_document",
+    "template_shape",
+]
 
 MAX_SPEC_BYTES = 10 * 1024 * 1024
+# services[].openapi: app — the wrapped application's generated document, not a file.
+APP_DOCUMENT = "app"
+APP_DOCUMENT_NAME = Path("app.openapi()")  # how messages name it, where they name a file
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,26 @@ def load_openapi(file: Path) -> OpenApiDocument:
                 raise ValueError(f"the OpenAPI document {file} is not valid YAML{where}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"the OpenAPI document {file} is not valid JSON (line {exc.lineno})") from None
+    return parse_openapi(spec, file)
+
+
+def app_document(spec: Any) -> OpenApiDocument:
+    """The application's generated document (``openapi: app``), checked like a file. Its ``servers`` are
+    dropped: the middleware sees the application's own paths, which are the document's paths as written."""
+    if isinstance(spec, Mapping):
+        spec = {k: v for k, v in spec.items() if k != "servers"}
+    return parse_openapi(spec, APP_DOCUMENT_NAME)
+
+
+def pending_app_document() -> OpenApiDocument:
+    """What ``openapi: app`` stands for while the application's document is not known yet (a config loaded
+    with ``defer_app_openapi``): no operations, so nothing is validated and no route is generated."""
+    spec = {"openapi": "3.1.0", "info": {"title": APP_DOCUMENT, "version": "0"}, "paths": {}}
+    return OpenApiDocument(APP_DOCUMENT_NAME, spec, ())
+
+
+def parse_openapi(spec: Any, file: Path) -> OpenApiDocument:
+    """Check a parsed document (``file`` names it in messages); ``ValueError`` says what is wrong, where."""
     spec = _plain(spec)
     if not isinstance(spec, dict) or not str(spec.get("openapi", "")).startswith(("3.0", "3.1")):
         raise ValueError(f"{file} is not an OpenAPI 3.0 or 3.1 document (its 'openapi' field)")
