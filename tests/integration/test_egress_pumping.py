@@ -8,6 +8,8 @@ the detectors' memory does not leak between them.
 from __future__ import annotations
 
 import base64
+import contextlib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,8 +67,10 @@ def provider() -> Iterator[FakeTwilio]:
         yield fake
 
 
-def start(tmp: Path, provider: FakeTwilio, **kw: str) -> Iterator[tuple[Stack, Client, str]]:
-    with identity_stack(tmp, ROUTES, config(provider.port, **kw), env=ENV) as stack:
+def start(
+    tmp: Path, provider: FakeTwilio, state: str = "memory://", **kw: str
+) -> Iterator[tuple[Stack, Client, str]]:
+    with identity_stack(tmp, ROUTES, config(provider.port, **kw), env=ENV, state=state) as stack:
         adm = stack.admin()
         adm.create_consumer("billing-service", actor="test")
         key = adm.create_key("billing-service", actor="test")[1]
@@ -74,9 +78,12 @@ def start(tmp: Path, provider: FakeTwilio, **kw: str) -> Iterator[tuple[Stack, C
         yield stack, client, key
 
 
-@pytest.fixture()
-def gateway(tmp_path: Path, provider: FakeTwilio) -> Iterator[tuple[Stack, Client, str]]:
-    yield from start(tmp_path, provider)
+@pytest.fixture(params=["memory://", "redis://127.0.0.1:6379/0"], ids=["memory", "redis"])
+def gateway(
+    tmp_path: Path, provider: FakeTwilio, request: pytest.FixtureRequest
+) -> Iterator[tuple[Stack, Client, str]]:
+    """On the embedded state and on the real Redis (the detectors' tallies shared by every instance)."""
+    yield from start(tmp_path, provider, state=request.param)
 
 
 def sms(client: Client, to: str) -> int:
@@ -192,3 +199,27 @@ class TestDeliveryReports:
                 assert reply.status == 403
             assert sms(client, "+33612345678") == 201
             assert not stack.events("egress.pumping_detected")
+
+
+class TestTwoInstances:
+    def test_a_run_split_across_two_gateways_on_redis_is_one_run(
+        self, tmp_path: Path, provider: FakeTwilio
+    ) -> None:
+        """Two instances sharing Redis: five numbers of the range through each still trip the detector,
+        and the block then holds on both."""
+        shared = f"redis://127.0.0.1:6379/0\n  state_prefix: test-pump-{secrets.token_hex(6)}"
+        one = start(tmp_path / "one", provider, state=shared)
+        two = start(tmp_path / "two", provider, state=shared)
+        (_, first, _), (_, second, _) = next(one), next(two)
+        try:
+            statuses = []
+            for i in range(10):
+                client = first if i % 2 == 0 else second
+                statuses.append(sms(client, f"+1415555{2800 + i}"))
+            assert statuses == [201] * 9 + [429]
+            assert sms(first, "+14155552890") == 429
+            assert sms(second, "+14155552891") == 429
+        finally:
+            for gen in (one, two):
+                with contextlib.suppress(StopIteration):
+                    next(gen)

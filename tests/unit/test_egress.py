@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bastion.checks.egress_caps import Cap, EgressCaps
 from bastion.checks.egress_operations import OperationRules
 from bastion.checks.egress_payload import NumberRefused, parse_destination
 from bastion.checks.json_body import JsonLimits
@@ -20,10 +21,11 @@ from bastion.checks.sms_pumping import PumpingDetector, PumpingPolicy
 from bastion.config import ConfigError, load_config_text
 from bastion.core.decision import Context, Deny
 from bastion.core.headers import Headers
+from bastion.core.ratelimit import parse_limit
 from bastion.core.request import RequestView
 from bastion.core.router import Route
 from bastion.egress import Outbound, OutboundHeaders
-from bastion.state.memory import MemoryTallies
+from bastion.state.memory import MemoryCounters, MemoryTallies
 
 ROUTE = Route(
     id="egress:x", service="egress:x", template="/egress/{operation:path}", methods=frozenset({"POST"})
@@ -432,3 +434,40 @@ class TestOutbound:
         for name in ("x-api-key", "cookie", "twilio-client-validation"):
             assert name not in headers
         assert "secret" not in repr(out.credential)
+
+
+class TestCaps:
+    def run(self, caps: EgressCaps, to: list[str], n: int, consumer: str = "app") -> Deny | None:
+        from bastion.core.identity import Principal
+
+        ctx = Context(f"r{n}")
+        ctx.principal = Principal(consumer=consumer, scopes=frozenset(), method="api_key")
+        ctx.notes["egress_destinations"] = [parse_destination(t, None, False) for t in to]
+        return asyncio.run(caps(view("POST", "/egress/x", request_id=f"r{n}"), ctx))  # type: ignore[return-value]
+
+    def test_prefix_number_and_caller_caps(self) -> None:
+        clock = FakeClock()
+        limit = parse_limit("2/hour")
+        caps = EgressCaps(
+            "twilio",
+            [Cap("destination_prefix", limit, prefix_length=6), Cap("caller", parse_limit("5/hour"))],
+            MemoryCounters(),
+            clock,
+        )
+        assert self.run(caps, ["+14155552671"], 1) is None
+        assert self.run(caps, ["+14155559999"], 2) is None  # same +141555 prefix
+        refused = self.run(caps, ["+14155550000"], 3)
+        assert isinstance(refused, Deny) and refused.status == 429 and refused.event == "egress.cap_exceeded"
+        assert self.run(caps, ["+12025550143"], 4) is None  # another prefix
+        assert self.run(caps, ["+16135550199"], 5) is None
+        assert self.run(caps, ["+447400123456"], 6) is None  # the caller's 5th
+        caller = self.run(caps, ["+33612345678"], 7)
+        assert isinstance(caller, Deny) and caller.evidence["limit"] == "5/hour"
+        assert self.run(caps, ["+33612345678"], 8, consumer="other") is None
+        clock.now += 3601
+        assert self.run(caps, ["+14155550000"], 9) is None
+
+    def test_every_destination_of_a_request_counts(self) -> None:
+        caps = EgressCaps("t", [Cap("destination", parse_limit("1/hour"))], MemoryCounters(), FakeClock())
+        refused = self.run(caps, ["+14155552671", "+14155552671"], 1)
+        assert isinstance(refused, Deny)

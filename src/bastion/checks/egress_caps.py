@@ -1,8 +1,9 @@
 """Caps on outbound traffic (P10, P16): per destination country, destination prefix, destination number or
 caller, through the same atomic counters as rate limits (exact across instances on Redis).
 
-Each destination of a request counts once against every cap that applies to it; a refused request
-consumes nothing. The counters fail closed: when the state backend cannot answer, the request is refused
+Each destination of a request counts once against every cap that applies to it (the caller's cap counts
+the request once); destinations are counted in order, so a request refused at its third destination has
+used up the counts of the first two. The counters fail closed: when the state backend cannot answer, the request is refused
 (503) — an uncapped burst of premium SMS is exactly what a cap exists to stop.
 """
 
