@@ -201,6 +201,7 @@ def check(config_path: Path, as_json: bool, middleware: bool) -> None:
                     "ok": True,
                     "services": len(loaded.settings.services),
                     "routes": routes,
+                    "egress": len(loaded.settings.egress),
                     "warnings": [_issue(w) for w in warnings],
                 },
                 indent=2,
@@ -210,8 +211,9 @@ def check(config_path: Path, as_json: bool, middleware: bool) -> None:
     for w in warnings:
         click.echo(f"  warning: {w}", err=True)
     del gateway
+    egress = f"{len(loaded.settings.egress)} egress route(s), " if loaded.settings.egress else ""
     click.echo(
-        f"{config_path}: OK ({len(loaded.settings.services)} service(s), {routes} route(s), "
+        f"{config_path}: OK ({len(loaded.settings.services)} service(s), {routes} route(s), {egress}"
         f"{len(warnings)} warning(s))"
     )
 
