@@ -7,6 +7,7 @@ depends on the environment pytest was started with.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -489,6 +490,20 @@ class TestDemo:
         assert status == 200 and isinstance(body, dict) and body["body_bytes"] == len(bodies[0]), body
         status, body = call(port, "POST", "/hooks/sms", bodies[1].encode(), form)
         assert status == 403 and isinstance(body, dict) and body["code"] == "webhook_signature_invalid"
+
+        # The egress route: the caller's Bastion key in, the provider credential (which only Bastion holds)
+        # out; a destination outside the allowed countries and a denied operation never reach the origin.
+        sms = re.search(r"(/egress/sms/\S+)/Messages\.json", text).group(1)  # type: ignore[union-attr]
+        basic = {"authorization": "Basic " + base64.b64encode(f"demo-app:{key}".encode()).decode(),
+                 "content-type": "application/x-www-form-urlencoded"}
+        status, body = call(port, "POST", f"{sms}/Messages.json", b"To=%2B14155552671&Body=hi", basic)
+        assert status == 200 and isinstance(body, dict), body
+        assert body["authorization"].startswith("Basic ") and key not in json.dumps(body)
+        assert body["authorization"] != basic["authorization"][:14] + "…"
+        status, body = call(port, "POST", f"{sms}/Messages.json", b"To=%2B33612345678&Body=hi", basic)
+        assert status == 403 and isinstance(body, dict) and body["code"] == "egress_geo_blocked"
+        status, body = call(port, "POST", f"{sms}/Calls.json", b"To=%2B14155552671", basic)
+        assert status == 403 and isinstance(body, dict) and body["code"] == "egress_operation_denied"
 
         # Every simple denied line does what its comment says.
         denied = [m for m in map(DENIED_LINE.match, text.splitlines()) if m]

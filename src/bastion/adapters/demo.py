@@ -62,6 +62,7 @@ class DemoUpstream(asyncio.Protocol):
             "x-bastion-consumer",
             "x-bastion-scopes",
         }
+        auth = next((v for k, v in self._headers if k == "authorization"), None)
         doc = {
             "service": "demo-orders",
             "method": self.parser.get_method().decode(),
@@ -69,6 +70,8 @@ class DemoUpstream(asyncio.Protocol):
             "body_bytes": self._body,
             "headers": {k: v for k, v in self._headers if k in shown},
         }
+        if auth is not None:  # what a provider behind an egress route receives (shortened)
+            doc["authorization"] = auth[:14] + "…"
         body = json.dumps(doc, indent=2).encode() + b"\n"
         head = (
             f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
@@ -94,6 +97,7 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
         "BASTION_ADMIN_TOKEN": token,
         "BASTION_PEPPER": secrets.token_urlsafe(32),
         "DEMO_TWILIO_TOKEN": twilio_token,
+        "DEMO_PROVIDER_SECRET": secrets.token_urlsafe(24),  # the "provider" credential only Bastion holds
     }
     text = (
         _quickstart_text()
@@ -102,7 +106,7 @@ def run_demo(*, port: int, admin_port: int, upstream_port: int, duration: float 
         .replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
         .replace("sqlite:///bastion.db", f"sqlite:///{workdir / 'bastion.db'}")
         .replace("\nservices:\n", f"\n{_DEMO_IDENTITY}services:\n")
-    ) + _DEMO_ROUTE
+    ) + _DEMO_ROUTE + _DEMO_EGRESS.replace("127.0.0.1:9000", f"127.0.0.1:{upstream_port}")
     config_file = workdir / "bastion.yaml"
     config_file.write_text(text, encoding="utf-8")
     loaded = load_config_text(text, source=str(config_file), env=env)
@@ -150,7 +154,22 @@ _DEMO_ROUTE = """      - path: /v1/account
         twilio:
           auth_tokens: [${env:DEMO_TWILIO_TOKEN}]
 """
+# The demo origin stands in for an SMS provider too: the egress route injects the provider credential.
+_DEMO_EGRESS = """egress:
+  - name: sms
+    listen_path: /egress/sms
+    target: http://127.0.0.1:9000
+    callers: [demo-app]
+    credentials:
+      basic: {username: ACdemo, password: ${env:DEMO_PROVIDER_SECRET}}
+    allow:
+      - {method: POST, path: "/2010-04-01/Accounts/{account}/Messages.json"}
+    deny:
+      - {method: POST, path: "/2010-04-01/Accounts/{account}/Calls.json"}
+    geo: {fields: [To], allow_countries: [US, CA, GB]}
+"""
 _DEMO_WEBHOOK_BODY = "From=%2B15551234567&Body=hello"
+_DEMO_SMS = "/egress/sms/2010-04-01/Accounts/ACdemo"
 
 
 def _altered(key: str) -> str:
@@ -184,6 +203,8 @@ Allowed:
   curl -i {form} \\
        -d '{_DEMO_WEBHOOK_BODY}' {g}/hooks/sms
         # a Twilio webhook, signed as Twilio signs it (the demo's auth token: {twilio_token})
+  curl -i -u 'demo-app:{key}' -d To=+14155552671 -d Body=hi {g}{_DEMO_SMS}/Messages.json
+        # egress: your Bastion key in, the provider's credential out (see "authorization")
 
 Denied (each one is an event):
   curl -i {g}/v1/account                                        # 401 auth_required
@@ -191,6 +212,10 @@ Denied (each one is an event):
   curl -i {form} \\
        -d '{_DEMO_WEBHOOK_BODY.replace("hello", "HELLO")}' {g}/hooks/sms
         # 403 webhook_signature_invalid: the same signature, a tampered body
+  curl -i -u 'demo-app:{key}' -d To=+33612345678 -d Body=hi {g}{_DEMO_SMS}/Messages.json
+        # 403 egress_geo_blocked: France is not an allowed destination
+  curl -i -u 'demo-app:{key}' -d To=+14155552671 {g}{_DEMO_SMS}/Calls.json
+        # 403 egress_operation_denied: only sending messages is allowed
   curl -i "{g}/v1/orders?q=1%27%20OR%20%271%27%3D%271"        # 403 attack_detected (inspect: block)
   curl -i -X DELETE {g}/v1/orders/42                           # 405 method_not_allowed
   curl -i {g}/admin                                             # 404 route_not_found (deny by default)
