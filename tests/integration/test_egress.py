@@ -435,3 +435,14 @@ def test_bastion_ingress_accepts_what_its_egress_signs(tmp_path: Path, pkcv_key:
             assert reply.status == 200, reply.body  # the ingress's echo upstream answered
             seen = reply.upstream_headers()
             assert seen["x-bastion-consumer"] == ["twilio-account"]
+
+
+def test_reading_with_a_destination_filter_is_not_a_send(
+    stack: Stack, app_key: str, provider: FakeTwilio
+) -> None:
+    """Geo permissions judge what sends (POST/PUT/PATCH); a GET filtered by To only reads."""
+    mark = len(provider.received)
+    path = MESSAGES.replace("Messages.json", "Messages/SM0123.json") + "?To=%2B33612345678"
+    reply = stack.get(path, basic("billing-service", app_key))
+    assert reply.status == 200, reply.body
+    assert len(received_since(provider, mark)) == 1

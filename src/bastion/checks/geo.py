@@ -5,6 +5,9 @@ passes only when it parses, is a valid number, its country is allowed (``allow_c
 and not denied, it starts with no denied prefix, and its type (premium rate, shared cost …) is not denied.
 Anything else is refused with 403 and the event ``egress.geo_blocked`` naming the country. The parsed
 destinations are kept for the caps and the SMS pumping detector that run next.
+
+Only requests that can send — ``POST``, ``PUT`` and ``PATCH`` — are judged: a ``GET`` that lists messages
+filtered by ``To`` reads, it does not send (the operation rules decide whether it may happen at all).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = ["DESTINATIONS", "GeoPermissions"]
 
 DESTINATIONS = "egress_destinations"  # ctx.notes key: the request's parsed destinations
 _MAX_DESTINATIONS = 100
+_SENDING = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _refused(cause: str, detail: str, **evidence: object) -> Deny:
@@ -78,6 +82,8 @@ class GeoPermissions:
         return dest
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        if req.method not in _SENDING:
+            return None
         body = await payload(req, ctx, self.json_limits)
         if isinstance(body, Deny):
             return body
