@@ -103,6 +103,7 @@ class StoreView:
     keys: Sequence[Mapping[str, Any]]
     consumers: Sequence[Mapping[str, Any]]
     now: float
+    chain: Any = None  # events.chain.Verification of the event log, when it could be read
 
 
 @dataclass
@@ -505,6 +506,27 @@ def _no_rate_limit(ctx: _Context, r: Rule) -> list[Finding]:
 )
 def _no_sink(ctx: _Context, r: Rule) -> list[Finding]:
     return [] if ctx.s.events.sinks else [r.at(ctx, ("events",), "events.sinks is empty")]
+
+
+@rule(
+    "P11.event-log-tampered",
+    "fail",
+    "The event log's hash chains do not verify: events were edited, deleted or inserted",
+    "Investigate with bastion events verify; restore the rows from an export (events.sinks) or a backup.",
+    needs_store=True,
+)
+def _chain(ctx: _Context, r: Rule) -> list[Finding] | None:
+    assert ctx.store is not None
+    result = ctx.store.chain
+    if result is None:
+        return None
+    out = [
+        Finding(r.id, r.level, f"{p.kind}: {p}", subject=f"event:{p.event_id}" if p.event_id else None)
+        for p in result.problems[:20]
+    ]
+    if len(result.problems) > 20:
+        out.append(Finding(r.id, r.level, f"and {len(result.problems) - 20} more problem(s)"))
+    return out
 
 
 @rule(
@@ -1106,12 +1128,23 @@ def read_store(loaded: LoadedConfig, *, now: float | None = None) -> tuple[Store
             consumers = [
                 dict(r._mapping) for r in conn.execute(select(c.name, c.status, c.scopes).order_by(c.name))
             ]
+        chain = _verify_events(engine, loaded)
     except Exception as exc:  # no such table (never migrated), lost connection
         return None, f"cannot read the database ({type(exc).__name__})"
     finally:
         engine.dispose()
     when = time.time() if now is None else now
-    return StoreView(keys, consumers, when), f"read {len(keys)} key(s) and {len(consumers)} consumer(s)"
+    detail = f"read {len(keys)} key(s) and {len(consumers)} consumer(s)"
+    if chain is not None:
+        detail += f", verified {chain.events} event(s)"
+    return StoreView(keys, consumers, when, chain), detail
+
+
+def _verify_events(engine: Any, loaded: LoadedConfig) -> Any:
+    from ..events.chain import verify
+
+    key = loaded.settings.events.chain_key
+    return verify(engine, key.reveal().encode("utf-8") if key is not None else None)
 
 
 # -- output ------------------------------------------------------------------------------------------
