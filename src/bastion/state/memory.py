@@ -184,7 +184,13 @@ class MemoryTallies:
         else:
             tallies.move_to_end(key)
         seen.pop(member, None)
-        seen[member] = now  # newest last: the oldest are at the front
+        if seen and next(reversed(seen.values())) > now:
+            # The clock stepped back: put this member in its place, so the oldest stay at the front.
+            ordered = sorted([*seen.items(), (member, now)], key=lambda item: item[1])
+            seen.clear()
+            seen.update(ordered)
+        else:
+            seen[member] = now  # newest last: the oldest are at the front
         horizon = now - window
         while seen:
             first = next(iter(seen.values()))
