@@ -206,6 +206,36 @@ class TestCheck:
         doc = json.loads(result.stdout)
         assert doc["ok"] is True and doc["warnings"] == []
 
+    def test_egress_example_is_valid_and_quiet(self, tmp_path: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        # The example reads the PKCV key from /run/secrets; the test points it at a throwaway key.
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_file = write(
+            tmp_path / "pkcv.pem",
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+        )
+        example = ROOT / "examples" / "egress.yaml"
+        text = example.read_text()
+        assert "${file:/run/secrets/twilio-pkcv.pem}" in text
+        cfg = write(tmp_path / "egress.yaml", text.replace("/run/secrets/twilio-pkcv.pem", str(key_file)))
+        env = {
+            **WITH_TOKEN,
+            "BASTION_PEPPER": "example-pepper-0123456789abcdef",
+            "TWILIO_API_KEY_SID": "SK" + "0" * 32,
+            "TWILIO_API_KEY_SECRET": "example-twilio-api-key-secret",
+            "TWILIO_CREDENTIAL_SID": "CR" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "example-twilio-auth-token",
+        }
+        result = cli("check", "-c", str(cfg), "--json", env=env)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True and doc["warnings"] == []
+        assert "example-twilio-api-key-secret" not in result.output
+
     def test_serve_refuses_workers_with_per_process_replay_protection(self, tmp_path: Path) -> None:
         example = ROOT / "examples" / "webhooks.yaml"
         text = example.read_text().replace("sqlite:///bastion-webhooks.db", f"sqlite:///{tmp_path / 'b.db'}")
