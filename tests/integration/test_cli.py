@@ -251,6 +251,25 @@ class TestCheck:
         assert result.exit_code == 1
         assert "/hooks/sms has replay protection" in result.stderr and "--workers 1" in result.stderr
 
+    def test_serve_refuses_workers_with_per_process_egress_caps(self, tmp_path: Path) -> None:
+        text = f"""
+identity: {{pepper: pepper-for-the-cli-test-0123456789}}
+storage: {{database: sqlite:///{tmp_path / 'b.db'}}}
+egress:
+  - name: sms
+    listen_path: /egress/sms
+    target: https://api.twilio.com
+    callers: [app]
+    credentials: {{bearer: ${{env:PROVIDER_TOKEN}}}}
+    allow: [{{method: POST, path: /Messages.json}}]
+    geo: {{fields: [To], allow_countries: [US]}}
+"""
+        cfg = write(tmp_path / "egress.yaml", text)
+        result = cli("serve", "-c", str(cfg), "--workers", "2", env={**WITH_TOKEN, "PROVIDER_TOKEN": "t"})
+        assert result.exit_code == 1
+        assert "/egress/sms has caps or SMS pumping detection" in result.stderr
+        assert "storage.state: redis://" in result.stderr
+
     def test_json_ok(self) -> None:
         result = cli("check", "-c", str(QUICKSTART), "--json")
         assert result.exit_code == 0

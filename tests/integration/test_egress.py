@@ -364,6 +364,42 @@ class TestGeo:
         assert reply.status == 415
         assert received_since(provider, mark) == []
 
+    @pytest.mark.parametrize(
+        "extra,status",
+        [
+            ({"Content-Encoding": "gzip"}, 415),
+            ({"Content-Encoding": "identity, gzip"}, 415),
+        ],
+    )
+    def test_a_compressed_body_is_not_forwarded(
+        self, stack: Stack, app_key: str, provider: FakeTwilio, extra: dict[str, str], status: int
+    ) -> None:
+        import gzip
+
+        mark = len(provider.received)
+        body = gzip.compress(b"To=%2B33612345678&Body=x")
+        headers = {**basic("billing-service", app_key), "Content-Type": FORM, **extra}
+        reply = stack.call("POST", MESSAGES, headers, body)
+        assert reply.status == status
+        assert received_since(provider, mark) == []
+
+    def test_two_content_types_are_refused(self, stack: Stack, app_key: str, provider: FakeTwilio) -> None:
+        import http.client
+
+        mark = len(provider.received)
+        conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
+        body = b'{"To": "+33612345678"}'
+        conn.putrequest("POST", MESSAGES)
+        for name, value in basic("billing-service", app_key).items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Type", FORM)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        assert conn.getresponse().status == 400
+        conn.close()
+        assert received_since(provider, mark) == []
+
     def test_allowed_countries_pass(self, stack: Stack, app_key: str) -> None:
         for to in ("+16135550199", "+447400123456", "whatsapp:+14155552674"):
             assert send(stack, app_key, To=to, Body="x").status == 201, to

@@ -156,6 +156,11 @@ class TestConfig:
         assert "2048" in message and "PRIVATE KEY" not in message
         assert "PEM RSA private key" in config_error(text, {**ENV, "KEY": "not a key"})
 
+    def test_caps_per_destination_need_geo(self) -> None:
+        message = config_error(BASE + "    caps: [{per: destination_country, limit: 5/hour}]\n")
+        assert "need geo" in message
+        load_config_text(BASE + "    caps: [{per: caller, limit: 5/hour}]\n", source="bastion.yaml", env=ENV)
+
     def test_overlapping_prefixes_and_routes_inside_a_prefix_are_refused(self) -> None:
         second = (
             BASE.split("egress:\n", 1)[1]
@@ -181,7 +186,8 @@ class TestConfig:
         auth: %s
         delivery_reports: twilio
 """
-        assert "authenticated sender" in config_error(BASE + services % "none")
+        assert "signed by the provider" in config_error(BASE + services % "none")
+        assert "signed by the provider" in config_error(BASE + services % "[api_key]")
         signed = "[twilio_signature]\n        twilio: {auth_tokens: [t]}"
         assert "names no egress route with geo" in config_error(BASE + services % signed)
 
@@ -395,6 +401,18 @@ class TestPumpingDetector:
         assert ctx.notices[0][1]["pattern"] == "volume_spike"
         assert isinstance(self.send(det, "+33612345678", 5000)[0], Deny)  # the whole country is paused
         assert self.send(det, "+14155552671", 5001)[0] is None
+
+    def test_a_burst_without_history_is_reported_not_blocked(self) -> None:
+        clock = FakeClock()
+        det = self.detector(clock, sequential=10_000, volume_min_count=30, volume_factor=5.0)
+        verdicts = []
+        for i in range(40):
+            clock.now += 5
+            verdicts.append(self.send(det, f"+337{20000000 + i * 104729:08d}", i))
+        assert all(v is None for v, _ in verdicts)
+        notices = [n for _, ctx in verdicts for n in ctx.notices]
+        assert notices and notices[0][1]["pattern"] == "volume_spike"
+        assert "blocked_for" not in notices[0][1]
 
     def test_the_state_failing_refuses(self) -> None:
         class Broken(MemoryTallies):

@@ -84,12 +84,19 @@ def serve(config_path: Path, workers: int, log_level: str) -> None:
             or any(m in ("hmac_signature", "pkcv") for m in r.auth_methods)
             or (r.twilio is not None and r.twilio.replay_window > 0)
         ]
-        if replayed:
+        # Egress caps and the SMS pumping detector count per process in memory: N workers, N times the cap.
+        counted = [
+            e.listen_path
+            for e in loaded.settings.egress
+            if e.caps or (e.geo is not None and e.sms_pumping.enabled) or "pkcv" in e.auth_methods
+        ]
+        if replayed or counted:
             # Fail closed: each worker would remember only the messages it saw, so a replay sent to another
-            # worker would pass. Shared state (state: redis://) comes with the scale-out work.
+            # worker would pass (and each would count its own caps). Share the state: state: redis://.
+            what = "has replay protection" if replayed else "has caps or SMS pumping detection"
             click.echo(
-                f"bastion: {replayed[0]} has replay protection, which the in-memory state keeps per process; "
-                "run it with --workers 1",
+                f"bastion: {(replayed or counted)[0]} {what}, which the in-memory state keeps per process; "
+                "run it with --workers 1, or share the state (storage.state: redis://)",
                 err=True,
             )
             sys.exit(1)

@@ -3,8 +3,8 @@ caller, through the same atomic counters as rate limits (exact across instances 
 
 Each destination of a request counts once against every cap that applies to it (the caller's cap counts
 the request once); destinations are counted in order, so a request refused at its third destination has
-used up the counts of the first two. The counters fail closed: when the state backend cannot answer, the request is refused
-(503) — an uncapped burst of premium SMS is exactly what a cap exists to stop.
+used up the counts of the first two. The counters fail closed: when the state backend cannot answer, the
+request is refused (503) — an uncapped burst of premium SMS is exactly what a cap exists to stop.
 """
 
 from __future__ import annotations

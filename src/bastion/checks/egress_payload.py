@@ -4,9 +4,11 @@ them, parsed with ``phonenumbers``.
 
 A body the gateway cannot read is not forwarded: a non-empty body that is neither
 ``application/x-www-form-urlencoded`` nor JSON is refused (415) — a field hidden in a multipart body would
-otherwise reach the provider unchecked. Field names match case-insensitively (the provider may not care
-about case; a refusal must not depend on it), query fields count like body fields, and a repeated field
-has every value checked.
+otherwise reach the provider unchecked — and so is a compressed body (``Content-Encoding`` other than
+``identity``: the provider would decompress fields Bastion never judged) or a repeated ``Content-Type``
+(the provider might read another one than Bastion did). Field names match case-insensitively (the
+provider may not care about case; a refusal must not depend on it), query fields count like body fields,
+and a repeated field has every value checked.
 """
 
 from __future__ import annotations
@@ -131,6 +133,15 @@ async def payload(req: RequestView, ctx: Context, limits: JsonLimits) -> Payload
 
 async def _read(req: RequestView, limits: JsonLimits) -> Payload:
     form = _form(req.query) if req.query else []
+    headers = req.headers
+    if headers.repeated("content-type"):
+        raise _Unreadable("egress_body_invalid", "The request has more than one Content-Type.")
+    encoding = (headers.get("content-encoding") or "identity").strip().lower()
+    if encoding != "identity" or headers.repeated("content-encoding"):
+        # The provider would decompress what Bastion cannot read: fields it never judged.
+        raise _Unreadable(
+            "egress_body_unsupported", "Egress request bodies must not be compressed.", status=415
+        )
     raw = await req.body.read()
     doc: Any = None
     if raw:

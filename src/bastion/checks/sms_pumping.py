@@ -117,7 +117,7 @@ class PumpingDetector:
         for kind, key in blocks:
             wait = await tallies.blocked_for(key, now)
             if wait > 0:
-                return self._blocked(dest, kind, wait, {"range": key.rsplit("|", 1)[1]})
+                return self._blocked(dest, kind, wait, {kind: key.rsplit("|", 1)[1]})
         member = f"{req.request_id}.{index}"
         # Sequential numbers: distinct numbers in one range.
         seen = await tallies.distinct(
@@ -135,7 +135,12 @@ class PumpingDetector:
             usual = max(day - recent, 0) / max(windows - 1, 1.0)
             if recent >= p.volume_min_count and recent > p.volume_factor * max(usual, 1.0):
                 evidence = {"messages": recent, "usual": round(usual, 2), "within": p.volume_within}
-                return await self._detected(ctx, dest, blocks[1], "volume_spike", evidence, now)
+                # Without a day of history to compare with (a new route, a restart on memory://), a burst
+                # may be a launch: it is reported, and blocked only once there is history.
+                warm = day - recent >= p.volume_min_count
+                return await self._detected(
+                    ctx, dest, blocks[1], "volume_spike", evidence, now, block_it=warm
+                )
         return None
 
     async def _detected(
@@ -146,15 +151,18 @@ class PumpingDetector:
         pattern: str,
         evidence: dict[str, Any],
         now: float,
+        *,
+        block_it: bool = True,
     ) -> Deny | None:
         kind, key = block
         where = key.rsplit("|", 1)[1]
         data = {"egress": self.route, "pattern": pattern, "country": dest.country, kind: where, **evidence}
-        if self.policy.auto_block:
+        blocking = self.policy.auto_block and block_it
+        if blocking:
             await self.tallies.block(key, self.policy.block_for, now)
             data["blocked_for"] = self.policy.block_for
         ctx.notices.append(("egress.pumping_detected", data))
-        if self.policy.auto_block:
+        if blocking:
             return self._blocked(dest, kind, self.policy.block_for, {kind: where, "pattern": pattern})
         return None
 

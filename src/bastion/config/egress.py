@@ -217,7 +217,7 @@ class PkcvSigningSettings(_Model):
     private_key: SecretStr  # PEM; RSA, 2048 bits or more, e = 65537
     algorithm: Literal["RS256", "PS256"] = "RS256"
     api_key_sid: str | None = None  # the token's iss; default: the basic credential's username
-    account_sid: str | None = None  # the token's sub; default: the path's {account}, else the username
+    account_sid: str | None = None  # the token's sub; default: the path's {account}, else the token's iss
     ttl: Duration = 300.0
 
     @field_validator("private_key")
@@ -248,7 +248,8 @@ class EgressSettings(_Model):
     name: str = Field(pattern=_NAME)
     listen_path: str
     target: str
-    callers: list[Annotated[str, Field(pattern=_NAME)]] = Field(min_length=1)
+    # consumer names, as bastion consumers create accepts them
+    callers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]] = Field(min_length=1)
     auth: Annotated[str | list[str], PlainValidator(_auth)] = Field(default_factory=lambda: ["api_key"])
     scopes: list[str] = Field(default_factory=list)
     credentials: EgressCredentials
@@ -338,6 +339,11 @@ class EgressSettings(_Model):
         for method in self.auth:
             if method in ("twilio_signature", "hmac_signature"):
                 raise ValueError(f"{method} authenticates a webhook sender, not a caller of an egress route")
+        per_destination = [c.per for c in self.caps if c.per != "caller"]
+        if per_destination and self.geo is None:
+            raise ValueError(
+                f"caps per {per_destination[0]} need geo: (the fields that hold destination numbers)"
+            )
         if self.pkcv is not None and self.pkcv.api_key_sid is None and self.credentials.basic is None:
             raise ValueError("pkcv needs api_key_sid: when the credentials are not basic")
         return self

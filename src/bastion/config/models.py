@@ -793,10 +793,10 @@ class RouteSettings(_Model):
             )
         if self.rate_limit_by is not None and not self.rate_limit:
             raise ValueError("rate_limit_by needs rate_limit (e.g. rate_limit: [10/second])")
-        if self.delivery_reports is not None and not methods:
+        if self.delivery_reports is not None and methods not in (("twilio_signature",), ("hmac_signature",)):
             raise ValueError(
-                "delivery_reports needs an authenticated sender (auth: [twilio_signature]): unsigned reports "
-                "could block any number range"
+                "delivery_reports needs reports signed by the provider (auth: [twilio_signature]): anyone "
+                "else could report failures and block any number range"
             )
         if self.twilio is not None and self.twilio.public_url is not None and "{" in self.path:
             raise ValueError(

@@ -20,7 +20,6 @@ __all__ = ["FORWARDED", "Outbound", "OutboundHeaders"]
 FORWARDED = frozenset(
     {
         "content-type",
-        "content-encoding",
         "accept",
         "accept-encoding",
         "accept-language",

@@ -922,8 +922,9 @@ class ClientConnection(asyncio.Protocol):
                 conn = (pool.take_idle() if attempt == 1 else None) or await pool.connect_fresh()
             except UpstreamTimeout:
                 return self._upstream_failed(fwd, ex, 504, "upstream_timeout", "connect")
-            except UpstreamError:
-                return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "connect")
+            except UpstreamError as exc:
+                # The cause (refused, a certificate that does not verify, a proxy's 407) goes to the event.
+                return self._upstream_failed(fwd, ex, 502, "upstream_unavailable", "connect", cause=str(exc))
             conn.start(no_body)
             pump: asyncio.Task[None] | None = None
             try:
@@ -1164,7 +1165,9 @@ class ClientConnection(asyncio.Protocol):
         self._write_respond(resp, ex.version, keep_alive=False)
         return False
 
-    def _upstream_failed(self, fwd: Forward, ex: Exchange, status: int, code: str, why: str) -> bool:
+    def _upstream_failed(
+        self, fwd: Forward, ex: Exchange, status: int, code: str, why: str, cause: str | None = None
+    ) -> bool:
         if fwd.ctx.undo is not None:
             self.gateway.upstream_failed(fwd.ctx)  # no answer: the sender's retry is not a replay
         detail = (
@@ -1172,7 +1175,10 @@ class ClientConnection(asyncio.Protocol):
             if status == 504
             else "The upstream service is unavailable."
         )
-        return self._refuse(fwd, ex, status, code, detail, {"service": fwd.upstream.name, "stage": why})
+        evidence = {"service": fwd.upstream.name, "stage": why}
+        if cause:
+            evidence["cause"] = cause[:200]
+        return self._refuse(fwd, ex, status, code, detail, evidence)
 
     def _refuse(
         self,

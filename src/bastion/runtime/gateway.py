@@ -462,6 +462,8 @@ class Gateway:
                 params=ctx.notes.get("egress_params", {}),
             )
         principal = ctx.principal
+        if principal is not None and self.on_use is not None:
+            self.on_use(principal.consumer, principal.key_id, req.client_ip)  # new country, traffic spikes
         destinations = ctx.notes.get("egress_destinations") or ()
         self.emit(
             "egress.forwarded",
