@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -40,20 +40,6 @@ __all__ = [
 ]
 
 # phonenumbers' number types, by the names the config uses.
-NUMBER_TYPES = (
-    "premium_rate",
-    "shared_cost",
-    "toll_free",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
-    "fixed_line",
-    "mobile",
-    "fixed_line_or_mobile",
-    "unknown",
-)
 NumberType = Literal[
     "premium_rate",
     "shared_cost",
@@ -68,6 +54,7 @@ NumberType = Literal[
     "fixed_line_or_mobile",
     "unknown",
 ]
+NUMBER_TYPES: tuple[str, ...] = get_args(NumberType)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 # Headers a caller may never set towards the provider (Bastion writes them, or they are framing).
 _RESERVED_HEADERS = frozenset(
