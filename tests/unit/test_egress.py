@@ -489,3 +489,10 @@ class TestCaps:
         caps = EgressCaps("t", [Cap("destination", parse_limit("1/hour"))], MemoryCounters(), FakeClock())
         refused = self.run(caps, ["+14155552671", "+14155552671"], 1)
         assert isinstance(refused, Deny)
+
+
+def test_the_config_names_every_number_type_the_parser_reports() -> None:
+    from bastion.checks.egress_payload import _TYPE_NAMES
+    from bastion.config.egress import NUMBER_TYPES
+
+    assert set(_TYPE_NAMES.values()) == set(NUMBER_TYPES)
