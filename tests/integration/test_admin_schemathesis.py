@@ -304,9 +304,26 @@ def test_admin_api_refuses_every_operation_without_the_token(tmp_path: Path) -> 
             admin.existing,
             MAX_EXAMPLES_UNAUTHENTICATED,
             refused,
-            skip=lambda operation: operation.path == "/admin/v1/health",
+            skip=_public,
         )
     assert not failures, report(failures)
+
+
+def _public(operation: schemathesis.APIOperation) -> bool:
+    """Operations open without a token: health, and the sign-in steps (their document says security: [])."""
+    return operation.path == "/admin/v1/health" or operation.definition.raw.get("security") == []
+
+
+def test_public_operations_are_only_health_and_sign_in(tmp_path: Path) -> None:
+    with admin_listener(tmp_path) as admin:
+        schema = load_schema(admin.base_url)
+        public = {op.path for op in (r.ok() for r in schema.get_all_operations()) if _public(op)}
+    assert public == {
+        "/admin/v1/health",
+        "/admin/v1/auth/login",
+        "/admin/v1/auth/email/start",
+        "/admin/v1/auth/email/verify",
+    }, public
 
 
 def test_health_needs_no_token_and_conforms(tmp_path: Path) -> None:

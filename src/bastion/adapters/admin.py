@@ -2,8 +2,11 @@
 
 Access control is a pure ASGI wrapper in front of the FastAPI app, so it covers every route including
 the generated OpenAPI document: the peer address must be in ``admin.allow_ips`` (the TCP peer; no
-forwarded header is believed on this listener), and every path except ``/admin/v1/health`` needs
-``Authorization: Bearer <admin.token>``. Failures and every authenticated call are events.
+forwarded header is believed on this listener); then the matched route's policy (``admin_auth``) decides:
+health and the sign-in steps are public, everything else needs ``Authorization: Bearer <admin.token>``
+(unless ``admin.token_enabled`` is false) or an admin account's session cookie with the route's role, a
+CSRF token on state-changing calls and, for sensitive routes, a recent second factor. Failures, refusals
+and every authenticated call are events.
 """
 
 from __future__ import annotations
@@ -16,27 +19,37 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from ipaddress import ip_address
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
+from starlette.routing import Match
 
 from .. import __version__
+from ..config.models import AdminAccountSettings, AdminSettings
 from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
 from ..events.query import QueryError, event_filter, get_event, query_events
+from ..identity.admin_codes import AdminMailer, SignInCodes
+from ..identity.admin_sessions import AdminSessions
+from ..identity.admins import ROLES, AdminAccounts, AdminKeys, role_rank
 from ..identity.manage import IdentityError
 from ..inventory.report import report as inventory_report
 from ..runtime.gateway import Gateway
-from .admin_identity import add_identity_routes
+from .admin_auth import ROUTE_POLICIES, VIEWER, AdminPlane, Policy, Principal, add_auth_routes, check_policies
+from .admin_identity import IDENTITY_POLICIES, add_identity_routes
+from .console import CONSOLE_POLICIES, add_console_routes, security_headers
 
 __all__ = ["build_admin_app"]
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 PREFIX = "/admin/v1"
+CONSOLE = "/console"
 
 
 def _digest(value: str) -> bytes:
@@ -44,11 +57,119 @@ def _digest(value: str) -> bytes:
 
 
 class AdminGuard:
-    def __init__(self, app: ASGIApp, gateway: Gateway, token: str, allow_ips: NetworkSet) -> None:
+    """IP allow-list, then authentication and the route's policy (``admin_auth``), then the app."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        gateway: Gateway,
+        token: str,
+        allow_ips: NetworkSet,
+        *,
+        router: FastAPI | None = None,
+        policies: dict[tuple[str, str], Policy] | None = None,
+        plane: AdminPlane | None = None,
+        token_enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.app = app
         self.gateway = gateway
         self._token_digest = _digest(token)
         self.allow = allow_ips
+        self.router = router
+        self.policies = policies or {}
+        self.plane = plane
+        self.token_enabled = token_enabled
+        self.clock = clock
+
+    def _policy(self, scope: Scope) -> Policy:
+        """The matched route's policy; a path or method with no route needs a viewer (then 404/405)."""
+        if self.router is not None:
+            method = "GET" if scope.get("method") == "HEAD" else scope.get("method", "")
+            for route in self.router.routes:
+                match, _ = route.matches(scope)
+                if match is Match.FULL:
+                    return self.policies.get((method, getattr(route, "path", "")), VIEWER)
+        return VIEWER
+
+    async def _authenticate(
+        self, headers: dict[bytes, bytes], peer: str, method: str, path: str, *, quiet: bool = False
+    ) -> Principal | tuple[int, str, str]:
+        """The caller, or why not. ``quiet``: a console page opened with no credentials at all is a browser
+        on its way to the sign-in page, not a failed authentication (no event)."""
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth:
+            scheme, _, presented = auth.partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                _digest(presented.strip()), self._token_digest
+            )
+            if ok and self.token_enabled:
+                return Principal(kind="token", actor="admin:token", role="admin")
+            self.gateway.emit(
+                "admin.auth_failed",
+                severity="warning",
+                method=method,
+                path=path[:512],
+                source_ip=peer,
+                reason="admin_token_disabled" if ok else "admin_unauthorized",
+                data={"had_credentials": True},
+            )
+            return 401, "admin_unauthorized", "A valid admin bearer token or session is required."
+        cookie = _cookie(headers, self.plane.cookie_name) if self.plane is not None else None
+        if cookie is not None and self.plane is not None:
+            found = await anyio.to_thread.run_sync(self.plane.session_from_cookie, cookie)
+            if found is not None:
+                session, session_id = found
+                return Principal(
+                    kind="session",
+                    actor=session.actor,
+                    role=session.role,
+                    session=session,
+                    session_id=session_id,
+                )
+        if cookie is not None or not quiet:
+            self.gateway.emit(
+                "admin.auth_failed",
+                severity="warning",
+                method=method,
+                path=path[:512],
+                source_ip=peer,
+                reason="admin_unauthorized",
+                data={"had_credentials": cookie is not None},
+            )
+        detail = (
+            "The session has ended; sign in again." if cookie else "A valid admin bearer token is required."
+        )
+        return 401, "admin_unauthorized", detail
+
+    def _refuse(
+        self, principal: Principal, policy: Policy, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[int, str, str] | None:
+        """Why this principal may not make this call (status, code, detail), or None."""
+        session = principal.session
+        if session is not None and session.stage != "full" and policy.level != "partial":
+            return 401, "admin_mfa_required", "Complete the sign-in (second factor) first."
+        if policy.level in ROLES and role_rank(principal.role) < role_rank(policy.level):
+            return 403, "admin_forbidden", f"This needs the {policy.level} role."
+        if session is not None and scope.get("method") not in SAFE_METHODS and not policy.form:
+            assert self.plane is not None and principal.session_id is not None
+            expected = self.plane.sessions.csrf_token(principal.session_id) if self.plane.sessions else ""
+            presented = headers.get(b"x-csrf-token", b"").decode("latin-1")
+            if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+                return 403, "admin_csrf_failed", "The X-CSRF-Token header is missing or wrong."
+        if policy.sensitive and session is not None:
+            assert self.plane is not None
+            fresh = (
+                session.mfa_at is not None
+                and self.clock() - session.mfa_at <= self.plane.settings.step_up_within
+            )
+            if not fresh:
+                return (
+                    403,
+                    "admin_step_up_required",
+                    "Confirm a second factor first (POST /admin/v1/auth/step-up).",
+                )
+        return None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -77,52 +198,100 @@ class AdminGuard:
             )
             await _problem(send, 403, "admin_ip_denied", "This address may not use the admin API.")
             return
-        if path != f"{PREFIX}/health":
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, presented = auth.partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                _digest(presented.strip()), self._token_digest
-            )
-            if not ok:
-                self.gateway.emit(
-                    "admin.auth_failed",
-                    severity="warning",
-                    method=method,
-                    path=path[:512],
-                    source_ip=str(peer),
-                    reason="admin_unauthorized",
-                    data={"had_credentials": bool(auth)},
-                )
-                await _problem(
-                    send,
-                    401,
-                    "admin_unauthorized",
-                    "A valid admin bearer token is required.",
-                    extra=[(b"www-authenticate", b'Bearer realm="bastion-admin"')],
-                )
+        policy = self._policy(scope)
+        headers = dict(scope.get("headers") or [])
+        if policy.level == "public":
+            if (
+                method not in SAFE_METHODS
+                and not _is_json(headers)
+                and not (policy.form and _is_form(headers))
+            ):
+                # A cross-site form cannot send JSON: refusing anything else stops login CSRF.
+                await _problem(send, 415, "unsupported_media_type", "The body must be application/json.")
                 return
-            status_box: dict[str, int] = {}
-
-            async def send_wrapper(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    status_box["status"] = message["status"]
-                await send(message)
-
-            await self.app(scope, receive, send_wrapper)
-            if path == "/metrics":  # a scrape every few seconds is not an admin action
+            await self.app(scope, receive, send)
+            return
+        found = await self._authenticate(headers, str(peer), method, path, quiet=policy.page)
+        if isinstance(found, tuple):
+            status, code, detail = found
+            if policy.page:
+                await _redirect(send, f"{CONSOLE}/sign-in", code)
+                return
+            extra = [(b"www-authenticate", b'Bearer realm="bastion-admin"')]
+            await _problem(send, status, code, detail, extra=extra)
+            return
+        principal = found
+        refused = self._refuse(principal, policy, scope, headers)
+        if refused is not None:
+            status, code, detail = refused
+            if policy.page and code == "admin_mfa_required" and principal.session is not None:
+                await _redirect(send, f"{CONSOLE}/{principal.session.stage}", code)
                 return
             self.gateway.emit(
-                "admin.action",
-                severity="info",
+                "admin.forbidden",
+                severity="warning",
                 method=method,
                 path=path[:512],
                 source_ip=str(peer),
-                actor="admin:token",
-                data={"status": status_box.get("status")},
+                actor=principal.actor,
+                reason=code,
+                data={"role": principal.role, "needs": policy.level, "sensitive": policy.sensitive},
             )
+            await _problem(send, status, code, detail)
             return
-        await self.app(scope, receive, send)
+        scope["bastion.admin"] = principal
+        status_box: dict[str, int] = {}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_box["status"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+        if path == "/metrics":  # a scrape every few seconds is not an admin action
+            return
+        self.gateway.emit(
+            "admin.action",
+            severity="info",
+            method=method,
+            path=path[:512],
+            source_ip=str(peer),
+            actor=principal.actor,
+            data={"status": status_box.get("status"), "role": principal.role},
+        )
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return kind == b"application/json"
+
+
+def _is_form(headers: dict[bytes, bytes]) -> bool:
+    kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return kind == b"application/x-www-form-urlencoded"
+
+
+async def _redirect(send: Any, location: str, code: str) -> None:
+    """A console page without a (complete) session: to where it can get one. ``location`` is always a
+    fixed console path, never a value from the request."""
+    headers = [(k.encode(), v.encode()) for k, v in security_headers().items()]
+    headers += [
+        (b"location", location.encode()),
+        (b"x-bastion-refused", code.encode()),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:
+    raw = headers.get(b"cookie")
+    if not raw:
+        return None
+    return cookie_parser(raw.decode("latin-1")).get(name)
 
 
 async def _problem(
@@ -167,7 +336,11 @@ def build_admin_app(
     *,
     stats: Callable[[], dict[str, Any]] | None = None,
     metrics: Callable[[], bytes] | None = None,
+    clock: Callable[[], float] = time.time,
+    mail_ssl_context: Any = None,
 ) -> ASGIApp:
+    admin_settings = gateway.settings.admin
+    plane = _build_plane(gateway, engine, admin_settings, clock=clock, mail_ssl_context=mail_ssl_context)
     app = FastAPI(
         title="Bastion admin API",
         version=__version__,
@@ -286,28 +459,78 @@ def build_admin_app(
             headers={"cache-control": "no-store"},
         )
 
+    identity = None
     if gateway.identity is not None and gateway.identity.engine is not None:
-        add_identity_routes(
-            app, gateway.identity.admin(), default_grace=gateway.settings.identity.rotation_grace
-        )
-    _document_bearer_auth(app)
-    return AdminGuard(app, gateway, token, allow_ips)
+        identity = gateway.identity.admin()
+        add_identity_routes(app, identity, default_grace=gateway.settings.identity.rotation_grace)
+    add_auth_routes(app, plane)
+    add_console_routes(app, plane, identity)
+    policies = {**ROUTE_POLICIES, **IDENTITY_POLICIES, **CONSOLE_POLICIES}
+    check_policies(app, policies)  # a route without an access policy is a bug: refuse to start
+    _document_bearer_auth(app, policies, plane.cookie_name)
+    return AdminGuard(
+        app,
+        gateway,
+        token,
+        allow_ips,
+        router=app,
+        policies=policies,
+        plane=plane,
+        token_enabled=admin_settings.token_enabled if admin_settings is not None else True,
+        clock=clock,
+    )
 
 
-def _document_bearer_auth(app: FastAPI) -> None:
-    """The OpenAPI document says what AdminGuard enforces: a bearer token on every path but health."""
+def _build_plane(
+    gateway: Gateway,
+    engine: Engine,
+    admin_settings: AdminSettings | None,
+    *,
+    clock: Callable[[], float],
+    mail_ssl_context: Any = None,
+) -> AdminPlane:
+    """Admin accounts need the store and identity.pepper (their TOTP secrets are encrypted under it)."""
+    settings = admin_settings.accounts if admin_settings is not None else AdminAccountSettings()
+    pepper = gateway.settings.identity.pepper
+    if pepper is None:
+        return AdminPlane(None, None, None, settings, clock=clock)
+    keys = AdminKeys(pepper.reveal())
+    accounts = AdminAccounts(engine, keys, settings, emit=gateway.emit, clock=clock)
+    sessions = AdminSessions(engine, keys, settings, emit=gateway.emit, clock=clock)
+    mailer = AdminMailer(settings.email, ssl_context=mail_ssl_context) if settings.email is not None else None
+    codes = SignInCodes(engine, accounts, settings, mailer, clock=clock)
+    return AdminPlane(accounts, sessions, codes, settings, clock=clock)
+
+
+def _document_bearer_auth(app: FastAPI, policies: dict[tuple[str, str], Policy], cookie: str) -> None:
+    """The OpenAPI document says what AdminGuard enforces: the bearer token or a session cookie on every
+    path but the public ones, and each operation's least role (``x-bastion-role``)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = build()
             doc.setdefault("components", {})["securitySchemes"] = {
-                "adminToken": {"type": "http", "scheme": "bearer", "description": "admin.token"}
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "admin.token"},
+                "adminSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": cookie,
+                    "description": "an admin account's session (POST /admin/v1/auth/login); state-changing "
+                    "calls also need the X-CSRF-Token header",
+                },
             }
-            doc["security"] = [{"adminToken": []}]
-            health = doc.get("paths", {}).get(f"{PREFIX}/health", {}).get("get")
-            if health is not None:
-                health["security"] = []
+            doc["security"] = [{"adminToken": []}, {"adminSession": []}]
+            for path, item in doc.get("paths", {}).items():
+                for method, operation in item.items():
+                    policy = policies.get((method.upper(), path))
+                    if policy is None:
+                        continue
+                    if policy.level == "public":
+                        operation["security"] = []
+                    operation["x-bastion-role"] = policy.level
+                    if policy.sensitive:
+                        operation["x-bastion-step-up"] = True
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -11,16 +11,41 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config.units import parse_duration
 from ..identity.manage import IdentityAdmin
+from .admin_auth import Policy, actor_of
 
-__all__ = ["add_identity_routes"]
+__all__ = ["IDENTITY_POLICIES", "add_identity_routes"]
 
 PREFIX = "/admin/v1"
-ACTOR = "admin:token"
+
+# Who may call each route (enforced by the guard in admin.py; see admin_auth.py): viewers read,
+# operators change. Disabling a consumer stops all its keys and tokens at once: it needs a recent MFA.
+_V, _O = Policy("viewer"), Policy("operator")
+IDENTITY_POLICIES: dict[tuple[str, str], Policy] = {
+    ("POST", f"{PREFIX}/consumers"): _O,
+    ("GET", f"{PREFIX}/consumers"): _V,
+    ("GET", PREFIX + "/consumers/{name}"): _V,
+    ("POST", PREFIX + "/consumers/{name}/disable"): Policy("operator", sensitive=True),
+    ("POST", PREFIX + "/consumers/{name}/enable"): _O,
+    ("PUT", PREFIX + "/consumers/{name}/quota"): _O,
+    ("PUT", PREFIX + "/consumers/{name}/scopes"): _O,
+    ("POST", f"{PREFIX}/keys"): _O,
+    ("GET", f"{PREFIX}/keys"): _V,
+    ("GET", PREFIX + "/keys/{key_id}"): _V,
+    ("POST", PREFIX + "/keys/{key_id}/revoke"): _O,
+    ("POST", PREFIX + "/keys/{key_id}/rotate"): _O,
+    ("POST", f"{PREFIX}/clients"): _O,
+    ("GET", f"{PREFIX}/clients"): _V,
+    ("POST", PREFIX + "/clients/{client_id}/revoke"): _O,
+    ("POST", f"{PREFIX}/credentials"): _O,
+    ("GET", f"{PREFIX}/credentials"): _V,
+    ("GET", PREFIX + "/credentials/{credential_id}"): _V,
+    ("POST", PREFIX + "/credentials/{credential_id}/revoke"): _O,
+}
 
 
 class _Body(BaseModel):
@@ -110,14 +135,14 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
         response.headers["cache-control"] = "no-store"
 
     @app.post(f"{PREFIX}/consumers", tags=["consumers"], status_code=201, summary="Create a consumer")
-    def create_consumer(body: ConsumerIn) -> dict[str, Any]:
+    def create_consumer(body: ConsumerIn, request: Request) -> dict[str, Any]:
         return admin.create_consumer(
             body.name,
             body.scopes,
             ip_allow=body.ip_allow,
             metadata=body.metadata,
             quota=body.quota,
-            actor=ACTOR,
+            actor=actor_of(request),
         )
 
     @app.get(f"{PREFIX}/consumers", tags=["consumers"], summary="List consumers")
@@ -131,23 +156,23 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.post(
         PREFIX + "/consumers/{name}/disable", tags=["consumers"], summary="Disable: keys and tokens stop"
     )
-    def disable_consumer(name: str) -> dict[str, Any]:
-        return admin.set_consumer_active(name, False, actor=ACTOR)
+    def disable_consumer(name: str, request: Request) -> dict[str, Any]:
+        return admin.set_consumer_active(name, False, actor=actor_of(request))
 
     @app.post(PREFIX + "/consumers/{name}/enable", tags=["consumers"], summary="Enable a disabled consumer")
-    def enable_consumer(name: str) -> dict[str, Any]:
-        return admin.set_consumer_active(name, True, actor=ACTOR)
+    def enable_consumer(name: str, request: Request) -> dict[str, Any]:
+        return admin.set_consumer_active(name, True, actor=actor_of(request))
 
     @app.put(PREFIX + "/consumers/{name}/quota", tags=["consumers"], summary="Set a consumer's own quota")
-    def set_quota(name: str, body: QuotaIn) -> dict[str, Any]:
-        return admin.set_consumer_quota(name, body.quota, actor=ACTOR)
+    def set_quota(name: str, body: QuotaIn, request: Request) -> dict[str, Any]:
+        return admin.set_consumer_quota(name, body.quota, actor=actor_of(request))
 
     @app.put(PREFIX + "/consumers/{name}/scopes", tags=["consumers"], summary="Replace a consumer's scopes")
-    def set_scopes(name: str, body: ScopesIn) -> dict[str, Any]:
-        return admin.update_consumer_scopes(name, body.scopes, actor=ACTOR)
+    def set_scopes(name: str, body: ScopesIn, request: Request) -> dict[str, Any]:
+        return admin.update_consumer_scopes(name, body.scopes, actor=actor_of(request))
 
     @app.post(f"{PREFIX}/keys", tags=["keys"], status_code=201, summary="Create a key (shown once)")
-    def create_key(body: KeyIn, response: Response) -> dict[str, Any]:
+    def create_key(body: KeyIn, response: Response, request: Request) -> dict[str, Any]:
         _no_store(response)
         out, key = admin.create_key(
             body.consumer,
@@ -156,7 +181,7 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
             permissions=body.permissions,
             ip_allow=body.ip_allow,
             name=body.name,
-            actor=ACTOR,
+            actor=actor_of(request),
         )
         return {"id": out["id"], "key": key, "expires_at": out["expires_at"], "record": out}
 
@@ -169,22 +194,24 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
         return admin.get_key(key_id)
 
     @app.post(PREFIX + "/keys/{key_id}/revoke", tags=["keys"], summary="Revoke a key at once")
-    def revoke_key(key_id: str) -> dict[str, Any]:
-        return admin.revoke_key(key_id, actor=ACTOR)
+    def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
+        return admin.revoke_key(key_id, actor=actor_of(request))
 
     @app.post(
         PREFIX + "/keys/{key_id}/rotate", tags=["keys"], status_code=201, summary="Rotate with a grace period"
     )
-    def rotate_key(key_id: str, response: Response, body: RotateIn | None = None) -> dict[str, Any]:
+    def rotate_key(
+        key_id: str, response: Response, request: Request, body: RotateIn | None = None
+    ) -> dict[str, Any]:
         _no_store(response)
         grace = body.grace if body is not None and body.grace is not None else default_grace
-        out, key = admin.rotate_key(key_id, grace=grace, actor=ACTOR)  # type: ignore[arg-type]
+        out, key = admin.rotate_key(key_id, grace=grace, actor=actor_of(request))  # type: ignore[arg-type]
         return {"id": out["id"], "key": key, "expires_at": out["expires_at"], "record": out}
 
     @app.post(f"{PREFIX}/clients", tags=["clients"], status_code=201, summary="Create an OAuth client")
-    def create_client(body: ClientIn, response: Response) -> dict[str, Any]:
+    def create_client(body: ClientIn, response: Response, request: Request) -> dict[str, Any]:
         _no_store(response)
-        out, secret = admin.create_client(body.consumer, body.scopes, jwks=body.jwks, actor=ACTOR)
+        out, secret = admin.create_client(body.consumer, body.scopes, jwks=body.jwks, actor=actor_of(request))
         return {"client_id": out["client_id"], "client_secret": secret, "record": out}
 
     @app.get(f"{PREFIX}/clients", tags=["clients"], summary="List OAuth clients")
@@ -192,8 +219,8 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
         return {"clients": admin.list_clients(consumer)}
 
     @app.post(PREFIX + "/clients/{client_id}/revoke", tags=["clients"], summary="Revoke a client")
-    def revoke_client(client_id: str) -> dict[str, Any]:
-        return admin.revoke_client(client_id, actor=ACTOR)
+    def revoke_client(client_id: str, request: Request) -> dict[str, Any]:
+        return admin.revoke_client(client_id, actor=actor_of(request))
 
     @app.post(
         f"{PREFIX}/credentials",
@@ -201,8 +228,8 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
         status_code=201,
         summary="Register a consumer's public key for PKCV",
     )
-    def add_credential(body: PublicKeyIn) -> dict[str, Any]:
-        return admin.add_public_key(body.consumer, body.public_key, name=body.name, actor=ACTOR)
+    def add_credential(body: PublicKeyIn, request: Request) -> dict[str, Any]:
+        return admin.add_public_key(body.consumer, body.public_key, name=body.name, actor=actor_of(request))
 
     @app.get(f"{PREFIX}/credentials", tags=["credentials"], summary="List public keys")
     def list_credentials(consumer: str | None = Query(None, max_length=64)) -> dict[str, Any]:
@@ -215,5 +242,5 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.post(
         PREFIX + "/credentials/{credential_id}/revoke", tags=["credentials"], summary="Revoke a public key"
     )
-    def revoke_credential(credential_id: str) -> dict[str, Any]:
-        return admin.revoke_public_key(credential_id, actor=ACTOR)
+    def revoke_credential(credential_id: str, request: Request) -> dict[str, Any]:
+        return admin.revoke_public_key(credential_id, actor=actor_of(request))

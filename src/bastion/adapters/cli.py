@@ -317,7 +317,8 @@ def demo(port: int, admin_port: int, upstream_port: int, duration: float) -> Non
         sys.exit(1)
 
 
-from . import cli_audit, cli_events, cli_identity  # noqa: E402, F401 - register audit/scan, events/report, identities
+# register admins, audit/scan, events/report, identities
+from . import cli_admins, cli_audit, cli_events, cli_identity  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

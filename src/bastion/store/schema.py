@@ -6,6 +6,10 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
+    "admin_accounts_table",
+    "admin_recovery_codes_table",
+    "admin_sessions_table",
+    "admin_sign_in_codes_table",
     "api_keys_table",
     "consumers_table",
     "events_table",
@@ -168,4 +172,68 @@ route_traffic_table = Table(  # declared routes: when they last had traffic
     Column("count", Integer, nullable=False),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
+)
+
+
+# -- admin accounts (P12): people who use the admin API and console ---------------------------------
+
+admin_accounts_table = Table(
+    "admin_accounts",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("email", String(254), nullable=False, unique=True),  # lower-cased
+    Column("role", String(16), nullable=False),  # viewer | operator | admin
+    Column("status", String(16), nullable=False),  # active | disabled
+    Column("password_hash", Text),  # argon2id (PHC string); NULL: passwordless sign-in only
+    Column("totp_secret", Text),  # encrypted (Fernet, key derived from the pepper); NULL: no TOTP
+    Column("totp_pending", Text),  # an enrolment not yet confirmed by a first code, encrypted
+    Column("totp_last_step", Integer),  # the last accepted TOTP time step: a code is never accepted twice
+    Column("failures", Integer, nullable=False),  # failed sign-in steps since the window began
+    Column("failures_since", Float),
+    Column("locked_until", Float),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_sign_in_at", Float),
+)
+
+admin_recovery_codes_table = Table(
+    "admin_recovery_codes",
+    metadata,
+    Column("digest", String(64), primary_key=True),  # hex HMAC-SHA-256 under a pepper-derived key
+    Column("admin_id", String(26), ForeignKey("admin_accounts.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("used_at", Float),
+    Index("ix_admin_recovery_codes_admin", "admin_id"),
+)
+
+admin_sessions_table = Table(
+    "admin_sessions",
+    metadata,
+    Column("digest", String(64), primary_key=True),  # hex HMAC-SHA-256 of the session id; never the id
+    Column("admin_id", String(26), ForeignKey("admin_accounts.id"), nullable=False),
+    Column("stage", String(16), nullable=False),  # mfa | enrol | full
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # the absolute limit
+    Column("mfa_at", Float),  # the last second factor: step-up for sensitive actions
+    Column("source_ip", String(64)),
+    Index("ix_admin_sessions_admin", "admin_id"),
+)
+
+admin_sign_in_codes_table = Table(  # passwordless sign-in: one-time codes sent by email
+    "admin_sign_in_codes",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("address_digest", String(64), nullable=False),  # keyed digest of the address asked for
+    Column("admin_id", String(26)),  # NULL: no such account (recorded all the same, for the send limits)
+    Column("code_digest", String(64)),
+    Column("source_ip", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("used_at", Float),
+    Index("ix_admin_sign_in_codes_address", "address_digest"),
+    Index("ix_admin_sign_in_codes_source_ip", "source_ip"),
 )
