@@ -266,6 +266,35 @@ def _uuid(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
 
+_UUID_PATTERN = "^" + _UUID.pattern + "$"
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "definitions", "$defs", "dependencies")
+
+
+def _uuid_as_pattern(node: Any) -> Any:
+    """The schema for the fast validator, with ``format: uuid`` checked as a pattern: the same test (the
+    pattern is the format's), run in Rust instead of a Python callback per value (~1.5 µs a body). Only
+    subschemas are rewritten — a property *named* ``format`` is data, not a keyword."""
+    if isinstance(node, list):
+        return [_uuid_as_pattern(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _uuid_as_pattern(sub) for name, sub in value.items()}
+        elif key in ("enum", "const", "default", "examples", "example"):
+            out[key] = value  # values, not schemas
+        else:
+            out[key] = _uuid_as_pattern(value)
+    if out.get("format") == "uuid":
+        del out["format"]
+        if "pattern" in out:
+            out["allOf"] = [*out.get("allOf", []), {"pattern": _UUID_PATTERN}]
+        else:
+            out["pattern"] = _UUID_PATTERN
+    return out
+
+
 class _Schema:
     """One compiled schema: a fast yes/no (jsonschema-rs), and the reasons when it says no (jsonschema)."""
 
@@ -273,7 +302,7 @@ class _Schema:
         self.schema = schema
         try:
             self._fast = jsonschema_rs.Draft7Validator(
-                schema, validate_formats=True, formats={"uuid": _uuid}
+                _uuid_as_pattern(schema), validate_formats=True, formats={"uuid": _uuid}
             )
         except (jsonschema_rs.ValidationError, ValueError) as exc:
             raise SpecError(f"a schema does not compile: {str(exc).splitlines()[0][:200]}") from None

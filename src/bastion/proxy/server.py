@@ -35,6 +35,7 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
 _ACCEPT_BATCH = 512
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_COALESCE = 64 * 1024  # a read body up to this size goes out in one write with the request head
 _METHODS_WITH_BODY_SEMANTICS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -157,6 +158,20 @@ class ClientBody:
     @property
     def cached(self) -> bytes | None:
         return self._cached
+
+    def take_arrived(self) -> bytes | None:
+        """The whole body when it has already arrived (a small body in the head's packets), taken at once
+        and then replayable like a read one; None when some of it is still to come (then it streams)."""
+        if not self.complete or self.chunked or self.error is not None or self._cached is not None:
+            return None
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if self._buffered > _HIGH_WATER:
+            self.conn.resume_reading()
+        self._buffered = 0
+        self._cached = data
+        return data
 
 
 class _NoBody:
@@ -928,11 +943,20 @@ class ClientConnection(asyncio.Protocol):
             conn.start(no_body)
             pump: asyncio.Task[None] | None = None
             try:
-                conn.write(head_bytes)
-                if body.cached is not None:
+                cached = body.cached
+                if cached is None and body.has_body:
+                    cached = body.take_arrived()
+                if cached is not None and len(cached) <= _COALESCE:
+                    # A body the checks read (validation, signatures): one send with the head, not two.
+                    conn.write(head_bytes + cached)
+                elif cached is not None:
+                    conn.write(head_bytes)
                     self._write_cached_body(conn, body)
                 elif body.has_body:
+                    conn.write(head_bytes)
                     pump = self.loop.create_task(self._pump(conn, body))
+                else:
+                    conn.write(head_bytes)
                 await conn.read_head(fwd.upstream.read_timeout)
             except UpstreamClosed:
                 if pump is not None:
