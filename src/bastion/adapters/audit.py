@@ -104,6 +104,7 @@ class StoreView:
     consumers: Sequence[Mapping[str, Any]]
     now: float
     chain: Any = None  # events.chain.Verification of the event log, when it could be read
+    admins: Sequence[Mapping[str, Any]] | None = None  # admin accounts (None: no such table yet)
 
 
 @dataclass
@@ -715,6 +716,67 @@ def _short_token(ctx: _Context, r: Rule) -> list[Finding] | None:
     return []
 
 
+@rule(
+    "P12.admin-mfa-not-required",
+    "fail",
+    "Admin accounts may sign in without a second factor",
+    "Remove admin.accounts.require_mfa: false.",
+    in_check=True,
+)
+def _mfa_not_required(ctx: _Context, r: Rule) -> list[Finding] | None:
+    admin = ctx.s.admin
+    if admin is None:
+        return None
+    if admin.accounts.require_mfa:
+        return []
+    return [r.at(ctx, ("admin", "accounts", "require_mfa"), "admin.accounts.require_mfa is false")]
+
+
+@rule(
+    "P12.admin-without-mfa",
+    "fail",
+    "An active admin account has no TOTP enrolled",
+    "Have the account enrol TOTP (sign in, or bastion admins reset-mfa then sign in); disable it if unused.",
+    needs_store=True,
+)
+def _admin_without_mfa(ctx: _Context, r: Rule) -> list[Finding] | None:
+    assert ctx.store is not None
+    admins = ctx.store.admins
+    if admins is None or ctx.s.admin is None:
+        return None
+    return [
+        Finding(
+            r.id,
+            r.level,
+            f"admin account {a['name']} ({a['role']}) has no TOTP: whoever has its password or email "
+            "can sign in and enrol their own",
+            subject=f"admin:{a['name']}",
+        )
+        for a in admins
+        if a["status"] == "active" and not a["has_totp"]
+    ]
+
+
+@rule(
+    "P12.admin-token-still-enabled",
+    "warn",
+    "The bootstrap admin token still works although admin accounts exist",
+    "Once people sign in with accounts, set admin.token_enabled: false (keep a token only for automation).",
+    needs_store=True,
+)
+def _token_still_enabled(ctx: _Context, r: Rule) -> list[Finding] | None:
+    assert ctx.store is not None
+    admin = ctx.s.admin
+    if admin is None or ctx.store.admins is None:
+        return None
+    active = [a for a in ctx.store.admins if a["status"] == "active" and a["role"] == "admin"]
+    if not active or not admin.token_enabled:
+        return []
+    return [
+        r.at(ctx, ("admin", "token"), f"{len(active)} admin account(s) exist and admin.token still works")
+    ]
+
+
 # -- P13 token hygiene -------------------------------------------------------------------------------
 
 
@@ -1129,6 +1191,7 @@ def read_store(loaded: LoadedConfig, *, now: float | None = None) -> tuple[Store
                 dict(r._mapping) for r in conn.execute(select(c.name, c.status, c.scopes).order_by(c.name))
             ]
         chain = _verify_events(engine, loaded)
+        admins = _admins(engine)
     except Exception as exc:  # no such table (never migrated), lost connection
         return None, f"cannot read the database ({type(exc).__name__})"
     finally:
@@ -1137,7 +1200,29 @@ def read_store(loaded: LoadedConfig, *, now: float | None = None) -> tuple[Store
     detail = f"read {len(keys)} key(s) and {len(consumers)} consumer(s)"
     if chain is not None:
         detail += f", verified {chain.events} event(s)"
-    return StoreView(keys, consumers, when, chain), detail
+    if admins is not None:
+        detail += f", {len(admins)} admin account(s)"
+    return StoreView(keys, consumers, when, chain, admins), detail
+
+
+def _admins(engine: Any) -> list[dict[str, Any]] | None:
+    """Admin accounts without their secrets: whether TOTP is enrolled, never the secret itself."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..store.schema import admin_accounts_table
+
+    a = admin_accounts_table.c
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(a.name, a.role, a.status, a.totp_secret.is_not(None).label("has_totp")).order_by(
+                    a.name
+                )
+            )
+            return [dict(r._mapping) for r in rows]
+    except SQLAlchemyError:  # a store from before admin accounts (schema 0006): nothing to say about them
+        return None
 
 
 def _verify_events(engine: Any, loaded: LoadedConfig) -> Any:
