@@ -383,6 +383,19 @@ class TestUpstreamApp:
         with pytest.raises(ConfigError, match="BastionMiddleware serves only services with upstream: app"):
             BastionMiddleware(lambda *a: None, config=loaded)  # type: ignore[arg-type,return-value]
 
+    def test_the_middleware_refuses_egress_routes(self) -> None:
+        egress = """identity: {pepper: pepper-for-the-middleware-test-0123}
+egress:
+  - name: sms
+    listen_path: /egress/sms
+    target: https://api.twilio.com
+    callers: [app]
+    credentials: {bearer: provider-token-for-the-test}
+"""
+        loaded = load_text(egress + APP_CONFIG)
+        with pytest.raises(ConfigError, match=r"egress routes are served by bastion serve"):
+            BastionMiddleware(lambda *a: None, config=loaded)  # type: ignore[arg-type,return-value]
+
     def test_an_invalid_upstream_still_names_both_forms(self) -> None:
         with pytest.raises(ConfigError, match="or app: the application BastionMiddleware wraps"):
             load_text(APP_CONFIG.replace("upstream: app", "upstream: ftp://x"))

@@ -877,6 +877,13 @@ def check_upstreams(loaded: LoadedConfig, *, middleware: bool) -> None:
         )
         line = loaded.lines.get(("services", index, "upstream"))
         issues.append(ConfigIssue(loaded.source, line, f"services[{index}].upstream", message))
+    if middleware:
+        # An egress route calls a provider with a credential only Bastion holds: inside the application
+        # that would hand the request (and the credential) to the application instead.
+        for index, _eg in enumerate(loaded.settings.egress):
+            line = loaded.lines.get(("egress", index)) or loaded.lines.get(("egress",))
+            message = "egress routes are served by bastion serve (the gateway), not by BastionMiddleware"
+            issues.append(ConfigIssue(loaded.source, line, f"egress[{index}]", message))
     if issues:
         raise ConfigError(issues)
 
