@@ -126,8 +126,9 @@ class AlertEngine:
             detector = build_detector(rule, state, self._samples, self.geo, settle=settle)
             if isinstance(detector, UseDetector):
                 self._use_rules.append((rule, detector))
-            else:
-                self._event_rules.append((rule, detector))
+            # A detector may watch both: new_source_country sees API use and admin sign-in events.
+            if not isinstance(detector, UseDetector) or getattr(detector, "types", ()):
+                self._event_rules.append((rule, detector))  # type: ignore[arg-type]
         self._prefixes: tuple[str, ...] = tuple({t for _, d in self._event_rules for t in d.types})
         if not self._use_rules:
             self.observe_use = _ignore_use  # type: ignore[method-assign]  # no rule reads traffic
