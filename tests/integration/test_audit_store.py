@@ -98,14 +98,14 @@ def test_admin_accounts_without_mfa_and_the_token_still_enabled(tmp_path: Path) 
     engine = open_database(f"sqlite:///{db}")
     try:
         accounts = AdminAccounts(engine, AdminKeys(PEPPER), loaded.settings.admin.accounts)  # type: ignore[union-attr]
-        accounts.create(
-            "ada", "ada@example.com", "admin", password="Quiet-Lantern-Orbit-81", actor="t"
-        )
+        accounts.create("ada", "ada@example.com", "admin", password="Quiet-Lantern-Orbit-81", actor="t")
         grace, _ = accounts.create(
             "grace", "grace@example.com", "operator", password="Velvet-Harbor-Sprocket-36", actor="t"
         )
         enrolment = accounts.begin_totp(grace["id"])
-        accounts.confirm_totp(grace["id"], pyotp.parse_uri(enrolment.otpauth_uri).now(), actor="t", source_ip=None)
+        accounts.confirm_totp(
+            grace["id"], pyotp.parse_uri(enrolment.otpauth_uri).now(), actor="t", source_ip=None
+        )
     finally:
         engine.dispose()
     doc = json.loads(cli("audit", "-c", str(cfg), "--json").stdout)
