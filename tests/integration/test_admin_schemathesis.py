@@ -323,6 +323,8 @@ def test_public_operations_are_only_health_and_sign_in(tmp_path: Path) -> None:
         "/admin/v1/auth/login",
         "/admin/v1/auth/email/start",
         "/admin/v1/auth/email/verify",
+        "/admin/v1/auth/oidc/start",
+        "/admin/v1/auth/oidc/callback",
     }, public
 
 

@@ -376,7 +376,9 @@ class TestConsole:
             for reply in pages:
                 csp = reply.headers["content-security-policy"]
                 assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
-                assert "unsafe-inline" not in csp and "script-src" not in csp
+                assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+                # scripts only as static files from the console itself (the copy button), never inline
+                assert "script-src 'self';" in csp and csp.count("script-src") == 1
                 assert reply.headers["cache-control"] == "no-store"
                 assert reply.headers["x-frame-options"] == "DENY"
                 assert "<script" not in reply.text.lower() and " on" + "click" not in reply.text.lower()
@@ -456,3 +458,36 @@ def test_the_allow_list_covers_sign_in_and_the_console(gw: GatewayThread) -> Non
         assert asyncio.run(scenario()) == [403, 403, 403, 403]
     finally:
         engine.dispose()
+
+
+def test_the_allow_list_covers_every_console_route(gw: GatewayThread) -> None:
+    """Every console page, form, static file and redirect, from an address outside admin.allow_ips: 403
+    before anything else, with or without a session."""
+    import re
+
+    from bastion.adapters.console import CONSOLE_POLICIES
+
+    assert gw.running is not None and gw.running.gateway is not None
+    engine = open_database(gw.loaded.settings.storage.database, migrate_schema=False)
+    app: Any = build_admin_app(gw.running.gateway, engine, ADMIN_TOKEN, NetworkSet(["127.0.0.0/8"]))
+    admin = signed_in(gw, "outside-in", "admin")
+    cookie = admin.client.cookies.get("bastion_admin") or ""
+    admin.close()
+
+    async def scenario() -> list[tuple[str, str, int, str]]:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+            c.cookies.set("bastion_admin", cookie)
+            for method, path in CONSOLE_POLICIES:
+                url = re.sub(r"\{[^}]+\}", "x", path)
+                reply = await c.request(method, url, data={"csrf_token": "x"} if method == "POST" else None)
+                out.append((method, path, reply.status_code, reply.json().get("code", "")))
+        return out
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    refused = [a for a in answers if a[2] == 403 and a[3] == "admin_ip_denied"]
+    assert answers and refused == answers, answers

@@ -42,6 +42,7 @@ from ..inventory.report import report as inventory_report
 from ..runtime.gateway import Gateway
 from .admin_auth import ROUTE_POLICIES, VIEWER, AdminPlane, Policy, Principal, add_auth_routes, check_policies
 from .admin_identity import IDENTITY_POLICIES, add_identity_routes
+from .admin_oidc import SSO_POLICIES, add_sso_routes
 from .console import CONSOLE_POLICIES, add_console_routes, security_headers
 
 __all__ = ["build_admin_app"]
@@ -464,8 +465,15 @@ def build_admin_app(
         identity = gateway.identity.admin()
         add_identity_routes(app, identity, default_grace=gateway.settings.identity.rotation_grace)
     add_auth_routes(app, plane)
-    add_console_routes(app, plane, identity)
-    policies = {**ROUTE_POLICIES, **IDENTITY_POLICIES, **CONSOLE_POLICIES}
+    pepper = gateway.settings.identity.pepper
+    add_sso_routes(
+        app,
+        plane,
+        pepper=pepper.reveal() if pepper is not None else None,
+        replay=gateway.state.replay if gateway.state is not None else None,  # a flow completes once
+    )
+    add_console_routes(app, plane, identity, engine=engine, gateway=gateway, clock=clock)
+    policies = {**ROUTE_POLICIES, **IDENTITY_POLICIES, **CONSOLE_POLICIES, **SSO_POLICIES}
     check_policies(app, policies)  # a route without an access policy is a bug: refuse to start
     _document_bearer_auth(app, policies, plane.cookie_name)
     return AdminGuard(

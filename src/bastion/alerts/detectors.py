@@ -358,11 +358,21 @@ class TrafficSpike:
 # -- new source country / address -------------------------------------------------------------------------
 
 
+# The events that show an admin account (or the bearer admin token) at work: a completed sign-in, a first
+# factor that passed (a password known somewhere new matters before the second factor does), an API call.
+ADMIN_PRESENCE_EVENTS = ("admin_auth.signed_in", "admin_auth.first_factor_passed", "admin.action")
+
+
 class NewSourceCountry:
     """A key (or a consumer without keys) used from a country — or with ``on: ip`` an address — it was
-    never used from before. The first one seen is the baseline."""
+    never used from before. The first one seen is the baseline.
+
+    Admin accounts are covered through their events (:data:`ADMIN_PRESENCE_EVENTS`, read by ``on_event``):
+    each ``admin:<name>`` actor, and ``admin:token``, has its own set of countries (or addresses), and a
+    sign-in or call from a new one is a finding grouped by the actor."""
 
     detector = "new_source_country"
+    types: tuple[str, ...] = ADMIN_PRESENCE_EVENTS
 
     def __init__(
         self,
@@ -386,6 +396,42 @@ class NewSourceCountry:
             return self.geo(ip)
         except Exception:  # a lookup that fails is an unknown country, never an alert's failure
             return None
+
+    async def on_event(self, event: Event, at: float) -> list[Finding]:
+        """An admin account's (or the admin token's) sign-in or call from a country it never came from."""
+        actor, ip = event.actor, event.source_ip
+        if not actor or not actor.startswith("admin:") or not ip:
+            return []
+        country = self._country(ip)
+        member = country if self.on == "country" else ip
+        if member is None:
+            return []  # private or unknown address: no country to compare
+        known, pair = self._known, (actor, member)
+        cached = known.get(pair)
+        if cached is not None and cached > at:
+            return []
+        seen = await self.state.remember(
+            f"seen:{self.rule}:{self.on}:{key_part(actor)}", member, at, SEEN_TTL
+        )
+        if len(known) >= self.max_cached:
+            known.popitem(last=False)
+        known[pair] = at + self.cache_for
+        known.move_to_end(pair)
+        if not (seen.new and seen.known > 0):
+            return []
+        label = "countries" if self.on == "country" else "addresses"
+        evidence = {
+            "on": self.on,
+            "actor": actor,
+            "event_type": event.type,
+            "ip": ip,
+            "country": country,
+            f"previous_{label}": sorted(seen.sample),
+            f"known_{label}": seen.known,
+        }
+        new = f"country {country}" if self.on == "country" else f"address {ip}"
+        what = "signed in" if event.type.startswith("admin_auth.") else "used the admin API"
+        return [Finding(actor, f"{actor} {what} from a new {new}", evidence, [event], source_ip=ip)]
 
     async def on_uses(self, counts: Mapping[str, int], uses: Iterable[Use], now: float) -> list[Finding]:
         known = self._known
@@ -518,12 +564,28 @@ def _parse_hours(text: str) -> tuple[int, int]:
     return int(h1) * 60 + int(m1), int(h2) * 60 + int(m2)
 
 
+# Sign-in steps of admin accounts, failed or not (password, email code, TOTP, SSO).
+_ADMIN_SIGN_IN_EVENTS = (
+    "admin_auth.signed_in",
+    "admin_auth.first_factor_passed",
+    "admin_auth.sign_in_failed",
+    "admin_auth.mfa_failed",
+    "admin_auth.sso_failed",
+)
+_ADMIN_FAILURES = (
+    "admin.auth_failed",
+    "admin_auth.sign_in_failed",
+    "admin_auth.mfa_failed",
+    "admin_auth.sso_failed",
+)
+
+
 class AdminOutsidePolicy:
-    """An admin API call (or failed admin login) outside the allowed hours or from outside the allowed
-    networks."""
+    """An admin API call, an admin account's sign-in step or a failed admin login outside the allowed hours
+    or from outside the allowed networks."""
 
     detector = "admin_outside_policy"
-    types: tuple[str, ...] = ("admin.action", "admin.auth_failed")
+    types: tuple[str, ...] = ("admin.action", "admin.auth_failed", *_ADMIN_SIGN_IN_EVENTS)
 
     def __init__(self, rule: AlertRuleSettings, samples: Samples) -> None:
         self.rule = rule.name
@@ -565,7 +627,9 @@ class AdminOutsidePolicy:
         violations = []
         if not inside:
             violations.append("outside_hours")
-        if not self._allowed_ip(event.source_ip):
+        # A sign-in step recorded without an address (a password change's check) has its admin.action.
+        judge_ip = event.source_ip is not None or not event.type.startswith("admin_auth.")
+        if judge_ip and not self._allowed_ip(event.source_ip):
             violations.append("ip_not_allowed")
         if not violations:
             return []
@@ -582,7 +646,10 @@ class AdminOutsidePolicy:
             "timezone": self.timezone_name,
             "allow_ips": [str(n) for n in self.allow_ips],
         }
-        what = "admin login failure" if event.type == "admin.auth_failed" else "admin action"
+        if event.type in _ADMIN_FAILURES:
+            what = "admin login failure"
+        else:
+            what = "admin sign-in" if event.type.startswith("admin_auth.") else "admin action"
         summary = f"{what} by {actor} {' and '.join(v.replace('_', ' ') for v in violations)}"
         return [Finding(group, summary, evidence, self.samples.get(self.rule, group), event.source_ip)]
 

@@ -36,6 +36,7 @@ from .units import parse_duration, parse_size
 __all__ = [
     "APP_UPSTREAM",
     "AdminSettings",
+    "AdminSsoSettings",
     "ConsumersDefaults",
     "CorsSettings",
     "EventSettings",
@@ -232,6 +233,101 @@ class AdminEmailSettings(_Model):
         return self
 
 
+_SSO_CALLBACK = "/admin/v1/auth/oidc/callback"
+# Asymmetric signatures only: an HS* ID token is MACed with the client secret (OpenID Connect Core §10.1),
+# which Bastion does not accept, and "none" is never an algorithm.
+_SSO_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+class AdminSsoSettings(_Model):
+    """Admin sign-in with an OpenID Connect provider (docs/admin-accounts.md#single-sign-on-oidc)."""
+
+    issuer: str  # exactly the provider's "iss"; discovery at <issuer>/.well-known/openid-configuration
+    client_id: str = Field(min_length=1, max_length=255)
+    client_secret: SecretStr
+    redirect_url: str  # the admin listener's external URL of /admin/v1/auth/oidc/callback
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    groups_claim: str = Field("groups", min_length=1, max_length=128)
+    role_map: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
+    default_role: Literal["none", "viewer"] = "none"  # none: a person in no mapped group is refused
+    allowed_domains: list[str] = Field(default_factory=list)  # []: any domain (no email needed)
+    trust_idp_mfa: bool = False  # true: an ID token whose amr says MFA completes the sign-in
+    idp_mfa_amr: list[str] = Field(default_factory=lambda: ["mfa"], min_length=1)  # RFC 8176 values
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"], min_length=1)
+    leeway: Duration = 60.0
+    flow_timeout: Duration = 600.0  # the pre-session cookie (state, nonce, PKCE verifier) lives this long
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        require_secure_url(v, "the issuer")
+        if urlsplit(v).query:
+            raise ValueError("the issuer must not contain a query (OpenID Connect Discovery §2)")
+        return v
+
+    @field_validator("redirect_url")
+    @classmethod
+    def _redirect(cls, v: str) -> str:
+        require_secure_url(v, "redirect_url")
+        parts = urlsplit(v)
+        if parts.query or not parts.path.endswith(_SSO_CALLBACK):
+            raise ValueError(f"redirect_url must end with {_SSO_CALLBACK} and have no query")
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("scopes must include openid")
+        bad = [s for s in v if not _SCOPE_TOKEN.fullmatch(s)]
+        if bad or len(v) > 20:
+            raise ValueError("scopes are 1-20 tokens of printable ASCII without spaces, quotes or \\")
+        return v
+
+    @field_validator("role_map")
+    @classmethod
+    def _role_map(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(not g or len(g) > 256 for g in v) or len(v) > 1000:
+            raise ValueError("role_map has 1-1000 group names of 1-256 characters")
+        return v
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = [d.strip().lower() for d in v]
+        bad = [d for d in out if not _DOMAIN.fullmatch(d)]
+        if bad:
+            raise ValueError("allowed_domains are domain names such as example.com")
+        return out
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in _SSO_ALGORITHMS]
+        if bad:
+            raise ValueError(f"ID token algorithms are chosen from {', '.join(_SSO_ALGORITHMS)}")
+        return v
+
+    @field_validator("idp_mfa_amr")
+    @classmethod
+    def _amr(cls, v: list[str]) -> list[str]:
+        if any(not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", a) for a in v):
+            raise ValueError("idp_mfa_amr lists amr values such as mfa, otp, hwk (RFC 8176)")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> AdminSsoSettings:
+        if not self.role_map and self.default_role == "none":
+            raise ValueError("role_map is empty and default_role is none: nobody could sign in")
+        if not 0 <= self.leeway <= 300:
+            raise ValueError("leeway is between 0 and 5m")
+        if not 60 <= self.flow_timeout <= 3600:
+            raise ValueError("flow_timeout is between 1m and 1h")
+        return self
+
+
 class AdminAccountSettings(_Model):
     """Admin accounts (docs/admin-accounts.md): sessions, MFA, lockout and passwordless codes."""
 
@@ -253,6 +349,7 @@ class AdminAccountSettings(_Model):
     codes_per_ip: int = Field(20, ge=1, le=10_000)
     code_window: Duration = 3600.0
     email: AdminEmailSettings | None = None  # none: no passwordless sign-in
+    sso: AdminSsoSettings | None = None  # none: no sign-in with an OpenID Connect provider
 
     @field_validator(
         "session_idle",

@@ -1,311 +1,139 @@
-"""The web console: server-rendered pages under ``/console`` on the admin listener (the start of it: sign-in
-with MFA, TOTP enrolment, and the API keys page).
+"""The web console: server-rendered pages under ``/console`` on the admin listener (docs/console.md).
 
-The same principals, roles and sessions as the admin API (``admin_auth``): the guard in ``admin.py`` checks
-every page against its policy, and sends a browser without a session to the sign-in page. Pages are Jinja2
-with autoescaping; every response carries a strict Content-Security-Policy with no script source at all
-(``default-src 'none'``), ``frame-ancestors 'none'`` and ``form-action 'self'``, and ``no-store``.
+Theory of operation
+-------------------
+The console is a set of routes of the admin app, so everything in front of the admin API is in front of it
+too: the listener's IP allow-list (``admin.allow_ips``), then the guard in ``admin.py``, which finds each
+route's :class:`~bastion.adapters.admin_auth.Policy` in ``CONSOLE_POLICIES`` below, authenticates the
+session cookie and enforces the least role before a handler runs. A browser without a (complete) session
+is sent to the sign-in (or MFA) page instead of getting an error. Handlers call the same services as the
+admin API (``IdentityAdmin``, ``AdminAccounts``, the Monitor API's queries, ``audit``): one implementation.
 
-CSRF: forms cannot send the ``X-CSRF-Token`` header, so console forms carry the token in a hidden
-``csrf_token`` field and each handler checks it (the guard leaves form routes to them: ``Policy.form``).
-Signed in, the token is the session's; before sign-in, a random token in a ``SameSite=Strict`` cookie that
-the form must repeat (double submit), so a cross-site form cannot sign anyone in.
+Pages are Jinja2 templates (``templates/``) with autoescaping everywhere; every response carries
+``Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;
+form-action 'self'; frame-ancestors 'none'; base-uri 'none'`` — no inline script or style, no other origin
+— plus ``no-store``, ``nosniff``, ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``. The only
+script is ``static/console.js`` (the copy button), loaded only by a page that shows a secret.
+
+CSRF: forms cannot send the API's ``X-CSRF-Token`` header, so every console form carries the session's
+token in a hidden ``csrf_token`` field and every state-changing handler checks it before doing anything
+(the guard leaves form routes to them: ``Policy.form``). Before sign-in, a random token in a
+``SameSite=Strict`` cookie that the form repeats (double submit). Sensitive actions (disabling a consumer,
+every change to an admin account) need a recent second factor, as in the API: the handler asks for one
+(``/console/step-up``) instead of acting. Secrets are shown once (``web.Notes``).
 """
 
 from __future__ import annotations
 
-import hmac
-import secrets
-from typing import Any
-from urllib.parse import parse_qs
+import time
+from collections.abc import Callable
 
-import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import Response
+from sqlalchemy import Engine
 
-from ...identity.admins import SignInFailed, role_rank
-from ...identity.manage import IdentityAdmin, IdentityError
-from ..admin_auth import AdminPlane, Policy, Principal
-from .templates import CSS, environment
+from ...identity.manage import IdentityAdmin
+from ...runtime.gateway import Gateway
+from ..admin_auth import AdminPlane, Policy
+from .admins import add_admin_pages
+from .identities import add_identity_pages
+from .monitor import add_monitor_pages
+from .sign_in import add_sign_in_routes
+from .templates import STATIC
+from .web import CSP, Console, security_headers
 
-__all__ = ["CONSOLE_POLICIES", "add_console_routes", "security_headers"]
+__all__ = ["CONSOLE_POLICIES", "CSP", "add_console_routes", "security_headers"]
 
 C = "/console"
-PRE_CSRF_COOKIE = "bastion_console_csrf"
-MAX_FORM = 8 * 1024
 
-CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+_PUBLIC = Policy("public", page=True)
+_PARTIAL = Policy("partial", page=True)
+_PARTIAL_FORM = Policy("partial", page=True, form=True)
+_VIEW = Policy("viewer", page=True)
+_VIEW_FORM = Policy("viewer", page=True, form=True)
+_OPERATE = Policy("operator", page=True, form=True)
+_ADMIN = Policy("admin", page=True)
+_ADMIN_FORM = Policy("admin", page=True, form=True)
+
+# (method, route path) -> policy. The guard enforces the role; form handlers check the CSRF field. Routes
+# marked "step-up" check the second factor's age themselves (and ask for a new one).
+CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
+    ("GET", f"{C}/"): _PUBLIC,  # a redirect to the overview (which needs a session)
+    ("GET", f"{C}/static/console.css"): _PUBLIC,
+    ("GET", f"{C}/static/console.js"): _PUBLIC,
+    # signing in
+    ("GET", f"{C}/sign-in"): _PUBLIC,
+    ("POST", f"{C}/sign-in"): Policy("public", page=True, form=True),
+    ("GET", f"{C}/mfa"): _PARTIAL,
+    ("POST", f"{C}/mfa"): _PARTIAL_FORM,
+    ("GET", f"{C}/enrol"): _PARTIAL,
+    ("POST", f"{C}/enrol"): _PARTIAL_FORM,
+    ("POST", f"{C}/sign-out"): _PARTIAL_FORM,
+    ("GET", f"{C}/step-up"): _VIEW,
+    ("POST", f"{C}/step-up"): _VIEW_FORM,
+    # observing
+    ("GET", f"{C}/overview"): _VIEW,
+    ("GET", f"{C}/events"): _VIEW,
+    ("GET", C + "/events/{event_id}"): _VIEW,
+    ("GET", f"{C}/alerts"): _VIEW,
+    ("GET", f"{C}/inventory"): _VIEW,
+    ("GET", f"{C}/posture"): _VIEW,
+    # identities
+    ("GET", f"{C}/consumers"): _VIEW,
+    ("POST", f"{C}/consumers"): _OPERATE,
+    ("POST", C + "/consumers/{name}/disable"): _OPERATE,  # step-up
+    ("POST", C + "/consumers/{name}/enable"): _OPERATE,
+    ("POST", C + "/consumers/{name}/scopes"): _OPERATE,
+    ("GET", f"{C}/keys"): _VIEW,
+    ("POST", f"{C}/keys"): _OPERATE,
+    ("POST", C + "/keys/{key_id}/rotate"): _OPERATE,
+    ("POST", C + "/keys/{key_id}/revoke"): _OPERATE,
+    ("GET", f"{C}/clients"): _VIEW,
+    ("POST", f"{C}/clients"): _OPERATE,
+    ("POST", C + "/clients/{client_id}/revoke"): _OPERATE,
+    # admin accounts: admins only, every change with step-up
+    ("GET", f"{C}/admins"): _ADMIN,
+    ("POST", f"{C}/admins"): _ADMIN_FORM,
+    ("POST", C + "/admins/{name}/disable"): _ADMIN_FORM,
+    ("POST", C + "/admins/{name}/enable"): _ADMIN_FORM,
+    ("POST", C + "/admins/{name}/role"): _ADMIN_FORM,
+    ("POST", C + "/admins/{name}/reset-mfa"): _ADMIN_FORM,
+}
+STEP_UP = frozenset(
+    {
+        ("POST", C + "/consumers/{name}/disable"),
+        ("POST", f"{C}/admins"),
+        ("POST", C + "/admins/{name}/disable"),
+        ("POST", C + "/admins/{name}/enable"),
+        ("POST", C + "/admins/{name}/role"),
+        ("POST", C + "/admins/{name}/reset-mfa"),
+    }
 )
 
 
-def security_headers() -> dict[str, str]:
-    return {
-        "content-security-policy": CSP,
-        "cache-control": "no-store",
-        "x-content-type-options": "nosniff",
-        "x-frame-options": "DENY",
-        "referrer-policy": "no-referrer",
-        "cross-origin-opener-policy": "same-origin",
-    }
-
-
-_PAGE = Policy("viewer", page=True)
-CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
-    ("GET", f"{C}/"): Policy("public", page=True),
-    ("GET", f"{C}/static/console.css"): Policy("public", page=True),
-    ("GET", f"{C}/sign-in"): Policy("public", page=True),
-    ("POST", f"{C}/sign-in"): Policy("public", page=True, form=True),
-    ("GET", f"{C}/mfa"): Policy("partial", page=True),
-    ("POST", f"{C}/mfa"): Policy("partial", page=True, form=True),
-    ("GET", f"{C}/enrol"): Policy("partial", page=True),
-    ("POST", f"{C}/enrol"): Policy("partial", page=True, form=True),
-    ("POST", f"{C}/sign-out"): Policy("partial", page=True, form=True),
-    ("GET", f"{C}/keys"): _PAGE,
-    ("POST", C + "/keys/{key_id}/revoke"): Policy("operator", page=True, form=True),
-}
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form, bounded; one value per field (the first)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        return {}
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            return {}
-    try:
-        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {k: v[0] for k, v in parsed.items()}
-
-
-def add_console_routes(app: FastAPI, plane: AdminPlane, identity: IdentityAdmin | None) -> None:
-    env = environment()
-    settings = plane.settings
-
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("who", None)
-        context.setdefault("csrf_token", "")
-        context.setdefault("error", "")
-        html = env.get_template(name).render(**context)
-        return HTMLResponse(html, status_code=status, headers=security_headers())
-
-    def go(path: str) -> RedirectResponse:
-        return RedirectResponse(path, status_code=303, headers=security_headers())
-
-    def principal(request: Request) -> Principal | None:
-        return request.scope.get("bastion.admin")
-
-    def session_csrf(request: Request) -> str:
-        p = principal(request)
-        if p is None or p.session_id is None or plane.sessions is None:
-            return ""
-        return plane.sessions.csrf_token(p.session_id)
-
-    def csrf_ok(form: dict[str, str], expected: str) -> bool:
-        return bool(expected) and hmac.compare_digest(form.get("csrf_token", "").encode(), expected.encode())
-
-    def ip(request: Request) -> str:
-        client = request.scope.get("client") or ("", 0)
-        return str(client[0])
-
-    def with_session(response: Response, session_id: str) -> Response:
-        response.set_cookie(
-            plane.cookie_name,
-            session_id,
-            max_age=int(settings.session_max),
-            path="/",
-            secure=settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
-        response.delete_cookie(PRE_CSRF_COOKIE, path=f"{C}/", samesite="strict")
-        return response
-
-    def who(request: Request) -> dict[str, str] | None:
-        p = principal(request)
-        if p is None or p.session is None:
-            return None
-        return {"name": p.session.name, "role": p.session.role}
-
-    @app.get(f"{C}/", include_in_schema=False)
-    def home() -> Response:
-        return go(f"{C}/keys")
+def add_console_routes(
+    app: FastAPI,
+    plane: AdminPlane,
+    identity: IdentityAdmin | None,
+    *,
+    engine: Engine | None = None,
+    gateway: Gateway | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    console = Console(plane, identity, engine=engine, gateway=gateway, clock=clock)
+    # Work at construction: the static files are read once.
+    css = (STATIC / "console.css").read_bytes()
+    js = (STATIC / "console.js").read_bytes()
 
     @app.get(f"{C}/static/console.css", include_in_schema=False)
     def stylesheet() -> Response:
-        return Response(CSS, media_type="text/css", headers=security_headers())
+        return Response(css, media_type="text/css", headers=security_headers())
 
-    @app.get(f"{C}/sign-in", include_in_schema=False)
-    def sign_in_page() -> Response:
-        token = secrets.token_urlsafe(32)
-        response = page("sign_in.html", csrf_token=token, email="")
-        response.set_cookie(
-            PRE_CSRF_COOKIE,
-            token,
-            path=f"{C}/",
-            secure=settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
-        return response
+    @app.get(f"{C}/static/console.js", include_in_schema=False)
+    def script() -> Response:
+        return Response(js, media_type="text/javascript", headers=security_headers())
 
-    @app.post(f"{C}/sign-in", include_in_schema=False)
-    async def sign_in(request: Request) -> Response:
-        form = await _form(request)
-        if not csrf_ok(form, request.cookies.get(PRE_CSRF_COOKIE, "")):
-            return page(
-                "sign_in.html", 403, csrf_token="", email="", error="The form expired; reload the page."
-            )
-        accounts, sessions = plane.need()
-        if not plane.ip_attempt(ip(request)):
-            return page(
-                "sign_in.html",
-                429,
-                csrf_token=form["csrf_token"],
-                email="",
-                error="Too many attempts from this address; try later.",
-            )
-        email = form.get("email", "")[:254]
-        try:
-            row = await anyio.to_thread.run_sync(
-                lambda: accounts.sign_in_password(
-                    email, form.get("password", "")[:1024], source_ip=ip(request)
-                )
-            )
-        except SignInFailed:
-            return page(
-                "sign_in.html",
-                401,
-                csrf_token=form["csrf_token"],
-                email=email,
-                error="The sign-in did not succeed.",
-            )
-        stage = "mfa" if row["totp_secret"] is not None else ("enrol" if settings.require_mfa else "full")
-        if stage == "full":
-            accounts.signed_in(row, source_ip=ip(request), method="password")
-        session_id = sessions.create(row["id"], stage, source_ip=ip(request))
-        target = {"mfa": f"{C}/mfa", "enrol": f"{C}/enrol", "full": f"{C}/keys"}[stage]
-        return with_session(go(target), session_id)
-
-    @app.get(f"{C}/mfa", include_in_schema=False)
-    def mfa_page(request: Request) -> Response:
-        p = principal(request)
-        if p is None or p.session is None or p.session.stage != "mfa":
-            return go(f"{C}/keys")
-        return page("mfa.html", csrf_token=session_csrf(request))
-
-    @app.post(f"{C}/mfa", include_in_schema=False)
-    async def mfa(request: Request) -> Response:
-        form = await _form(request)
-        p = principal(request)
-        if not csrf_ok(form, session_csrf(request)) or p is None or p.session is None:
-            return page("mfa.html", 403, csrf_token=session_csrf(request), error="The form expired.")
-        if p.session.stage != "mfa":
-            return go(f"{C}/keys")
-        accounts, sessions = plane.need()
-        code = form.get("code", "").strip()[:32]
-        totp = code.isdigit() and len(code) == 6
-        try:
-            factor = accounts.verify_second_factor(
-                p.session.admin_id,
-                code=code if totp else None,
-                recovery_code=None if totp else code,
-                source_ip=ip(request),
-            )
-        except SignInFailed:
-            if sessions.lookup(p.session_id or "", touch=False) is None:  # locked: the session is gone
-                return go(f"{C}/sign-in")
-            return page("mfa.html", 401, csrf_token=session_csrf(request), error="The code is not valid.")
-        row = accounts.account_for_sign_in(p.session.admin_id, source_ip=ip(request), method=factor)
-        accounts.signed_in(row, source_ip=ip(request), method=f"mfa:{factor}")
-        new_id = sessions.advance(p.session, "full", mfa_at=plane.clock(), source_ip=ip(request))
-        return with_session(go(f"{C}/keys"), new_id)
-
-    @app.get(f"{C}/enrol", include_in_schema=False)
-    def enrol_page(request: Request) -> Response:
-        p = principal(request)
-        if p is None or p.session is None or p.session.has_mfa or p.session.stage == "mfa":
-            return go(f"{C}/keys")
-        accounts, _ = plane.need()
-        enrolment = accounts.begin_totp(p.session.admin_id)
-        return page(
-            "enrol.html",
-            csrf_token=session_csrf(request),
-            who=who(request) if p.session.stage == "full" else None,
-            qr_svg=enrolment.qr_svg,
-            otpauth_uri=enrolment.otpauth_uri,
-        )
-
-    @app.post(f"{C}/enrol", include_in_schema=False)
-    async def enrol(request: Request) -> Response:
-        form = await _form(request)
-        p = principal(request)
-        if not csrf_ok(form, session_csrf(request)) or p is None or p.session is None:
-            return go(f"{C}/sign-in")
-        accounts, sessions = plane.need()
-        try:
-            codes = accounts.confirm_totp(
-                p.session.admin_id, form.get("code", "")[:16], actor=p.actor, source_ip=ip(request)
-            )
-        except (SignInFailed, IdentityError):
-            return go(f"{C}/enrol")  # a fresh secret and QR code; the failure is counted and logged
-        row = accounts.account_for_sign_in(p.session.admin_id, source_ip=ip(request), method="totp")
-        if p.session.stage == "enrol":
-            accounts.signed_in(row, source_ip=ip(request), method="mfa:enrolment")
-        new_id = sessions.advance(p.session, "full", mfa_at=plane.clock(), source_ip=ip(request))
-        response = page(
-            "recovery.html",
-            codes=codes,
-            who={"name": row["name"], "role": row["role"]},
-            csrf_token=sessions.csrf_token(new_id),
-        )
-        return with_session(response, new_id)
-
-    @app.post(f"{C}/sign-out", include_in_schema=False)
-    async def sign_out(request: Request) -> Response:
-        form = await _form(request)
-        p = principal(request)
-        if not csrf_ok(form, session_csrf(request)) or p is None or p.session is None:
-            return go(f"{C}/keys")  # not from our own form: nothing happens
-        accounts, sessions = plane.need()
-        sessions.end(p.session)
-        accounts.emit("admin_auth.signed_out", severity="info", actor=p.actor, source_ip=ip(request))
-        response = go(f"{C}/sign-in")
-        response.delete_cookie(
-            plane.cookie_name, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
-        )
-        return response
-
-    @app.get(f"{C}/keys", include_in_schema=False)
-    def keys_page(request: Request) -> Response:
-        p = principal(request)
-        rows = identity.list_keys() if identity is not None else []
-        can_revoke = p is not None and role_rank(p.role) >= role_rank("operator")
-        message = request.query_params.get("revoked")
-        return page(
-            "keys.html",
-            keys=rows,
-            who=who(request),
-            csrf_token=session_csrf(request),
-            can_revoke=can_revoke,
-            message=f"Key {message} revoked." if message and message.isalnum() and len(message) <= 16 else "",
-        )
-
-    @app.post(C + "/keys/{key_id}/revoke", include_in_schema=False)
-    async def revoke(key_id: str, request: Request) -> Response:
-        form = await _form(request)
-        p = principal(request)
-        if not csrf_ok(form, session_csrf(request)) or p is None:
-            return HTMLResponse(
-                "The form expired; reload the page.", status_code=403, headers=security_headers()
-            )
-        if identity is None:
-            raise IdentityError(409, "identity_unavailable", "identity management needs the store")
-        await anyio.to_thread.run_sync(lambda: identity.revoke_key(key_id, actor=p.actor))
-        return go(f"{C}/keys?revoked={key_id}" if key_id.isalnum() else f"{C}/keys")
+    add_sign_in_routes(app, console)
+    add_monitor_pages(app, console)
+    add_identity_pages(app, console)
+    add_admin_pages(app, console)

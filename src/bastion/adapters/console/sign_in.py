@@ -1,0 +1,252 @@
+"""Signing in to the console: password, then the TOTP or a recovery code (or TOTP enrolment), sign-out,
+and step-up (a fresh second factor before a sensitive action).
+
+Before sign-in there is no session to hold a CSRF token, so the sign-in form repeats a random token that
+is also in a ``SameSite=Strict`` cookie (double submit): a cross-site form cannot sign anyone in. Each
+completed step issues a new session id (``AdminSessions.advance``).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from ...identity.admins import SignInFailed
+from ...identity.manage import IdentityError
+from .web import SLUGS, Console
+
+__all__ = ["PRE_CSRF_COOKIE", "add_sign_in_routes"]
+
+C = "/console"
+PRE_CSRF_COOKIE = "bastion_console_csrf"
+LANDING = f"{C}/keys"  # where a completed sign-in goes
+
+
+def _factor(code: str) -> tuple[str | None, str | None]:
+    """(TOTP code, recovery code): six digits are a TOTP code, anything else a recovery code."""
+    code = code.strip()[:32]
+    return (code, None) if code.isdigit() and len(code) == 6 else (None, code)
+
+
+def add_sign_in_routes(app: FastAPI, console: Console) -> None:
+    plane = console.plane
+    settings = plane.settings
+    ip = console.ip
+
+    def with_session(response: Response, session_id: str) -> Response:
+        response.set_cookie(
+            plane.cookie_name,
+            session_id,
+            max_age=int(settings.session_max),
+            path="/",
+            secure=settings.cookie_secure,
+            httponly=True,
+            samesite="strict",
+        )
+        response.delete_cookie(PRE_CSRF_COOKIE, path=f"{C}/", samesite="strict")
+        return response
+
+    def sign_in_form(status: int, token: str, email: str = "", error: str = "") -> Response:
+        # The SSO link only when admin.accounts.sso is configured (getattr: the setting may not exist).
+        sso = getattr(settings, "sso", None) is not None
+        return console.render(
+            None, "sign_in.html", status, csrf_token=token, email=email, error=error, sso=sso
+        )
+
+    @app.get(f"{C}/sign-in", include_in_schema=False)
+    def sign_in_page() -> Response:
+        token = secrets.token_urlsafe(32)
+        response = sign_in_form(200, token)
+        response.set_cookie(
+            PRE_CSRF_COOKIE,
+            token,
+            path=f"{C}/",
+            secure=settings.cookie_secure,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    @app.post(f"{C}/sign-in", include_in_schema=False)
+    async def sign_in(request: Request) -> Response:
+        form = await console.read_form(request)
+        if not console.csrf_ok(form, request.cookies.get(PRE_CSRF_COOKIE, "")):
+            return sign_in_form(403, "", error="The form expired; reload the page.")
+        accounts, sessions = plane.need()
+        if not plane.ip_attempt(ip(request)):
+            return sign_in_form(
+                429, form["csrf_token"], error="Too many attempts from this address; try later."
+            )
+        email = form.get("email", "")[:254]
+        password = form.get("password", "")[:1024]
+        try:
+            row = await console.run(lambda: accounts.sign_in_password(email, password, source_ip=ip(request)))
+        except SignInFailed:
+            return sign_in_form(401, form["csrf_token"], email=email, error="The sign-in did not succeed.")
+        stage = "mfa" if row["totp_secret"] is not None else ("enrol" if settings.require_mfa else "full")
+
+        def start() -> str:
+            if stage == "full":
+                accounts.signed_in(row, source_ip=ip(request), method="password")
+            else:
+                accounts.emit(
+                    "admin_auth.first_factor_passed",
+                    severity="info",
+                    actor=f"admin:{row['name']}",
+                    source_ip=ip(request),
+                    data={"method": "password", "next": stage, "console": True},
+                )
+            return sessions.create(row["id"], stage, source_ip=ip(request))
+
+        session_id = await console.run(start)
+        target = {"mfa": f"{C}/mfa", "enrol": f"{C}/enrol", "full": LANDING}[stage]
+        return with_session(console.go(target), session_id)
+
+    @app.get(f"{C}/mfa", include_in_schema=False)
+    def mfa_page(request: Request) -> Response:
+        p = console.principal(request)
+        if p is None or p.session is None or p.session.stage != "mfa":
+            return console.go(LANDING)
+        return console.render(request, "mfa.html", csrf_token=console.csrf_token(request))
+
+    @app.post(f"{C}/mfa", include_in_schema=False)
+    async def mfa(request: Request) -> Response:
+        form = await console.read_form(request)
+        p = console.principal(request)
+        token = console.csrf_token(request)
+        if not console.csrf_ok(form, token) or p is None or p.session is None:
+            return console.render(request, "mfa.html", 403, csrf_token=token, error="The form expired.")
+        session = p.session
+        if session.stage != "mfa":
+            return console.go(LANDING)
+        accounts, sessions = plane.need()
+        if not plane.ip_attempt(ip(request)):
+            return console.render(
+                request, "mfa.html", 429, csrf_token=token, error="Too many attempts from this address."
+            )
+        totp, recovery = _factor(form.get("code", ""))
+        try:
+            factor = await console.run(
+                lambda: accounts.verify_second_factor(
+                    session.admin_id, code=totp, recovery_code=recovery, source_ip=ip(request)
+                )
+            )
+        except SignInFailed:
+            if sessions.lookup(p.session_id or "", touch=False) is None:  # locked: the session is gone
+                return console.go(f"{C}/sign-in")
+            return console.render(request, "mfa.html", 401, csrf_token=token, error="The code is not valid.")
+
+        def finish() -> str:
+            row = accounts.account_for_sign_in(session.admin_id, source_ip=ip(request), method=factor)
+            accounts.signed_in(row, source_ip=ip(request), method=f"mfa:{factor}")
+            return sessions.advance(session, "full", mfa_at=plane.clock(), source_ip=ip(request))
+
+        return with_session(console.go(LANDING), await console.run(finish))
+
+    @app.get(f"{C}/enrol", include_in_schema=False)
+    def enrol_page(request: Request) -> Response:
+        p = console.principal(request)
+        if p is None or p.session is None or p.session.has_mfa or p.session.stage == "mfa":
+            return console.go(LANDING)
+        accounts, _ = plane.need()
+        enrolment = accounts.begin_totp(p.session.admin_id)
+        return console.render(
+            request,
+            "enrol.html",
+            csrf_token=console.csrf_token(request),
+            qr_svg=enrolment.qr_svg,
+            otpauth_uri=enrolment.otpauth_uri,
+        )
+
+    @app.post(f"{C}/enrol", include_in_schema=False)
+    async def enrol(request: Request) -> Response:
+        form = await console.read_form(request)
+        p = console.principal(request)
+        if not console.csrf_ok(form, console.csrf_token(request)) or p is None or p.session is None:
+            return console.go(f"{C}/sign-in")
+        session = p.session
+        accounts, sessions = plane.need()
+        try:
+            codes = await console.run(
+                lambda: accounts.confirm_totp(
+                    session.admin_id, form.get("code", "")[:16], actor=p.actor, source_ip=ip(request)
+                )
+            )
+        except (SignInFailed, IdentityError):
+            return console.go(f"{C}/enrol")  # a fresh secret and QR code; the failure is counted and logged
+
+        def finish() -> tuple[dict[str, str], str]:
+            row = accounts.account_for_sign_in(session.admin_id, source_ip=ip(request), method="totp")
+            if session.stage == "enrol":
+                accounts.signed_in(row, source_ip=ip(request), method="mfa:enrolment")
+            new_id = sessions.advance(session, "full", mfa_at=plane.clock(), source_ip=ip(request))
+            return {"name": row["name"], "role": row["role"]}, new_id
+
+        who, new_id = await console.run(finish)
+        response = console.render(
+            None, "recovery.html", codes=codes, who=who, csrf_token=sessions.csrf_token(new_id)
+        )
+        return with_session(response, new_id)
+
+    @app.post(f"{C}/sign-out", include_in_schema=False)
+    async def sign_out(request: Request) -> Response:
+        form = await console.read_form(request)
+        p = console.principal(request)
+        if not console.csrf_ok(form, console.csrf_token(request)) or p is None or p.session is None:
+            return console.go(LANDING)  # not from our own form: nothing happens
+        accounts, sessions = plane.need()
+        session = p.session
+        await console.run(lambda: sessions.end(session))
+        accounts.emit("admin_auth.signed_out", severity="info", actor=p.actor, source_ip=ip(request))
+        response = console.go(f"{C}/sign-in")
+        response.delete_cookie(
+            plane.cookie_name, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
+        )
+        return response
+
+    def back_of(value: str) -> str:
+        return value if value in SLUGS else "overview"
+
+    @app.get(f"{C}/step-up", include_in_schema=False)
+    def step_up_page(request: Request) -> Response:
+        back = back_of(request.query_params.get("back", ""))
+        return console.render(request, "step_up.html", section=back, take_notes=False, back=back)
+
+    @app.post(f"{C}/step-up", include_in_schema=False)
+    async def step_up(request: Request) -> Response:
+        form = await console.form(request)
+        if form is None:
+            return console.expired(request)
+        back = back_of(form.get("back", ""))
+        p = console.principal(request)
+        if p is None or p.session is None:
+            return console.go(f"{C}/{back}")  # the bearer token needs no step-up
+        session = p.session
+        accounts, sessions = plane.need()
+
+        def again(status: int, error: str) -> Response:
+            return console.render(
+                request, "step_up.html", status, section=back, take_notes=False, back=back, error=error
+            )
+
+        if not session.has_mfa:
+            return again(409, "This account has no second factor yet: sign out and enrol one at sign-in.")
+        if not plane.ip_attempt(ip(request)):
+            return again(429, "Too many attempts from this address; try later.")
+        totp, recovery = _factor(form.get("code", ""))
+        try:
+            await console.run(
+                lambda: accounts.verify_second_factor(
+                    session.admin_id, code=totp, recovery_code=recovery, source_ip=ip(request)
+                )
+            )
+        except SignInFailed:
+            if sessions.lookup(p.session_id or "", touch=False) is None:  # locked: the session is gone
+                return console.go(f"{C}/sign-in")
+            return again(401, "The code is not valid.")
+        await console.run(lambda: sessions.stepped_up(session))
+        accounts.emit("admin_auth.stepped_up", severity="info", actor=session.actor, source_ip=ip(request))
+        console.note(request, back, message="Confirmed. You can do it now.")
+        return console.go(f"{C}/{back}")
