@@ -14,6 +14,7 @@ and the HTML checks) are shared with tests/browser/.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pyotp
 import pytest
+from aiosmtpd.controller import Controller
 
 from bastion.adapters import audit as posture
 from bastion.adapters.admin import build_admin_app
@@ -44,6 +46,16 @@ from ..support import (
 )
 from .test_admin import wait_for
 from .test_admin_accounts import ADMIN_BLOCK, PASSWORD, PEPPER, Admin, FakeClock, seed, signed_in
+from .test_admin_passwordless import (
+    EXTERNAL,
+    Mailbox,
+    email_block,
+    free_port,
+    local,
+    token_of,
+    wait_code,
+    wait_link,
+)
 
 P = "/admin/v1"
 CSP = (
@@ -75,9 +87,13 @@ PAYLOADS = (SCRIPT, IMG, JS_URL, SCRIPT_TRACE, IMG_TRACE, JS_URL_TRACE, SVG_TRAC
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def console_gateway(upstream: EchoUpstream, db: Path, *, ip_attempts: int = 1000) -> GatewayThread:
+def console_gateway(
+    upstream: EchoUpstream, db: Path, *, ip_attempts: int = 1000, accounts_extra: str = ""
+) -> GatewayThread:
     """A gateway with admin accounts and one API-key route (``GET /v1/secure``)."""
-    extra = ADMIN_BLOCK.format(token_enabled="true", lockout=5, ip_attempts=ip_attempts, accounts_extra="")
+    extra = ADMIN_BLOCK.format(
+        token_enabled="true", lockout=5, ip_attempts=ip_attempts, accounts_extra=accounts_extra
+    )
     text = config_text(upstream.port, db, extra=extra, admin=False, routes=ROUTES)
     return GatewayThread(load_text(text, env={"BASTION_PEPPER": PEPPER}))
 
@@ -689,6 +705,7 @@ def test_sensitive_actions_need_a_fresh_second_factor(gw: GatewayThread) -> None
     seed(gw, "stepped-on", "viewer")
     with api(gw) as client:
         client.post(f"{P}/consumers", json={"name": "step-shop", "scopes": []})
+        step_key = client.post(f"{P}/keys", json={"consumer": "step-shop"}).json()
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
@@ -704,6 +721,11 @@ def test_sensitive_actions_need_a_fresh_second_factor(gw: GatewayThread) -> None
             clock.now += 601  # past step_up_within (10 minutes)
             stale = {
                 ("POST", "/console/consumers/{name}/disable"): ("/console/consumers/step-shop/disable", {}),
+                ("POST", "/console/consumers/{name}/keys/revoke-all"): (
+                    "/console/consumers/step-shop/keys/revoke-all",
+                    {},
+                ),
+                ("GET", "/console/events/export"): ("/console/events/export", {}),
                 ("POST", "/console/admins"): (
                     "/console/admins",
                     {"name": "stale-made", "email": "stale-made@example.com", "role": "viewer"},
@@ -717,10 +739,15 @@ def test_sensitive_actions_need_a_fresh_second_factor(gw: GatewayThread) -> None
                 ("POST", "/console/admins/{name}/reset-mfa"): ("/console/admins/stepped-on/reset-mfa", {}),
             }
             assert set(stale) == STEP_UP
-            for url, fields in stale.values():
-                reply = await c.post(url, data={**fields, "csrf_token": token})
+            for (method, _), (url, fields) in stale.items():
+                if method == "GET":
+                    reply = await c.get(url)
+                else:
+                    reply = await c.post(url, data={**fields, "csrf_token": token})
                 assert reply.status_code == 403 and "Confirm it is you" in reply.text, url
                 assert reply.headers["content-security-policy"] == CSP
+            with api(gw) as client:  # the stale attempts did nothing
+                assert client.get(f"{P}/keys/{step_key['id']}").json()["revoked_at"] is None
             # not sensitive: still fine
             assert (
                 await c.post("/console/consumers/step-shop/enable", data={"csrf_token": token})
@@ -735,10 +762,16 @@ def test_sensitive_actions_need_a_fresh_second_factor(gw: GatewayThread) -> None
                 data={"csrf_token": token, "code": totp.at(clock.now), "back": "consumers"},
             )
             assert ok.status_code == 303 and ok.headers["location"] == "/console/consumers"
+            url, fields = stale[("POST", "/console/consumers/{name}/keys/revoke-all")]
+            assert (await c.post(url, data={"csrf_token": token})).status_code == 303
             url, fields = stale[("POST", "/console/consumers/{name}/disable")]
             assert (await c.post(url, data={"csrf_token": token})).status_code == 303
             url, fields = stale[("POST", "/console/admins")]
             assert (await c.post(url, data={**fields, "csrf_token": token})).status_code == 303
+            exported = await c.get("/console/events/export", params={"actor": "admin:stepper"})
+            assert exported.status_code == 200 and exported.headers["content-type"].startswith(
+                "application/x-ndjson"
+            )
 
     try:
         asyncio.run(scenario())
@@ -747,13 +780,19 @@ def test_sensitive_actions_need_a_fresh_second_factor(gw: GatewayThread) -> None
     with api(gw) as client:
         assert client.get(f"{P}/consumers/step-shop").json()["status"] == "disabled"
         assert client.get(f"{P}/admins/stale-made").status_code == 200
+        assert client.get(f"{P}/keys/{step_key['id']}").json()["revoked_by"] == "admin:stepper"
         stepped_on = client.get(f"{P}/admins/stepped-on").json()
     assert (stepped_on["status"], stepped_on["role"]) == (
         "active",
         "viewer",
     )  # the stale attempts did nothing
-    refusals = events_of(gw, type="admin.forbidden", actor="admin:stepper")
-    assert len([e for e in refusals if e["reason"] == "admin_step_up_required"]) == len(STEP_UP)
+
+    def refusals() -> int:
+        events = events_of(gw, type="admin.forbidden", actor="admin:stepper")
+        return len([e for e in events if e["reason"] == "admin_step_up_required"])
+
+    wait_for(lambda: refusals() >= len(STEP_UP), what="the step-up refusals")
+    assert refusals() == len(STEP_UP)
 
 
 # -- monitoring pages ------------------------------------------------------------------------------------
@@ -952,3 +991,180 @@ def test_a_hostile_consumer_name_is_refused_and_echoed_inert(sessions: dict[str,
         dom = assert_inert(reply.text)
         names = [i.get("value") for i in dom.all("input") if i.get("name") == "name"]
         assert names == [payload[:64]]
+
+
+# -- sensitive actions: revoking all keys, exporting events -----------------------------------------------
+
+
+def test_revoke_all_keys_of_a_consumer_from_its_page(gw: GatewayThread, sessions: dict[str, Page]) -> None:
+    with api(gw) as client:
+        client.post(f"{P}/consumers", json={"name": "con-fleet", "scopes": []})
+        made = [client.post(f"{P}/keys", json={"consumer": "con-fleet"}).json()["id"] for _ in range(2)]
+    op = console_session(gw, "con-revoker", "operator")  # just signed in: the second factor is fresh
+    try:
+        revoke_all_from_the_page(gw, op, sessions["viewer"], made)
+    finally:
+        op.close()
+
+
+def revoke_all_from_the_page(gw: GatewayThread, op: Page, viewer: Page, made: list[str]) -> None:
+    page = op.get("/console/consumers")
+    action = "/console/consumers/con-fleet/keys/revoke-all"
+    assert action in assert_inert(page.text).post_actions()
+    assert action not in Dom(viewer.get("/console/consumers").text).post_actions()
+    done = op.post(action)
+    assert done.status_code == 303 and done.headers["location"] == "/console/consumers"
+    assert "All keys of con-fleet revoked (2)." in op.get("/console/consumers").text
+    with api(gw) as client:
+        records = client.get(f"{P}/keys", params={"consumer": "con-fleet"}).json()["keys"]
+    assert {r["id"] for r in records} == set(made)
+    assert {r["revoked_by"] for r in records} == {"admin:con-revoker"}
+    wait_for(
+        lambda: events_of(gw, type="consumer.keys_revoked", actor="admin:con-revoker"),
+        what="the consumer.keys_revoked event",
+    )
+
+
+def test_the_events_page_exports_what_its_filters_show(gw: GatewayThread, sessions: dict[str, Page]) -> None:
+    for i in range(3):
+        emit(gw, "request.denied", severity="warning", source_ip="198.51.100.41", path=f"/exp/{i}")
+    wait_for(lambda: len(events_of(gw, source_ip="198.51.100.41")) == 3, what="the events")
+    op = console_session(gw, "con-exporter", "operator")  # just signed in: the second factor is fresh
+    try:
+        export_from_the_page(gw, op, sessions["viewer"])
+    finally:
+        op.close()
+
+
+def export_from_the_page(gw: GatewayThread, op: Page, viewer_page: Page) -> None:
+    dom = assert_inert(op.get("/console/events", source_ip="198.51.100.41").text)
+    links = [a.get("href") for a in dom.all("a") if a.get("id") == "export"]
+    assert links == ["/console/events/export?source_ip=198.51.100.41"]
+    reply = op.get("/console/events/export", source_ip="198.51.100.41")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("application/x-ndjson")
+    assert_headers(reply)
+    assert reply.headers["content-disposition"].startswith("attachment;")
+    exported = [json.loads(line) for line in reply.text.splitlines()]
+    assert exported == list(reversed(events_of(gw, source_ip="198.51.100.41")))
+    bad = op.get("/console/events/export", since="yesterday")
+    assert bad.status_code == 400 and "not valid" in bad.text
+    # a viewer has no link, and the route refuses them
+    viewer = Dom(viewer_page.get("/console/events").text)
+    assert not [a for a in viewer.all("a") if a.get("id") == "export"]
+    refused = viewer_page.get("/console/events/export")
+    assert refused.status_code == 403 and refused.json()["code"] == "admin_forbidden"
+    wait_for(
+        lambda: events_of(gw, type="events.exported", actor="admin:con-exporter"),
+        what="the events.exported event",
+    )
+
+
+# -- passwordless sign-in --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smtp_server() -> Iterator[tuple[Controller, Mailbox]]:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller, box
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def mailbox(smtp_server: tuple[Controller, Mailbox]) -> Mailbox:
+    return smtp_server[1]
+
+
+@pytest.fixture(scope="module")
+def mail_gw(
+    tmp_path_factory: pytest.TempPathFactory, smtp_server: tuple[Controller, Mailbox]
+) -> Iterator[GatewayThread]:
+    """A console gateway with admin.accounts.email (that server) and external_url."""
+    with EchoUpstream() as up:
+        extra = email_block(smtp_server[0].port)
+        gateway = console_gateway(up, tmp_path_factory.mktemp("mail") / "bastion.db", accounts_extra=extra)
+        with gateway:
+            yield gateway
+
+
+def test_the_sign_in_page_offers_an_emailed_code_only_when_email_is_configured(
+    gw: GatewayThread, mail_gw: GatewayThread
+) -> None:
+    for gateway, offered in ((gw, False), (mail_gw, True)):
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.admin_port}", timeout=15) as browser:
+            page = browser.get("/console/sign-in")
+            assert_headers(page)
+            assert ("/console/sign-in/email" in assert_inert(page.text).post_actions()) is offered
+
+
+def test_sign_in_with_an_emailed_code_from_the_console(mail_gw: GatewayThread, mailbox: Mailbox) -> None:
+    seed(mail_gw, "by-mail", "operator", password=None)
+    address = "by-mail@example.com"
+    with httpx.Client(base_url=f"http://127.0.0.1:{mail_gw.admin_port}", timeout=15) as browser:
+        token = hidden_csrf(browser.get("/console/sign-in").text)
+        # without the double submit (no field; or the field without this browser's cookie): nothing is sent
+        assert browser.post("/console/sign-in/email", data={"email": address}).status_code == 403
+        with httpx.Client(base_url=f"http://127.0.0.1:{mail_gw.admin_port}", timeout=15) as stranger:
+            forged = stranger.post("/console/sign-in/email", data={"csrf_token": token, "email": address})
+            assert forged.status_code == 403
+        assert mailbox.codes_for(address) == []
+        # a forged Host header changes nothing in the mail
+        sent = browser.post(
+            "/console/sign-in/email",
+            data={"csrf_token": token, "email": address},
+            headers={"host": "evil.example"},
+        )
+        assert sent.status_code == 200
+        assert_headers(sent)
+        dom = assert_inert(sent.text)
+        assert "/console/sign-in/code" in dom.post_actions() and address in dom.text
+        unknown = browser.post(
+            "/console/sign-in/email", data={"csrf_token": token, "email": "nobody@example.com"}
+        )
+        assert (
+            unknown.status_code == 200
+            and "/console/sign-in/code" in assert_inert(unknown.text).post_actions()
+        )
+        code = wait_code(mailbox, address)
+        link = wait_link(mailbox, address)
+        assert link.startswith(f"{EXTERNAL}/console/sign-in/link?token=") and "evil.example" not in link
+        fields = {"csrf_token": token, "email": address}
+        signed = browser.post("/console/sign-in/code", data={**fields, "code": code})
+        assert signed.status_code == 303 and signed.headers["location"] == "/console/enrol"  # require_mfa
+    # another browser: the refusals, then a new code
+    with httpx.Client(base_url=f"http://127.0.0.1:{mail_gw.admin_port}", timeout=15) as browser:
+        token = hidden_csrf(browser.get("/console/sign-in").text)
+        fields = {"csrf_token": token, "email": address}
+        assert browser.post("/console/sign-in/code", data={"email": address, "code": code}).status_code == 403
+        reused = browser.post("/console/sign-in/code", data={**fields, "code": code})
+        assert reused.status_code == 401 and "not valid" in reused.text
+        assert_inert(reused.text)
+        assert "bastion_admin" not in browser.cookies
+        # the link of the same email went with the code
+        page = browser.get(local(link))
+        spent = browser.post(
+            "/console/sign-in/link", data={"csrf_token": hidden_csrf(page.text), "token": token_of(link)}
+        )
+        assert spent.status_code == 401
+        # a new code: signed in again
+        token = hidden_csrf(page.text)  # the link's page set a new double-submit cookie
+        fields = {"csrf_token": token, "email": address}
+        again = browser.post("/console/sign-in/email", data=fields)
+        assert again.status_code == 200, again.text
+        fresh = wait_code(mailbox, address, 2)
+        done = browser.post("/console/sign-in/code", data={**fields, "code": fresh})
+        assert done.status_code == 303 and done.headers["location"] == "/console/enrol"
+        assert browser.cookies.get("bastion_admin")
+        assert browser.get("/console/enrol").status_code == 200
+
+    def found() -> Any:
+        passed = events_of(mail_gw, type="admin_auth.first_factor_passed", actor="admin:by-mail")
+        return len(passed) == 2 and {e["data"]["method"] for e in passed} == {"email_code"}
+
+    wait_for(found, what="the sign-in events")
+    text = json.dumps(events_of(mail_gw))
+    assert code not in text and fresh not in text and token_of(link).split(".")[1] not in text

@@ -20,9 +20,9 @@ from ipaddress import ip_address
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +33,7 @@ from .. import __version__
 from ..config.models import AdminAccountSettings, AdminSettings
 from ..core.forwarding import NetworkSet
 from ..core.problem import problem_body
+from ..events.export import MAX_EXPORT, EventExport, export_headers
 from ..events.query import QueryError, event_filter, get_event, query_events
 from ..identity.admin_codes import AdminMailer, SignInCodes
 from ..identity.admin_sessions import AdminSessions
@@ -437,6 +438,57 @@ def build_admin_app(
             raise HTTPException(400, str(exc)) from None
         return {"events": events, "next_page_token": token}
 
+    # Before /events/{event_id}: routes match in order (here and in the guard).
+    @app.get(
+        f"{PREFIX}/events/export",
+        tags=["events"],
+        summary="Export the event log as JSON Lines, oldest first (operator, step-up)",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "one event document per line, as GET /admin/v1/events returns them",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def export_events(  # sync: the filters are checked here, so a mistake is a 400 before any line
+        request: Request,
+        type: str | None = Query(None, max_length=64, description="prefix match, e.g. `request.`"),
+        actor: str | None = Query(None, max_length=256),
+        resource: str | None = Query(None, max_length=256),
+        source_ip: str | None = Query(None, max_length=64),
+        severity: str | None = Query(None, max_length=16),
+        min_severity: str | None = Query(None, max_length=16),
+        since: str | None = Query(None, max_length=64),
+        until: str | None = Query(None, max_length=64),
+        after: str | None = Query(None, max_length=26, description="continue after this event id"),
+        limit: int = Query(100_000, ge=1, le=MAX_EXPORT, description="at most this many events"),
+    ) -> StreamingResponse:
+        filters = {
+            "type": type,
+            "actor": actor,
+            "resource": resource,
+            "source_ip": source_ip,
+            "severity": severity,
+            "min_severity": min_severity,
+            "since": since,
+            "until": until,
+            "after": after,
+        }
+        try:
+            flt = event_filter(clock(), **{k: v for k, v in filters.items() if k != "after"})
+            export = EventExport(engine, flt, after=after or "", limit=limit)
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from None
+        principal = request.scope.get("bastion.admin")
+        lines = export.stream(
+            gateway.emit,
+            {k: v for k, v in filters.items() if v},
+            actor=principal.actor if principal is not None else "admin:token",
+            source_ip=str((request.scope.get("client") or ("",))[0]),
+        )
+        return StreamingResponse(lines, media_type="application/x-ndjson", headers=export_headers(clock()))
+
     @app.get(PREFIX + "/events/{event_id}", tags=["events"], summary="One event by id")
     def one_event(event_id: str) -> dict[str, Any]:
         event = get_event(engine, event_id)
@@ -463,7 +515,9 @@ def build_admin_app(
     identity = None
     if gateway.identity is not None and gateway.identity.engine is not None:
         identity = gateway.identity.admin()
-        add_identity_routes(app, identity, default_grace=gateway.settings.identity.rotation_grace)
+        add_identity_routes(
+            app, identity, default_grace=gateway.settings.identity.rotation_grace, emit=gateway.emit
+        )
     add_auth_routes(app, plane)
     pepper = gateway.settings.identity.pepper
     add_sso_routes(
@@ -506,7 +560,8 @@ def _build_plane(
     accounts = AdminAccounts(engine, keys, settings, emit=gateway.emit, clock=clock)
     sessions = AdminSessions(engine, keys, settings, emit=gateway.emit, clock=clock)
     mailer = AdminMailer(settings.email, ssl_context=mail_ssl_context) if settings.email is not None else None
-    codes = SignInCodes(engine, accounts, settings, mailer, clock=clock)
+    links = settings.external_url if settings.magic_links else None
+    codes = SignInCodes(engine, accounts, settings, mailer, link_base=links, clock=clock)
     return AdminPlane(accounts, sessions, codes, settings, clock=clock)
 
 

@@ -77,6 +77,8 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", f"{PREFIX}/health"): PUBLIC,
     ("GET", f"{PREFIX}/status"): VIEWER,
     ("GET", f"{PREFIX}/events"): VIEWER,
+    # Everything the event log holds at once (addresses, actors, paths): operators, with step-up.
+    ("GET", f"{PREFIX}/events/export"): Policy("operator", sensitive=True),
     ("GET", PREFIX + "/events/{event_id}"): VIEWER,
     ("GET", f"{PREFIX}/inventory"): VIEWER,
     ("GET", f"{PREFIX}/openapi.json"): VIEWER,

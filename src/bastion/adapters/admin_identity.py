@@ -9,6 +9,7 @@ secrets appear once, in the response that creates them (with ``Cache-Control: no
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -18,12 +19,13 @@ from ..config.units import parse_duration
 from ..identity.manage import IdentityAdmin
 from .admin_auth import Policy, actor_of
 
-__all__ = ["IDENTITY_POLICIES", "add_identity_routes"]
+__all__ = ["IDENTITY_POLICIES", "add_identity_routes", "revoke_all_keys"]
 
 PREFIX = "/admin/v1"
 
 # Who may call each route (enforced by the guard in admin.py; see admin_auth.py): viewers read,
-# operators change. Disabling a consumer stops all its keys and tokens at once: it needs a recent MFA.
+# operators change. Disabling a consumer stops all its keys and tokens at once, and revoking all its keys
+# stops every key: both need a recent MFA.
 _V, _O = Policy("viewer"), Policy("operator")
 IDENTITY_POLICIES: dict[tuple[str, str], Policy] = {
     ("POST", f"{PREFIX}/consumers"): _O,
@@ -36,6 +38,7 @@ IDENTITY_POLICIES: dict[tuple[str, str], Policy] = {
     ("POST", f"{PREFIX}/keys"): _O,
     ("GET", f"{PREFIX}/keys"): _V,
     ("GET", PREFIX + "/keys/{key_id}"): _V,
+    ("POST", PREFIX + "/consumers/{name}/keys/revoke-all"): Policy("operator", sensitive=True),
     ("POST", PREFIX + "/keys/{key_id}/revoke"): _O,
     ("POST", PREFIX + "/keys/{key_id}/rotate"): _O,
     ("POST", f"{PREFIX}/clients"): _O,
@@ -128,8 +131,42 @@ class PublicKeyIn(_Body):
     name: str = Field("", max_length=128)
 
 
-def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: float) -> None:
+def revoke_all_keys(
+    admin: IdentityAdmin, consumer: str, *, actor: str, emit: Callable[..., None]
+) -> dict[str, Any]:
+    """Revoke every key of ``consumer`` that still works (not revoked, not expired; a rotated key in its
+    grace period included), each with its ``api_key.revoked`` event, then one ``consumer.keys_revoked``
+    event with the count. Keys made while it runs are not included; revoking is idempotent, so running it
+    again finishes the job. The consumer, its OAuth clients and tokens are untouched (disable the consumer
+    to stop those too)."""
+    name = admin.get_consumer(consumer)["name"]  # 404 before anything is done
+    now = admin.clock()
+    live = [
+        k["id"]
+        for k in admin.list_keys(name, include_revoked=False)
+        if k["expires_at"] is None or k["expires_at"] > now
+    ]
+    for key_id in live:
+        admin.revoke_key(key_id, actor=actor)
+    emit(
+        "consumer.keys_revoked",
+        severity="notice",
+        actor=actor,
+        resource=f"consumer:{name}",
+        data={"consumer": name, "count": len(live), "keys": live},
+    )
+    return {"consumer": name, "revoked": len(live), "keys": live}
+
+
+def add_identity_routes(
+    app: FastAPI,
+    admin: IdentityAdmin,
+    *,
+    default_grace: float,
+    emit: Callable[..., None] | None = None,
+) -> None:
     # Handlers are sync: FastAPI runs them in a thread, so the event loop never waits on the store.
+    emit_event = emit or (lambda *_a, **_k: None)
 
     def _no_store(response: Response) -> None:
         response.headers["cache-control"] = "no-store"
@@ -192,6 +229,14 @@ def add_identity_routes(app: FastAPI, admin: IdentityAdmin, *, default_grace: fl
     @app.get(PREFIX + "/keys/{key_id}", tags=["keys"], summary="One key's record")
     def get_key(key_id: str) -> dict[str, Any]:
         return admin.get_key(key_id)
+
+    @app.post(
+        PREFIX + "/consumers/{name}/keys/revoke-all",
+        tags=["consumers"],
+        summary="Revoke every key of a consumer at once (step-up)",
+    )
+    def revoke_consumer_keys(name: str, request: Request) -> dict[str, Any]:
+        return revoke_all_keys(admin, name, actor=actor_of(request), emit=emit_event)
 
     @app.post(PREFIX + "/keys/{key_id}/revoke", tags=["keys"], summary="Revoke a key at once")
     def revoke_key(key_id: str, request: Request) -> dict[str, Any]:

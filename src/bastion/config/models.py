@@ -350,6 +350,10 @@ class AdminAccountSettings(_Model):
     code_window: Duration = 3600.0
     email: AdminEmailSettings | None = None  # none: no passwordless sign-in
     sso: AdminSsoSettings | None = None  # none: no sign-in with an OpenID Connect provider
+    # The admin listener as people's browsers reach it (https://bastion-admin.example.com): sign-in links
+    # in emails are built from it, never from a request's Host header. None: emails carry the code only.
+    external_url: str | None = None
+    magic_links: bool = True  # with email and external_url: the code's email also carries a sign-in link
 
     @field_validator(
         "session_idle",
@@ -366,6 +370,17 @@ class AdminAccountSettings(_Model):
         if v <= 0:
             raise ValueError("must be greater than zero")
         return v
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        require_secure_url(v, "external_url")
+        parts = urlsplit(v)
+        if parts.query or parts.path not in ("", "/"):
+            raise ValueError("external_url is scheme://host[:port] only: the console is served at /console")
+        return v.rstrip("/")
 
     @model_validator(mode="after")
     def _order(self) -> AdminAccountSettings:

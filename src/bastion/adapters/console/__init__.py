@@ -19,8 +19,9 @@ CSRF: forms cannot send the API's ``X-CSRF-Token`` header, so every console form
 token in a hidden ``csrf_token`` field and every state-changing handler checks it before doing anything
 (the guard leaves form routes to them: ``Policy.form``). Before sign-in, a random token in a
 ``SameSite=Strict`` cookie that the form repeats (double submit). Sensitive actions (disabling a consumer,
-every change to an admin account) need a recent second factor, as in the API: the handler asks for one
-(``/console/step-up``) instead of acting. Secrets are shown once (``web.Notes``).
+revoking all its keys, exporting events, every change to an admin account) need a recent second factor,
+as in the API: the handler asks for one (``/console/step-up``) instead of acting. Secrets are shown once
+(``web.Notes``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ _PARTIAL = Policy("partial", page=True)
 _PARTIAL_FORM = Policy("partial", page=True, form=True)
 _VIEW = Policy("viewer", page=True)
 _VIEW_FORM = Policy("viewer", page=True, form=True)
+_PUBLIC_FORM = Policy("public", page=True, form=True)  # before sign-in: the handler checks a double submit
 _OPERATE = Policy("operator", page=True, form=True)
 _ADMIN = Policy("admin", page=True)
 _ADMIN_FORM = Policy("admin", page=True, form=True)
@@ -63,7 +65,11 @@ CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", f"{C}/static/console.js"): _PUBLIC,
     # signing in
     ("GET", f"{C}/sign-in"): _PUBLIC,
-    ("POST", f"{C}/sign-in"): Policy("public", page=True, form=True),
+    ("POST", f"{C}/sign-in"): _PUBLIC_FORM,
+    ("POST", f"{C}/sign-in/email"): _PUBLIC_FORM,  # email a code (and a link)
+    ("POST", f"{C}/sign-in/code"): _PUBLIC_FORM,
+    ("GET", f"{C}/sign-in/link"): _PUBLIC,  # the emailed link: a page with a button, never a sign-in
+    ("POST", f"{C}/sign-in/link"): _PUBLIC_FORM,
     ("GET", f"{C}/mfa"): _PARTIAL,
     ("POST", f"{C}/mfa"): _PARTIAL_FORM,
     ("GET", f"{C}/enrol"): _PARTIAL,
@@ -74,6 +80,7 @@ CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
     # observing
     ("GET", f"{C}/overview"): _VIEW,
     ("GET", f"{C}/events"): _VIEW,
+    ("GET", f"{C}/events/export"): Policy("operator", page=True),  # step-up
     ("GET", C + "/events/{event_id}"): _VIEW,
     ("GET", f"{C}/alerts"): _VIEW,
     ("GET", f"{C}/inventory"): _VIEW,
@@ -84,6 +91,7 @@ CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
     ("POST", C + "/consumers/{name}/disable"): _OPERATE,  # step-up
     ("POST", C + "/consumers/{name}/enable"): _OPERATE,
     ("POST", C + "/consumers/{name}/scopes"): _OPERATE,
+    ("POST", C + "/consumers/{name}/keys/revoke-all"): _OPERATE,  # step-up
     ("GET", f"{C}/keys"): _VIEW,
     ("POST", f"{C}/keys"): _OPERATE,
     ("POST", C + "/keys/{key_id}/rotate"): _OPERATE,
@@ -102,6 +110,8 @@ CONSOLE_POLICIES: dict[tuple[str, str], Policy] = {
 STEP_UP = frozenset(
     {
         ("POST", C + "/consumers/{name}/disable"),
+        ("POST", C + "/consumers/{name}/keys/revoke-all"),
+        ("GET", f"{C}/events/export"),
         ("POST", f"{C}/admins"),
         ("POST", C + "/admins/{name}/disable"),
         ("POST", C + "/admins/{name}/enable"),

@@ -3,8 +3,9 @@ API (one implementation, :class:`~bastion.identity.manage.IdentityAdmin`), with 
 
 Viewers see every record and no control that changes one; operators and admins get the forms. The guard
 enforces each route's role before the handler runs; each handler then checks the form's CSRF token.
-Disabling a consumer stops all its keys and tokens at once, so it needs a recent second factor, as in the
-API. A new key or client secret is shown once, through :class:`~.web.Notes` (never in a URL).
+Disabling a consumer stops all its keys and tokens at once, and "Revoke all keys" every key: both need a
+recent second factor, as in the API. A new key or client secret is shown once, through
+:class:`~.web.Notes` (never in a URL).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,7 @@ from fastapi.responses import Response
 
 from ...config.units import parse_duration
 from ...identity.manage import IdentityAdmin, IdentityError
+from ..admin_identity import revoke_all_keys
 from .web import Console, Secret, split_lines, split_words
 
 __all__ = ["GRACES", "add_identity_pages"]
@@ -32,6 +35,10 @@ GRACES = (
     ("0s", "old key stops now"),
 )
 _GRACE_VALUES = {value for value, _ in GRACES}
+
+
+def _no_event(*_args: Any, **_fields: Any) -> None:
+    """The emitter of a console without a gateway (tests that build the pages alone)."""
 
 
 def _days(seconds: float) -> str:
@@ -133,11 +140,15 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
         admin = admin_or_page(request)
         if isinstance(admin, Response):
             return admin
-        if what == "disable" and console.needs_step_up(request):
+        if what in ("disable", "revoke-keys") and console.needs_step_up(request):
             return console.step_up(request, "consumers")
         actor = console.actor(request)
+        emit: Callable[..., None] = console.gateway.emit if console.gateway is not None else _no_event
         try:
-            if what == "scopes":
+            if what == "revoke-keys":
+                out = await console.run(lambda: revoke_all_keys(admin, name, actor=actor, emit=emit))
+                done = f"All keys of {name} revoked ({out['revoked']})."
+            elif what == "scopes":
                 scopes = split_words(form.get("scopes", ""))
                 await console.run(lambda: admin.update_consumer_scopes(name, scopes, actor=actor))
                 done = f"Scopes of {name} saved."
@@ -158,6 +169,10 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
     @app.post(C + "/consumers/{name}/enable", include_in_schema=False)
     async def enable_consumer(name: str, request: Request) -> Response:
         return await consumer_action(request, name, "enable")
+
+    @app.post(C + "/consumers/{name}/keys/revoke-all", include_in_schema=False)
+    async def revoke_consumer_keys(name: str, request: Request) -> Response:
+        return await consumer_action(request, name, "revoke-keys")
 
     @app.post(C + "/consumers/{name}/scopes", include_in_schema=False)
     async def consumer_scopes(name: str, request: Request) -> Response:

@@ -1,5 +1,6 @@
 """Console pages that observe: the overview (charts over time and counts), events with the Monitor API's
-filters, alerts, the API inventory and the posture score.
+filters (and their export, for operators with a fresh second factor), alerts, the API inventory and the
+posture score.
 
 Everything here reads: the event log through :mod:`bastion.events.query` (the same filters and cursor
 paging as ``GET /admin/v1/events``), the inventory through :mod:`bastion.inventory.report`, the posture
@@ -12,24 +13,25 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine, func, select
 
 from ...config.loader import LoadedConfig
 from ...core.events import SEVERITIES
 from ...events import svg
+from ...events.export import EventExport, export_headers
 from ...events.query import EventFilter, QueryError, event_filter, get_event, query_events
 from ...events.report import DENY_TYPES
 from ...inventory.report import report as inventory_report
 from ...store.schema import events_table, route_traffic_table
 from .. import audit as posture
-from .web import Console
+from .web import Console, security_headers
 
 __all__ = ["RANGES", "activity", "add_monitor_pages"]
 
@@ -111,6 +113,10 @@ def activity(engine: Engine, now: float, width: float, buckets: int) -> dict[str
         "routes": [(str(r), int(c)) for r, c in routes],
         "requests": int(requests or 0),
     }
+
+
+def _no_event(*_args: Any, **_fields: Any) -> None:
+    """The emitter of a console without a gateway (tests that build the pages alone)."""
 
 
 def _alert_row(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,7 +255,39 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
             problem=problem,
             next_page=f"{C}/events?" + urlencode({**base, "page_token": next_token}) if next_token else "",
             first_page=f"{C}/events?" + urlencode(base) if token else "",
+            export=f"{C}/events/export" + ("?" + urlencode(kept) if kept else ""),
         )
+
+    # Before /events/{event_id}: routes match in order.
+    @app.get(f"{C}/events/export", include_in_schema=False)
+    def export(request: Request) -> Response:
+        """The events the page's filters match, as a JSON Lines download (GET /admin/v1/events/export)."""
+        engine = engine_or_page(request)
+        if isinstance(engine, Response):
+            return engine
+        if console.needs_step_up(request):
+            return console.step_up(request, "events")
+        q = request.query_params
+        shown = {name: q.get(name, "").strip()[:limit] for name, limit in FILTERS.items()}
+        try:
+            flt = event_filter(
+                console.clock(),
+                since=shown["since"] or None,
+                until=shown["until"] or None,
+                **{k: (v or None) for k, v in shown.items() if k not in ("since", "until")},
+            )
+            job = EventExport(engine, flt)
+        except QueryError as exc:
+            return console.problem(request, 400, "The filter is not valid", str(exc), back="events")
+        emit: Callable[..., None] = console.gateway.emit if console.gateway is not None else _no_event
+        lines = job.stream(
+            emit,
+            {k: v for k, v in shown.items() if v},
+            actor=console.actor(request),
+            source_ip=console.ip(request),
+        )
+        headers = {**security_headers(), **export_headers(console.clock())}
+        return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
 
     @app.get(C + "/events/{event_id}", include_in_schema=False)
     def event(event_id: str, request: Request) -> Response:

@@ -1,18 +1,25 @@
-"""Signing in to the console: password, then the TOTP or a recovery code (or TOTP enrolment), sign-out,
-and step-up (a fresh second factor before a sensitive action).
+"""Signing in to the console: password, or a code emailed to the person (or the link in the same email),
+then the TOTP or a recovery code (or TOTP enrolment), sign-out, and step-up (a fresh second factor before
+a sensitive action).
 
-Before sign-in there is no session to hold a CSRF token, so the sign-in form repeats a random token that
+Before sign-in there is no session to hold a CSRF token, so every sign-in form repeats a random token that
 is also in a ``SameSite=Strict`` cookie (double submit): a cross-site form cannot sign anyone in. Each
 completed step issues a new session id (``AdminSessions.advance``).
+
+The emailed link opens ``GET /console/sign-in/link?token=…``, which only shows a page: mail scanners and
+link previews fetch links, so a GET must not spend the token or sign anyone in. The page's button posts
+the token with a double-submit token, and only that POST checks it (per client address limits, events).
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from ...identity.admin_codes import CodeLimited, link_token_shape
 from ...identity.admins import SignInFailed
 from ...identity.manage import IdentityError
 from .web import SLUGS, Console
@@ -48,17 +55,37 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
         response.delete_cookie(PRE_CSRF_COOKIE, path=f"{C}/", samesite="strict")
         return response
 
+    def passwordless() -> bool:
+        return plane.codes is not None and plane.codes.enabled
+
+    def links() -> bool:
+        return plane.codes is not None and plane.codes.enabled and plane.codes.link_base is not None
+
     def sign_in_form(status: int, token: str, email: str = "", error: str = "") -> Response:
         # The SSO link only when admin.accounts.sso is configured (getattr: the setting may not exist).
         sso = getattr(settings, "sso", None) is not None
         return console.render(
-            None, "sign_in.html", status, csrf_token=token, email=email, error=error, sso=sso
+            None,
+            "sign_in.html",
+            status,
+            csrf_token=token,
+            email=email,
+            error=error,
+            sso=sso,
+            passwordless=passwordless(),
         )
 
-    @app.get(f"{C}/sign-in", include_in_schema=False)
-    def sign_in_page() -> Response:
-        token = secrets.token_urlsafe(32)
-        response = sign_in_form(200, token)
+    def code_form(status: int, token: str, email: str, error: str = "") -> Response:
+        return console.render(
+            None, "sign_in_code.html", status, csrf_token=token, email=email, error=error, link=links()
+        )
+
+    def link_page(status: int, token: str = "", link_token: str = "", error: str = "") -> Response:
+        return console.render(
+            None, "sign_in_link.html", status, csrf_token=token, token=link_token, error=error
+        )
+
+    def pre_csrf(response: Response, token: str) -> Response:
         response.set_cookie(
             PRE_CSRF_COOKIE,
             token,
@@ -69,12 +96,56 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
         )
         return response
 
+    def double_submit(form: dict[str, str], request: Request) -> bool:
+        return console.csrf_ok(form, request.cookies.get(PRE_CSRF_COOKIE, ""))
+
+    def over_limit(request: Request) -> bool:
+        """Count a sign-in attempt from this client address; True (and an event) beyond ``ip_attempts``."""
+        if plane.ip_attempt(ip(request)):
+            return False
+        if plane.accounts is not None:
+            plane.accounts.emit(
+                "admin_auth.ip_limited",
+                severity="warning",
+                source_ip=ip(request),
+                reason="admin_rate_limited",
+                data={"console": True},
+            )
+        return True
+
+    async def begin(request: Request, row: Any, method: str) -> Response:
+        """The first factor passed: a session at the stage the account needs next, and on to that page."""
+        accounts, sessions = plane.need()
+        stage = "mfa" if row["totp_secret"] is not None else ("enrol" if settings.require_mfa else "full")
+
+        def start() -> str:
+            if stage == "full":
+                accounts.signed_in(row, source_ip=ip(request), method=method)
+            else:
+                accounts.emit(
+                    "admin_auth.first_factor_passed",
+                    severity="info",
+                    actor=f"admin:{row['name']}",
+                    source_ip=ip(request),
+                    data={"method": method, "next": stage, "console": True},
+                )
+            return sessions.create(row["id"], stage, source_ip=ip(request))
+
+        session_id = await console.run(start)
+        target = {"mfa": f"{C}/mfa", "enrol": f"{C}/enrol", "full": LANDING}[stage]
+        return with_session(console.go(target), session_id)
+
+    @app.get(f"{C}/sign-in", include_in_schema=False)
+    def sign_in_page() -> Response:
+        token = secrets.token_urlsafe(32)
+        return pre_csrf(sign_in_form(200, token), token)
+
     @app.post(f"{C}/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
         form = await console.read_form(request)
-        if not console.csrf_ok(form, request.cookies.get(PRE_CSRF_COOKIE, "")):
+        if not double_submit(form, request):
             return sign_in_form(403, "", error="The form expired; reload the page.")
-        accounts, sessions = plane.need()
+        accounts, _ = plane.need()
         if not plane.ip_attempt(ip(request)):
             return sign_in_form(
                 429, form["csrf_token"], error="Too many attempts from this address; try later."
@@ -85,24 +156,73 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
             row = await console.run(lambda: accounts.sign_in_password(email, password, source_ip=ip(request)))
         except SignInFailed:
             return sign_in_form(401, form["csrf_token"], email=email, error="The sign-in did not succeed.")
-        stage = "mfa" if row["totp_secret"] is not None else ("enrol" if settings.require_mfa else "full")
+        return await begin(request, row, "password")
 
-        def start() -> str:
-            if stage == "full":
-                accounts.signed_in(row, source_ip=ip(request), method="password")
-            else:
-                accounts.emit(
-                    "admin_auth.first_factor_passed",
-                    severity="info",
-                    actor=f"admin:{row['name']}",
-                    source_ip=ip(request),
-                    data={"method": "password", "next": stage, "console": True},
-                )
-            return sessions.create(row["id"], stage, source_ip=ip(request))
+    # -- passwordless: a code by email, or the link in the same email --------------------------------------
 
-        session_id = await console.run(start)
-        target = {"mfa": f"{C}/mfa", "enrol": f"{C}/enrol", "full": LANDING}[stage]
-        return with_session(console.go(target), session_id)
+    @app.post(f"{C}/sign-in/email", include_in_schema=False)
+    async def email_code(request: Request) -> Response:
+        """Email a code (and a link): the same page for every address, known or not."""
+        form = await console.read_form(request)
+        if not double_submit(form, request):
+            return sign_in_form(403, "", error="The form expired; reload the page.")
+        codes = plane.codes
+        if codes is None or not codes.enabled:
+            return sign_in_form(404, form["csrf_token"], error="Sign-in by email is not configured.")
+        email = form.get("email", "").strip()[:254]
+        try:
+            await console.run(lambda: codes.request(email, source_ip=ip(request)))
+        except CodeLimited:
+            return sign_in_form(
+                429, form["csrf_token"], email=email, error="Too many codes asked for; try later."
+            )
+        return code_form(200, form["csrf_token"], email)
+
+    @app.post(f"{C}/sign-in/code", include_in_schema=False)
+    async def email_code_verify(request: Request) -> Response:
+        form = await console.read_form(request)
+        if not double_submit(form, request):
+            return sign_in_form(403, "", error="The form expired; reload the page.")
+        codes = plane.codes
+        if codes is None or not codes.enabled:
+            return sign_in_form(404, form["csrf_token"], error="Sign-in by email is not configured.")
+        email = form.get("email", "").strip()[:254]
+        if over_limit(request):
+            return code_form(
+                429, form["csrf_token"], email, "Too many attempts from this address; try later."
+            )
+        code = form.get("code", "").strip()[:16]
+        try:
+            row = await console.run(lambda: codes.verify(email, code, source_ip=ip(request)))
+        except SignInFailed:
+            return code_form(401, form["csrf_token"], email, "The code is not valid, or it has expired.")
+        return await begin(request, row, "email_code")
+
+    @app.get(f"{C}/sign-in/link", include_in_schema=False)
+    def link_landing(request: Request) -> Response:
+        """Only a page with a button: nothing is looked up or spent here (link scanners fetch links)."""
+        token = request.query_params.get("token", "")[:128]
+        if not links() or not link_token_shape(token):
+            return link_page(404, error="This sign-in link is not valid.")
+        csrf = secrets.token_urlsafe(32)
+        return pre_csrf(link_page(200, csrf, token), csrf)
+
+    @app.post(f"{C}/sign-in/link", include_in_schema=False)
+    async def link_sign_in(request: Request) -> Response:
+        form = await console.read_form(request)
+        if not double_submit(form, request):
+            return link_page(403, error="The form expired: open the link from the email again.")
+        codes = plane.codes
+        if codes is None or not links():
+            return link_page(404, error="This sign-in link is not valid.")
+        if over_limit(request):
+            return link_page(429, error="Too many attempts from this address; try later.")
+        token = form.get("token", "")[:128]
+        try:
+            row = await console.run(lambda: codes.verify_link(token, source_ip=ip(request)))
+        except SignInFailed:
+            return link_page(401, error="This sign-in link has expired or was already used.")
+        return await begin(request, row, "email_link")
 
     @app.get(f"{C}/mfa", include_in_schema=False)
     def mfa_page(request: Request) -> Response:
