@@ -219,11 +219,81 @@ class AdminPlane:
             self._ip_attempts[ip] = (start, count + 1)
         return count + 1 <= self.settings.ip_attempts
 
+    def over_ip_limit(self, ip: str, data: dict[str, Any] | None = None) -> bool:
+        """Count a sign-in attempt from ``ip``; True, and an ``admin_auth.ip_limited`` event (with ``data``
+        when given), beyond ``ip_attempts`` per ``ip_window``."""
+        if self.ip_attempt(ip):
+            return False
+        if self.accounts is not None:
+            extra = {"data": data} if data is not None else {}
+            self.accounts.emit(
+                "admin_auth.ip_limited",
+                severity="warning",
+                source_ip=ip,
+                reason="admin_rate_limited",
+                **extra,
+            )
+        return True
+
     def session_from_cookie(self, cookie: str | None) -> tuple[Session, str] | None:
         if cookie is None or self.sessions is None:
             return None
         found = self.sessions.lookup(cookie)
         return (found, cookie) if found is not None else None
+
+    # Starting a session and its cookie live here once, for the admin API, SSO and the console alike.
+
+    def first_factor_stage(self, row: Any) -> str:
+        """The stage a first factor (password, email code or link) reaches: the TOTP when the account has
+        one, else its enrolment when ``require_mfa`` is on, else a full session."""
+        if row["totp_secret"] is not None:
+            return "mfa"
+        return "enrol" if self.settings.require_mfa else "full"
+
+    def start_session(
+        self,
+        row: Any,
+        stage: str,
+        *,
+        source_ip: str,
+        method: str,
+        signed_in_method: str | None = None,
+        mfa_at: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> str:
+        """A first factor passed: record the sign-in (a full session, as ``signed_in_method`` or ``method``)
+        or the step passed (``admin_auth.first_factor_passed``, with ``data`` added), and return the new
+        session id at ``stage``. Blocking (database calls): call it from a worker thread."""
+        accounts, sessions = self.need()
+        if stage == "full":
+            accounts.signed_in(row, source_ip=source_ip, method=signed_in_method or method)
+        else:
+            accounts.emit(
+                "admin_auth.first_factor_passed",
+                severity="info",
+                actor=f"admin:{row['name']}",
+                source_ip=source_ip,
+                data={"method": method, "next": stage, **(data or {})},
+            )
+        return sessions.create(row["id"], stage, source_ip=source_ip, mfa_at=mfa_at)
+
+    def set_session_cookie(self, response: Response, session_id: str) -> None:
+        """The session cookie: ``HttpOnly``, ``SameSite=Strict``, ``Secure`` unless ``cookie_secure`` is
+        off (loopback only), ``Path=/`` and ``Max-Age`` of ``session_max``."""
+        response.set_cookie(
+            self.cookie_name,
+            session_id,
+            max_age=int(self.settings.session_max),
+            path="/",
+            secure=self.settings.cookie_secure,
+            httponly=True,
+            samesite="strict",
+        )
+
+    def clear_session_cookie(self, response: Response) -> None:
+        response.delete_cookie(
+            self.cookie_name, path="/", secure=self.settings.cookie_secure, httponly=True, samesite="strict"
+        )
 
 
 def _principal(request: Request) -> Principal | None:
@@ -256,33 +326,10 @@ def add_auth_routes(app: FastAPI, plane: AdminPlane) -> None:
     """``/admin/v1/auth/...`` (signing in) and ``/admin/v1/admins`` (managing admin accounts)."""
     settings = plane.settings
 
-    def _set_cookie(response: Response, session_id: str) -> None:
-        response.set_cookie(
-            plane.cookie_name,
-            session_id,
-            max_age=int(settings.session_max),
-            path="/",
-            secure=settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
-
     def _started(row: Any, request: Request, method: str) -> JSONResponse:
         """The first factor passed: a session at the stage the account needs next."""
-        accounts, sessions = plane.need()
-        has_mfa = row["totp_secret"] is not None
-        stage = "mfa" if has_mfa else ("enrol" if settings.require_mfa else "full")
-        if stage == "full":
-            accounts.signed_in(row, source_ip=_ip(request), method=method)
-        else:
-            accounts.emit(
-                "admin_auth.first_factor_passed",
-                severity="info",
-                actor=f"admin:{row['name']}",
-                source_ip=_ip(request),
-                data={"method": method, "next": stage},
-            )
-        session_id = sessions.create(row["id"], stage, source_ip=_ip(request))
+        stage = plane.first_factor_stage(row)
+        session_id = plane.start_session(row, stage, source_ip=_ip(request), method=method)
         return _session_reply(session_id, stage, row)
 
     def _session_reply(session_id: str, stage: str, row: Any, **extra: Any) -> JSONResponse:
@@ -294,19 +341,12 @@ def add_auth_routes(app: FastAPI, plane: AdminPlane) -> None:
             **extra,
         }
         response = JSONResponse(body, headers={"cache-control": "no-store"})
-        _set_cookie(response, session_id)
+        plane.set_session_cookie(response, session_id)
         return response
 
     def _too_many(request: Request) -> JSONResponse | None:
-        if plane.ip_attempt(_ip(request)):
+        if not plane.over_ip_limit(_ip(request)):
             return None
-        if plane.accounts is not None:
-            plane.accounts.emit(
-                "admin_auth.ip_limited",
-                severity="warning",
-                source_ip=_ip(request),
-                reason="admin_rate_limited",
-            )
         return _fail(
             429,
             "admin_rate_limited",
@@ -460,9 +500,7 @@ def add_auth_routes(app: FastAPI, plane: AdminPlane) -> None:
         sessions.end(session)
         accounts.emit("admin_auth.signed_out", severity="info", actor=session.actor, source_ip=_ip(request))
         response = JSONResponse({"status": "signed out"}, headers={"cache-control": "no-store"})
-        response.delete_cookie(
-            plane.cookie_name, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
-        )
+        plane.clear_session_cookie(response)
         return response
 
     @app.post(
@@ -506,9 +544,7 @@ def add_auth_routes(app: FastAPI, plane: AdminPlane) -> None:
         except SignInFailed:
             return _fail(401, "admin_sign_in_failed", SIGN_IN_FAILED)
         response = JSONResponse({"status": "changed; sign in again"}, headers={"cache-control": "no-store"})
-        response.delete_cookie(
-            plane.cookie_name, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
-        )
+        plane.clear_session_cookie(response)
         return response
 
     # -- admin accounts ---------------------------------------------------------------------------------

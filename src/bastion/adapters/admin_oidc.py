@@ -184,8 +184,7 @@ def add_sso_routes(
     ) -> Response:
         s = need()
         ip = _ip(request)
-        if not plane.ip_attempt(ip):
-            emit("admin_auth.ip_limited", severity="warning", source_ip=ip, reason="admin_rate_limited")
+        if plane.over_ip_limit(ip):
             limited = _fail(
                 429,
                 "admin_rate_limited",
@@ -202,7 +201,7 @@ def add_sso_routes(
     async def _complete(
         s: _Sso, request: Request, *, code: str | None, state: str | None, error: str | None, iss: str | None
     ) -> Response:
-        accounts, sessions = plane.need()
+        plane.need()  # 409 before any work when the store or the pepper is missing
         ip = _ip(request)
         now = plane.clock()
         flow = s.seal.open(request.cookies.get(flow_cookie), now)
@@ -231,11 +230,10 @@ def add_sso_routes(
         stage, mfa_at = sign_in_stage(
             identity, has_totp=row["totp_secret"] is not None, require_mfa=settings.require_mfa, now=now
         )
-        actor = f"admin:{row['name']}"
         emit(
             "admin_auth.sso_succeeded",
             severity="notice",
-            actor=actor,
+            actor=f"admin:{row['name']}",
             source_ip=ip,
             data={
                 "issuer": identity.issuer,
@@ -247,22 +245,15 @@ def add_sso_routes(
                 "next": stage,
             },
         )
-        if stage == "full":
-            await anyio.to_thread.run_sync(
-                lambda: accounts.signed_in(
-                    row, source_ip=ip, method="sso:idp_mfa" if identity.idp_mfa else "sso"
-                )
-            )
-        else:
-            emit(
-                "admin_auth.first_factor_passed",
-                severity="info",
-                actor=actor,
-                source_ip=ip,
-                data={"method": "sso", "next": stage},
-            )
         session_id = await anyio.to_thread.run_sync(
-            lambda: sessions.create(row["id"], stage, source_ip=ip, mfa_at=mfa_at)
+            lambda: plane.start_session(
+                row,
+                stage,
+                source_ip=ip,
+                method="sso",
+                signed_in_method="sso:idp_mfa" if identity.idp_mfa else "sso",
+                mfa_at=mfa_at,
+            )
         )
         return _signed_in(request, session_id, stage, row)
 
@@ -285,13 +276,5 @@ def add_sso_routes(
                 f'</head><body><p><a href="{target}">Continue</a></p></body></html>'
             )
             response = HTMLResponse(page, headers=_PAGE_HEADERS)
-        response.set_cookie(
-            plane.cookie_name,
-            session_id,
-            max_age=int(settings.session_max),
-            path="/",
-            secure=settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
+        plane.set_session_cookie(response, session_id)
         return response

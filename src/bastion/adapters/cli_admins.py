@@ -16,16 +16,13 @@ from typing import Any
 import click
 
 from ..identity.admins import ROLES, AdminAccounts, AdminKeys
-from ..identity.manage import IdentityError
 from .cli import CONFIG_OPTION, _load, main
-from .cli_identity import JSON_OPTION, _actor, _echo, _table
+from .cli_identity import JSON_OPTION, _actor, _echo, _store, _table
 
 
 @contextlib.contextmanager
 def _accounts(config_path: Path) -> Iterator[AdminAccounts]:
     from ..config.models import AdminAccountSettings
-    from ..events.writer import EventWriter, new_event
-    from ..store.database import open_database
 
     loaded = _load(config_path)
     pepper = loaded.settings.identity.pepper
@@ -34,21 +31,8 @@ def _accounts(config_path: Path) -> Iterator[AdminAccounts]:
         sys.exit(1)
     admin = loaded.settings.admin
     settings = admin.accounts if admin is not None else AdminAccountSettings()
-    engine = open_database(loaded.settings.storage.database)
-    writer = EventWriter(engine)
-    writer.start()
-
-    def emit(type: str, **fields: Any) -> None:
-        writer.emit(new_event(type, **fields))
-
-    try:
+    with _store(loaded) as (engine, emit):
         yield AdminAccounts(engine, AdminKeys(pepper.reveal()), settings, emit=emit)
-    except IdentityError as exc:
-        click.echo(f"bastion: {exc.message}", err=True)
-        sys.exit(1)
-    finally:
-        writer.close()
-        engine.dispose()
 
 
 def _account_text(row: dict[str, Any]) -> str:

@@ -13,16 +13,20 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..config import LoadedConfig
 from ..config.units import parse_duration
 from ..identity.credentials import Peppers
 from ..identity.index import check_pepper
 from ..identity.manage import IdentityAdmin, IdentityError
 from ..identity.signing import PepperMismatch
 from .cli import CONFIG_OPTION, _load, main
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
@@ -35,12 +39,12 @@ def _actor() -> str:
 
 
 @contextlib.contextmanager
-def _admin(config_path: Path) -> Iterator[IdentityAdmin]:
+def _store(loaded: LoadedConfig) -> Iterator[tuple[Engine, Callable[..., None]]]:
+    """The configured store and an emitter of events into it, for one command (``bastion admins`` too).
+    An ``IdentityError`` from the command is printed and exits 1; the store is closed either way."""
     from ..events.writer import EventWriter, new_event
     from ..store.database import open_database
 
-    loaded = _load(config_path)
-    ident = loaded.settings.identity
     engine = open_database(loaded.settings.storage.database)
     writer = EventWriter(engine)
     writer.start()
@@ -49,16 +53,24 @@ def _admin(config_path: Path) -> Iterator[IdentityAdmin]:
         writer.emit(new_event(type, **fields))
 
     try:
-        peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
-        if peppers is not None and not check_pepper(engine, peppers.check_value):
-            raise IdentityError(409, "pepper_mismatch", str(PepperMismatch()))
-        yield IdentityAdmin(engine, peppers, max_key_ttl=ident.max_key_ttl, emit=emit)
+        yield engine, emit
     except IdentityError as exc:
         click.echo(f"bastion: {exc.message}", err=True)
         sys.exit(1)
     finally:
         writer.close()
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _admin(config_path: Path) -> Iterator[IdentityAdmin]:
+    loaded = _load(config_path)
+    ident = loaded.settings.identity
+    with _store(loaded) as (engine, emit):
+        peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
+        if peppers is not None and not check_pepper(engine, peppers.check_value):
+            raise IdentityError(409, "pepper_mismatch", str(PepperMismatch()))
+        yield IdentityAdmin(engine, peppers, max_key_ttl=ident.max_key_ttl, emit=emit)
 
 
 def _duration(name: str) -> Callable[[click.Context, click.Parameter, str | None], float | None]:

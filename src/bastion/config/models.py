@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -203,14 +203,21 @@ class TlsSettings(_Model):
     hsts_include_subdomains: bool = False
 
 
-class AdminEmailSettings(_Model):
-    """SMTP for passwordless sign-in codes (the same rules as an alert email channel)."""
+class _SmtpSettings(_Model):
+    """What sending email needs (the alert email channel and passwordless admin sign-in): one set of keys
+    and one set of rules."""
 
+    # smtp://host:port (STARTTLS required unless the host is loopback) or smtps://host:port (implicit TLS)
     smtp: str
     sender: str = Field("bastion@localhost", alias="from", pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
     username: str | None = None
     password: SecretStr | None = None
     timeout: Duration = 10.0
+
+    # What a URL with credentials in it is told (the two sections have always worded it differently).
+    _credentials_in_url: ClassVar[str] = (
+        "put the SMTP credentials in username and password (a secret reference), not the URL"
+    )
 
     @field_validator("smtp")
     @classmethod
@@ -219,7 +226,7 @@ class AdminEmailSettings(_Model):
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/"):
             raise ValueError("expected smtp://host:port or smtps://host:port")
         if parts.username or parts.password:
-            raise ValueError("put the SMTP credentials in username and password (a secret reference)")
+            raise ValueError(cls._credentials_in_url)
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
@@ -227,10 +234,18 @@ class AdminEmailSettings(_Model):
         return v
 
     @model_validator(mode="after")
-    def _credentials(self) -> AdminEmailSettings:
+    def _credentials(self) -> Self:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
         return self
+
+
+class AdminEmailSettings(_SmtpSettings):
+    """SMTP for passwordless sign-in codes (the same rules as an alert email channel)."""
+
+    _credentials_in_url: ClassVar[str] = (
+        "put the SMTP credentials in username and password (a secret reference)"
+    )
 
 
 _SSO_CALLBACK = "/admin/v1/auth/oidc/callback"
@@ -1269,38 +1284,10 @@ class WebhookChannelSettings(_SignedWebhook):
     type: Literal["webhook"]
 
 
-class EmailChannelSettings(_Model):
+class EmailChannelSettings(_SmtpSettings):
     name: str = Field(pattern=_NAME)
     type: Literal["email"]
-    # smtp://host:port (STARTTLS required unless the host is loopback) or smtps://host:port (implicit TLS)
-    smtp: str
     to: list[Annotated[str, Field(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]] = Field(min_length=1)
-    sender: str = Field("bastion@localhost", alias="from", pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
-    username: str | None = None
-    password: SecretStr | None = None
-    timeout: Duration = 10.0
-
-    @field_validator("smtp")
-    @classmethod
-    def _smtp(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/"):
-            raise ValueError("expected smtp://host:port or smtps://host:port")
-        if parts.username or parts.password:
-            raise ValueError(
-                "put the SMTP credentials in username and password (a secret reference), not the URL"
-            )
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("the smtp address has an invalid port") from None
-        return v
-
-    @model_validator(mode="after")
-    def _credentials(self) -> EmailChannelSettings:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        return self
 
 
 AlertChannel = Annotated[WebhookChannelSettings | EmailChannelSettings, Field(discriminator="type")]

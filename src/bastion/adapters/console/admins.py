@@ -7,7 +7,6 @@ cannot disable or change the role of their own account, and a generated password
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -70,9 +69,7 @@ def add_admin_pages(app: FastAPI, console: Console) -> None:
                 )
             )
         except IdentityError as exc:
-            status, message = exc.status, exc.message
-            draft = defaultdict(str, {k: v for k, v in form.items() if k != "csrf_token"})
-            return await console.run(lambda: page(request, status, form_error=message, draft=draft))
+            return await console.refused(page, request, exc, form)
         if generated:
             shown = Secret(
                 title="Password of the new account",
@@ -96,27 +93,24 @@ def add_admin_pages(app: FastAPI, console: Console) -> None:
         actor = console.actor(request)
         p = console.principal(request)
         own = p is not None and p.session is not None and name in (p.session.name, p.session.admin_id)
-        try:
+
+        def work() -> str:
             if what in ("disable", "role") and own:
                 raise IdentityError(409, "cannot_change_self", f"an admin cannot {what} their own account")
             if what == "disable":
-                await console.run(lambda: accounts.set_active(name, False, actor=actor))
-                done = f"Account {name} disabled: its sessions ended."
-            elif what == "enable":
-                await console.run(lambda: accounts.set_active(name, True, actor=actor))
-                done = f"Account {name} enabled (and unlocked)."
-            elif what == "role":
+                accounts.set_active(name, False, actor=actor)
+                return f"Account {name} disabled: its sessions ended."
+            if what == "enable":
+                accounts.set_active(name, True, actor=actor)
+                return f"Account {name} enabled (and unlocked)."
+            if what == "role":
                 role = form.get("role", "")[:16]
-                await console.run(lambda: accounts.set_role(name, role, actor=actor))
-                done = f"Account {name} is now {role}."
-            else:
-                await console.run(lambda: accounts.reset_mfa(name, actor=actor))
-                done = f"MFA of {name} reset: the account enrols again at its next sign-in."
-        except IdentityError as exc:
-            console.note(request, "admins", problem=f"{name}: {exc.message}")
-        else:
-            console.note(request, "admins", message=done)
-        return console.go(f"{C}/admins")
+                accounts.set_role(name, role, actor=actor)
+                return f"Account {name} is now {role}."
+            accounts.reset_mfa(name, actor=actor)
+            return f"MFA of {name} reset: the account enrols again at its next sign-in."
+
+        return await console.act(request, "admins", name, work)
 
     @app.post(C + "/admins/{name}/disable", include_in_schema=False)
     async def disable_admin(name: str, request: Request) -> Response:

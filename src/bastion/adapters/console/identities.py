@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -83,8 +82,15 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
             )
         return console.identity
 
-    def draft(form: dict[str, str]) -> defaultdict[str, str]:
-        return defaultdict(str, {k: v for k, v in form.items() if k != "csrf_token"})
+    async def form_and_admin(request: Request) -> tuple[dict[str, str], IdentityAdmin] | Response:
+        """The form, its CSRF token checked, and the identity store; or the page saying why not."""
+        form = await console.form(request)
+        if form is None:
+            return console.expired(request)
+        admin = admin_or_page(request)
+        if isinstance(admin, Response):
+            return admin
+        return form, admin
 
     def active_consumers(admin: IdentityAdmin) -> list[str]:
         return [c["name"] for c in admin.list_consumers() if c["status"] == "active"]
@@ -105,12 +111,10 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
 
     @app.post(f"{C}/consumers", include_in_schema=False)
     async def create_consumer(request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        form, admin = got
         name = form.get("name", "").strip()[:64]
 
         def create() -> None:
@@ -126,41 +130,32 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
         try:
             await console.run(create)
         except IdentityError as exc:
-            status, message = exc.status, exc.message
-            return await console.run(
-                lambda: consumers_page(request, status, form_error=message, draft=draft(form))
-            )
+            return await console.refused(consumers_page, request, exc, form)
         console.note(request, "consumers", message=f"Consumer {name} created.")
         return console.go(f"{C}/consumers")
 
     async def consumer_action(request: Request, name: str, what: str) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        form, admin = got
         if what in ("disable", "revoke-keys") and console.needs_step_up(request):
             return console.step_up(request, "consumers")
         actor = console.actor(request)
         emit: Callable[..., None] = console.gateway.emit if console.gateway is not None else _no_event
-        try:
+
+        def work() -> str:
             if what == "revoke-keys":
-                out = await console.run(lambda: revoke_all_keys(admin, name, actor=actor, emit=emit))
-                done = f"All keys of {name} revoked ({out['revoked']})."
-            elif what == "scopes":
-                scopes = split_words(form.get("scopes", ""))
-                await console.run(lambda: admin.update_consumer_scopes(name, scopes, actor=actor))
-                done = f"Scopes of {name} saved."
-            else:
-                active = what == "enable"
-                await console.run(lambda: admin.set_consumer_active(name, active, actor=actor))
-                done = f"Consumer {name} {'enabled' if active else 'disabled: its keys and tokens stopped'}."
-        except IdentityError as exc:
-            console.note(request, "consumers", problem=f"{name}: {exc.message}")
-        else:
-            console.note(request, "consumers", message=done)
-        return console.go(f"{C}/consumers")
+                out = revoke_all_keys(admin, name, actor=actor, emit=emit)
+                return f"All keys of {name} revoked ({out['revoked']})."
+            if what == "scopes":
+                admin.update_consumer_scopes(name, split_words(form.get("scopes", "")), actor=actor)
+                return f"Scopes of {name} saved."
+            active = what == "enable"
+            admin.set_consumer_active(name, active, actor=actor)
+            return f"Consumer {name} {'enabled' if active else 'disabled: its keys and tokens stopped'}."
+
+        return await console.act(request, "consumers", name, work)
 
     @app.post(C + "/consumers/{name}/disable", include_in_schema=False)
     async def disable_consumer(name: str, request: Request) -> Response:
@@ -216,12 +211,10 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
 
     @app.post(f"{C}/keys", include_in_schema=False)
     async def create_key(request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        form, admin = got
         scopes = split_words(form.get("scopes", ""))
 
         def create() -> tuple[dict[str, Any], str]:
@@ -238,21 +231,16 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
         try:
             out, key = await console.run(create)
         except IdentityError as exc:
-            status, message = exc.status, exc.message
-            return await console.run(
-                lambda: keys_page(request, status, form_error=message, draft=draft(form))
-            )
+            return await console.refused(keys_page, request, exc, form)
         console.note(request, "keys", secret=key_secret(out, key))
         return console.go(f"{C}/keys")
 
     @app.post(C + "/keys/{key_id}/rotate", include_in_schema=False)
     async def rotate_key(key_id: str, request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        form, admin = got
         grace = form.get("grace", "24h")
         if grace not in _GRACE_VALUES:
             grace = "24h"
@@ -269,19 +257,17 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
 
     @app.post(C + "/keys/{key_id}/revoke", include_in_schema=False)
     async def revoke_key(key_id: str, request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
-        try:
-            await console.run(lambda: admin.revoke_key(key_id, actor=console.actor(request)))
-        except IdentityError as exc:
-            console.note(request, "keys", problem=f"{key_id}: {exc.message}")
-        else:
-            console.note(request, "keys", message=f"Key {key_id} revoked.")
-        return console.go(f"{C}/keys")
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        _, admin = got
+        actor = console.actor(request)
+
+        def work() -> str:
+            admin.revoke_key(key_id, actor=actor)
+            return f"Key {key_id} revoked."
+
+        return await console.act(request, "keys", key_id, work)
 
     # -- OAuth clients ----------------------------------------------------------------------------------
 
@@ -305,12 +291,10 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
 
     @app.post(f"{C}/clients", include_in_schema=False)
     async def create_client(request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        form, admin = got
         scopes = split_words(form.get("scopes", ""))
         try:
             out, secret = await console.run(
@@ -319,10 +303,7 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
                 )
             )
         except IdentityError as exc:
-            status, message = exc.status, exc.message
-            return await console.run(
-                lambda: clients_page(request, status, form_error=message, draft=draft(form))
-            )
+            return await console.refused(clients_page, request, exc, form)
         shown = Secret(
             title="New client secret",
             detail=f"Client {out['client_id']} for consumer {out['consumer']}: send it as the "
@@ -334,16 +315,14 @@ def add_identity_pages(app: FastAPI, console: Console) -> None:
 
     @app.post(C + "/clients/{client_id}/revoke", include_in_schema=False)
     async def revoke_client(client_id: str, request: Request) -> Response:
-        form = await console.form(request)
-        if form is None:
-            return console.expired(request)
-        admin = admin_or_page(request)
-        if isinstance(admin, Response):
-            return admin
-        try:
-            await console.run(lambda: admin.revoke_client(client_id, actor=console.actor(request)))
-        except IdentityError as exc:
-            console.note(request, "clients", problem=f"{client_id}: {exc.message}")
-        else:
-            console.note(request, "clients", message=f"Client {client_id} revoked.")
-        return console.go(f"{C}/clients")
+        got = await form_and_admin(request)
+        if isinstance(got, Response):
+            return got
+        _, admin = got
+        actor = console.actor(request)
+
+        def work() -> str:
+            admin.revoke_client(client_id, actor=actor)
+            return f"Client {client_id} revoked."
+
+        return await console.act(request, "clients", client_id, work)

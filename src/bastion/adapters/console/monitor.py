@@ -147,6 +147,25 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
             return console.problem(request, 409, "Unavailable", "This page needs storage.database.")
         return console.engine
 
+    def range_of(request: Request, name: str, default: str) -> str:
+        """A period from the query (one of ``RANGES``); anything else is the default."""
+        chosen = request.query_params.get(name, default)
+        return chosen if chosen in RANGES else default
+
+    def shown_filters(request: Request) -> dict[str, str]:
+        """The Monitor API's filters as typed in the query, each cut to its length limit."""
+        q = request.query_params
+        return {name: q.get(name, "").strip()[:limit] for name, limit in FILTERS.items()}
+
+    def filter_of(shown: Mapping[str, str]) -> EventFilter:
+        """The filter of the events page and its export (``QueryError`` when one is not valid)."""
+        return event_filter(
+            console.clock(),
+            since=shown["since"] or None,
+            until=shown["until"] or None,
+            **{k: (v or None) for k, v in shown.items() if k not in ("since", "until")},
+        )
+
     # -- overview ---------------------------------------------------------------------------------------
 
     @app.get(f"{C}/", include_in_schema=False)
@@ -158,9 +177,7 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
         engine = engine_or_page(request)
         if isinstance(engine, Response):
             return engine
-        chosen = request.query_params.get("range", "24h")
-        if chosen not in RANGES:
-            chosen = "24h"
+        chosen = range_of(request, "range", "24h")
         label, width, buckets = RANGES[chosen]
         now = console.clock()
         data = activity(engine, now, width, buckets)
@@ -220,7 +237,7 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
         if isinstance(engine, Response):
             return engine
         q = request.query_params
-        shown = {name: q.get(name, "").strip()[:limit] for name, limit in FILTERS.items()}
+        shown = shown_filters(request)
         try:
             page_size = int(q.get("page_size", "50"))
         except ValueError:
@@ -231,12 +248,7 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
         next_token = None
         status, problem = 200, ""
         try:
-            flt = event_filter(
-                console.clock(),
-                since=shown["since"] or None,
-                until=shown["until"] or None,
-                **{k: (v or None) for k, v in shown.items() if k not in ("since", "until")},
-            )
+            flt = filter_of(shown)
             rows, next_token = query_events(engine, flt, page_size=page_size, page_token=token)
         except QueryError as exc:
             status, problem = 400, f"The filter is not valid: {exc}"
@@ -267,16 +279,9 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
             return engine
         if console.needs_step_up(request):
             return console.step_up(request, "events")
-        q = request.query_params
-        shown = {name: q.get(name, "").strip()[:limit] for name, limit in FILTERS.items()}
+        shown = shown_filters(request)
         try:
-            flt = event_filter(
-                console.clock(),
-                since=shown["since"] or None,
-                until=shown["until"] or None,
-                **{k: (v or None) for k, v in shown.items() if k not in ("since", "until")},
-            )
-            job = EventExport(engine, flt)
+            job = EventExport(engine, filter_of(shown))
         except QueryError as exc:
             return console.problem(request, 400, "The filter is not valid", str(exc), back="events")
         emit: Callable[..., None] = console.gateway.emit if console.gateway is not None else _no_event
@@ -308,9 +313,7 @@ def add_monitor_pages(app: FastAPI, console: Console) -> None:
         engine = engine_or_page(request)
         if isinstance(engine, Response):
             return engine
-        since = request.query_params.get("since", "7d")
-        if since not in RANGES:
-            since = "7d"
+        since = range_of(request, "since", "7d")
         token = request.query_params.get("page_token", "")[:256] or None
         now = console.clock()
         flt = event_filter(now, since=since, type="alert.fired")

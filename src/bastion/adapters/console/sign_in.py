@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from ...identity.admin_codes import CodeLimited, link_token_shape
+from ...identity.admin_codes import CodeLimited, SignInCodes, link_token_shape
 from ...identity.admins import SignInFailed
 from ...identity.manage import IdentityError
 from .web import SLUGS, Console
@@ -43,15 +43,7 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
     ip = console.ip
 
     def with_session(response: Response, session_id: str) -> Response:
-        response.set_cookie(
-            plane.cookie_name,
-            session_id,
-            max_age=int(settings.session_max),
-            path="/",
-            secure=settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
+        plane.set_session_cookie(response, session_id)
         response.delete_cookie(PRE_CSRF_COOKIE, path=f"{C}/", samesite="strict")
         return response
 
@@ -101,37 +93,27 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
 
     def over_limit(request: Request) -> bool:
         """Count a sign-in attempt from this client address; True (and an event) beyond ``ip_attempts``."""
-        if plane.ip_attempt(ip(request)):
-            return False
-        if plane.accounts is not None:
-            plane.accounts.emit(
-                "admin_auth.ip_limited",
-                severity="warning",
-                source_ip=ip(request),
-                reason="admin_rate_limited",
-                data={"console": True},
-            )
-        return True
+        return plane.over_ip_limit(ip(request), {"console": True})
+
+    async def email_form(request: Request) -> tuple[dict[str, str], SignInCodes, str] | Response:
+        """A passwordless sign-in form: its double-submit token checked, sign-in by email configured, and
+        the address typed; or the sign-in page saying why not."""
+        form = await console.read_form(request)
+        if not double_submit(form, request):
+            return sign_in_form(403, "", error="The form expired; reload the page.")
+        codes = plane.codes
+        if codes is None or not codes.enabled:
+            return sign_in_form(404, form["csrf_token"], error="Sign-in by email is not configured.")
+        return form, codes, form.get("email", "").strip()[:254]
 
     async def begin(request: Request, row: Any, method: str) -> Response:
         """The first factor passed: a session at the stage the account needs next, and on to that page."""
-        accounts, sessions = plane.need()
-        stage = "mfa" if row["totp_secret"] is not None else ("enrol" if settings.require_mfa else "full")
-
-        def start() -> str:
-            if stage == "full":
-                accounts.signed_in(row, source_ip=ip(request), method=method)
-            else:
-                accounts.emit(
-                    "admin_auth.first_factor_passed",
-                    severity="info",
-                    actor=f"admin:{row['name']}",
-                    source_ip=ip(request),
-                    data={"method": method, "next": stage, "console": True},
-                )
-            return sessions.create(row["id"], stage, source_ip=ip(request))
-
-        session_id = await console.run(start)
+        stage = plane.first_factor_stage(row)
+        session_id = await console.run(
+            lambda: plane.start_session(
+                row, stage, source_ip=ip(request), method=method, data={"console": True}
+            )
+        )
         target = {"mfa": f"{C}/mfa", "enrol": f"{C}/enrol", "full": LANDING}[stage]
         return with_session(console.go(target), session_id)
 
@@ -163,13 +145,10 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
     @app.post(f"{C}/sign-in/email", include_in_schema=False)
     async def email_code(request: Request) -> Response:
         """Email a code (and a link): the same page for every address, known or not."""
-        form = await console.read_form(request)
-        if not double_submit(form, request):
-            return sign_in_form(403, "", error="The form expired; reload the page.")
-        codes = plane.codes
-        if codes is None or not codes.enabled:
-            return sign_in_form(404, form["csrf_token"], error="Sign-in by email is not configured.")
-        email = form.get("email", "").strip()[:254]
+        got = await email_form(request)
+        if isinstance(got, Response):
+            return got
+        form, codes, email = got
         try:
             await console.run(lambda: codes.request(email, source_ip=ip(request)))
         except CodeLimited:
@@ -180,13 +159,10 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
 
     @app.post(f"{C}/sign-in/code", include_in_schema=False)
     async def email_code_verify(request: Request) -> Response:
-        form = await console.read_form(request)
-        if not double_submit(form, request):
-            return sign_in_form(403, "", error="The form expired; reload the page.")
-        codes = plane.codes
-        if codes is None or not codes.enabled:
-            return sign_in_form(404, form["csrf_token"], error="Sign-in by email is not configured.")
-        email = form.get("email", "").strip()[:254]
+        got = await email_form(request)
+        if isinstance(got, Response):
+            return got
+        form, codes, email = got
         if over_limit(request):
             return code_form(
                 429, form["csrf_token"], email, "Too many attempts from this address; try later."
@@ -321,9 +297,7 @@ def add_sign_in_routes(app: FastAPI, console: Console) -> None:
         await console.run(lambda: sessions.end(session))
         accounts.emit("admin_auth.signed_out", severity="info", actor=p.actor, source_ip=ip(request))
         response = console.go(f"{C}/sign-in")
-        response.delete_cookie(
-            plane.cookie_name, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
-        )
+        plane.clear_session_cookie(response)
         return response
 
     def back_of(value: str) -> str:

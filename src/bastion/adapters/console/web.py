@@ -20,11 +20,11 @@ from urllib.parse import parse_qs
 
 import anyio.to_thread
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
 from ...identity.admins import role_rank
-from ...identity.manage import IdentityAdmin
+from ...identity.manage import IdentityAdmin, IdentityError
 from ...runtime.gateway import Gateway
 from ..admin_auth import AdminPlane, Principal
 from .templates import environment
@@ -293,6 +293,32 @@ class Console:
         except (UnicodeDecodeError, ValueError):
             return {}
         return {k: v[0] for k, v in parsed.items()}
+
+    async def refused(
+        self,
+        page: Callable[..., Response],
+        request: Request,
+        exc: IdentityError,
+        form: Mapping[str, str],
+    ) -> Response:
+        """A form the store refused: ``page`` again with the reason, and what was typed (not its CSRF
+        token) so nothing has to be typed again."""
+        status, message = exc.status, exc.message
+        draft = defaultdict(str, {k: v for k, v in form.items() if k != "csrf_token"})
+        return await self.run(lambda: page(request, status, form_error=message, draft=draft))
+
+    async def act(
+        self, request: Request, page: str, subject: str, work: Callable[[], str]
+    ) -> RedirectResponse:
+        """Do one change off the event loop and go back to ``page`` with its outcome as a note: the message
+        ``work`` returns, or ``subject: reason`` when the store refuses it."""
+        try:
+            done = await self.run(work)
+        except IdentityError as exc:
+            self.note(request, page, problem=f"{subject}: {exc.message}")
+        else:
+            self.note(request, page, message=done)
+        return self.go(f"{C}/{page}")
 
     @staticmethod
     def csrf_ok(form: Mapping[str, str], expected: str) -> bool:
