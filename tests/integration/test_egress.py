@@ -482,3 +482,61 @@ def test_reading_with_a_destination_filter_is_not_a_send(
     reply = stack.get(path, basic("billing-service", app_key))
     assert reply.status == 200, reply.body
     assert len(received_since(provider, mark)) == 1
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "content_type,body,status,code",
+        [
+            ("application/json", b'{"To": "+14155552671", ', 400, "json_invalid"),
+            ("application/json", b'{"To": "+14155552671", "To": "+33612345678"}', 400, "json_invalid"),
+            (FORM, b"To=%2B1415555267%FF&Body=x", 400, "egress_body_invalid"),
+            ("text/plain", b"To=+33612345678", 415, "egress_body_unsupported"),
+        ],
+    )
+    def test_unreadable_bodies_are_refused_and_never_forwarded(
+        self,
+        stack: Stack,
+        app_key: str,
+        provider: FakeTwilio,
+        content_type: str,
+        body: bytes,
+        status: int,
+        code: str,
+    ) -> None:
+        mark = len(provider.received)
+        headers = {**basic("billing-service", app_key), "Content-Type": content_type}
+        reply = stack.call("POST", MESSAGES, headers, body)
+        assert reply.status == status, reply.body
+        assert reply.json()["code"] == code
+        assert received_since(provider, mark) == []
+
+    def test_a_json_destination_is_judged_like_a_form_field(
+        self, stack: Stack, app_key: str, provider: FakeTwilio
+    ) -> None:
+        mark = len(provider.received)
+        headers = {**basic("billing-service", app_key), "Content-Type": "application/json"}
+        reply = stack.call("POST", MESSAGES, headers, b'{"to": "+33612345678", "Body": "x"}')
+        assert reply.status == 403 and reply.json()["code"] == "egress_geo_blocked"
+        assert received_since(provider, mark) == []
+
+
+def test_a_provider_that_is_down_is_a_502_without_the_credential(
+    tmp_path: Path, pkcv_key: rsa.RSAPrivateKey
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    key_file = tmp_path / "pkcv.pem"
+    key_file.write_bytes(_pem(pkcv_key))
+    routes = "      - {path: /v1/ping, methods: [GET], auth: none}\n"
+    with identity_stack(tmp_path / "down", routes, egress_config(closed, key_file), env=ENV) as down:
+        down.admin().create_consumer("billing-service", actor="test")
+        key = down.admin().create_key("billing-service", actor="test")[1]
+        reply = send(down, key, To="+14155552671", Body="x")
+        assert reply.status == 502 and reply.json()["code"] == "upstream_unavailable"
+        event = down.event_for("request.denied", reply)
+        assert event["data"]["stage"] == "connect"
+        assert API_KEY_SECRET not in reply.body.decode() + down.all_events_text()

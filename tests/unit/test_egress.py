@@ -496,3 +496,16 @@ def test_the_config_names_every_number_type_the_parser_reports() -> None:
     from bastion.config.egress import NUMBER_TYPES
 
     assert set(_TYPE_NAMES.values()) == set(NUMBER_TYPES)
+
+
+def test_caps_refuse_when_the_counters_cannot_answer() -> None:
+    from bastion.core.ports import StateUnavailable
+
+    class Down(MemoryCounters):
+        async def hit(self, *args: Any, **kwargs: Any) -> Any:
+            raise StateUnavailable("down")
+
+    caps = EgressCaps("t", [Cap("caller", parse_limit("5/hour"))], Down(), FakeClock())
+    ctx = Context("r")
+    refused = asyncio.run(caps(view("POST", "/egress/x"), ctx))
+    assert isinstance(refused, Deny) and refused.status == 503 and refused.code == "state_unavailable"

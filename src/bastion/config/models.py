@@ -1504,37 +1504,25 @@ class GatewayConfig(_Model):
         if len(set(issuers)) != len(issuers):
             raise _cross("jwt_issuers names must be unique", "jwt_issuers")
         uses_keys: tuple[str | int, ...] | None = None
-        for e_index, egress in enumerate(self.egress):
-            at = ("egress", e_index, "auth")
-            for method in egress.auth_methods:
+        # Every place that authenticates callers — service routes and egress routes — by the same rules.
+        authenticating = [
+            (("egress", e_index, "auth"), f"the egress route {egress.name}", egress.auth_methods)
+            for e_index, egress in enumerate(self.egress)
+        ] + [
+            (("services", s_index, "routes", r_index, "auth"), f"the route {route.path}", route.auth_methods)
+            for s_index, svc in enumerate(self.services)
+            for r_index, route in enumerate(svc.routes)
+        ]
+        for at, what, methods in authenticating:
+            for method in methods:
                 if method == "api_key":
                     uses_keys = uses_keys or at
                 elif method == "oauth2" and self.oauth2 is None:
-                    raise _cross(
-                        f"the egress route {egress.name} uses oauth2 but there is no oauth2: section", *at
-                    )
+                    raise _cross(f"{what} uses oauth2 but there is no oauth2: section", *at)
                 elif method.startswith("jwt:") and method[4:] not in issuers:
                     raise _cross(
-                        f"the egress route {egress.name} uses {method} but no jwt_issuers entry is named "
-                        f"{method[4:]!r}",
-                        *at,
+                        f"{what} uses {method} but no jwt_issuers entry is named {method[4:]!r}", *at
                     )
-        for s_index, svc in enumerate(self.services):
-            for r_index, route in enumerate(svc.routes):
-                at = ("services", s_index, "routes", r_index, "auth")
-                for method in route.auth_methods:
-                    if method == "api_key":
-                        uses_keys = uses_keys or at
-                    elif method == "oauth2" and self.oauth2 is None:
-                        raise _cross(
-                            f"the route {route.path} uses oauth2 but there is no oauth2: section", *at
-                        )
-                    elif method.startswith("jwt:") and method[4:] not in issuers:
-                        raise _cross(
-                            f"the route {route.path} uses {method} but no jwt_issuers entry is named "
-                            f"{method[4:]!r}",
-                            *at,
-                        )
         if (uses_keys or self.oauth2 is not None) and self.identity.pepper is None:
             raise _cross(
                 "identity.pepper is required when a route uses api_key or oauth2 is configured "
