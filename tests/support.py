@@ -258,8 +258,9 @@ def load_text(text: str, env: Mapping[str, str] | None = None) -> LoadedConfig:
 class GatewayThread:
     """Runs ``run_process`` (the same code as ``bastion serve``) on its own event loop thread."""
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, *, freeze_heap: bool = False) -> None:
         self.loaded = loaded
+        self.freeze_heap = freeze_heap
         self.running: Running | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -278,7 +279,7 @@ class GatewayThread:
                 self.running = running
                 self._ready.set()
 
-            await run_process(self.loaded, stop=self._stop, on_ready=ready)
+            await run_process(self.loaded, stop=self._stop, on_ready=ready, freeze_heap=self.freeze_heap)
 
         try:
             loop.run_until_complete(main())

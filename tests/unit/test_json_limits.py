@@ -127,3 +127,55 @@ json_values = st.recursive(
 @given(json_values)
 def test_what_the_standard_library_writes_reads_back_the_same(value: object) -> None:
     assert parse_json(json.dumps(value).encode(), LIMITS) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [rb'{"a":"\ud800"}', rb'{"a":"\udc00x"}', rb'["\ud800\u0041"]', rb'{"\ud83d":1}'],
+    ids=["high", "low", "high-then-letter", "in-a-key"],
+)
+def test_unpaired_surrogate_escapes_are_refused(raw: bytes) -> None:
+    # parsers disagree on them (kept, replaced by U+FFFD, refused): what the validator sees could differ
+    # from what the upstream reads
+    err = rejected(raw)
+    assert err.code == JSON_INVALID and "surrogate" in err.reason
+    assert parse_json(rb'["\ud83d\ude00"]', LIMITS) == ["\U0001f600"]  # a pair is one character
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[1e400]", b"[1E+400]", b"[-1e0400]", b'{"a":[2.5e309]}', b"[" + b"9" * 400 + b".5]"]
+)
+def test_every_spelling_of_an_overflowing_number_is_refused(raw: bytes) -> None:
+    err = rejected(raw, JsonLimits(max_number_length=4300))
+    assert err.code == JSON_INVALID and "out of range" in err.reason
+
+
+def test_numbers_that_only_look_large_are_fine() -> None:
+    assert parse_json(b'[1e-400, 1e100, 1.5E+300, "e000", "9999999999"]', LIMITS) == [
+        0.0, 1e100, 1.5e300, "e000", "9999999999",
+    ]
+
+
+def test_keys_are_counted_across_nested_objects() -> None:
+    limits = JsonLimits(max_keys=10)
+    nested = json.dumps({"a": {"b": {"c": 1, "d": 2}}, "e": [{"f": 1, "g": 2, "h": 3, "i": 4, "j": 5}]})
+    assert parse_json(nested.encode(), limits)["e"][0]["j"] == 5  # exactly 10 keys
+    more = json.dumps({"a": {"b": {"c": 1, "d": 2}}, "e": [{"f": 1, "g": 2, "h": 3, "i": 4, "j": 5, "k": 6}]})
+    assert "more than 10 keys" in rejected(more.encode(), limits).reason
+    # colons inside strings are not keys: no false refusal
+    assert parse_json(json.dumps({"url": "a:b:c:d:e:f:g:h:i:j:k:l"}).encode(), limits)
+
+
+def test_a_depth_beyond_the_parsers_own_bound_is_still_honoured() -> None:
+    limits = JsonLimits(max_depth=300)
+    assert parse_json(b"[" * 300 + b"]" * 300, limits) is not None
+    assert "nested deeper than 300" in rejected(b"[" * 301 + b"]" * 301, limits).reason
+    deep_dup = b'{"a":' * 250 + b'{"x":1,"x":2}' + b"}" * 250
+    assert "repeats a key" in rejected(deep_dup, limits).reason
+    assert "not valid JSON" in rejected(b"[" * 250 + b"NaN" + b"]" * 250, limits).reason
+
+
+def test_jiters_messages_never_reach_the_reason() -> None:
+    # jiter names line and column; Bastion's reasons name the kind of fault only
+    for raw in (b'{"a":1,"a":2}', b"[1,]", b'{"a":"\xff"}', b"[" * 500):
+        assert "column" not in rejected(raw).reason

@@ -331,3 +331,17 @@ class TestUuidFormatInRust:
         assert schema.valid(value) is valid
         # jsonschema, checking the format itself on the untouched schema, agrees.
         assert (not any(True for _ in schema._slow_validator().iter_errors(value))) is valid
+
+
+def test_the_media_type_answer_is_remembered_per_spelling_and_bounded() -> None:
+    op = ops(SPEC_31)[("POST", "/api/orders")]
+    json_schema = body_schema(op)
+    for spelling in ("application/json", "Application/JSON; charset=utf-8", " application/json ;x=1"):
+        assert op.media_for(spelling) == (True, json_schema, "application/json")
+        assert op.media_for(spelling) == (True, json_schema, "application/json")  # from the memo
+    assert op.media_for("text/plain") == (False, None, "text/plain")
+    assert op.media_for(None) == (False, None, "")
+    for n in range(500):  # a client inventing spellings cannot grow it without bound
+        assert op.media_for(f"application/x-{n}")[0] is False
+    assert len(op._media_memo) <= 64
+    assert op.media_for("application/json")[1] is json_schema

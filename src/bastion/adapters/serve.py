@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -165,7 +166,12 @@ async def run_process(
     port: int | None = None,
     admin_port: int | None = None,
     metrics_dir: str | None = None,
+    freeze_heap: bool = False,
 ) -> None:
+    """``freeze_heap`` (``bastion serve``, not an embedding test): once everything is loaded, the
+    startup heap (~100,000 objects: config, compiled checks, libraries) leaves the garbage collector's
+    view, so a full collection walks only what requests create (~50 ms → well under 1 ms here), the
+    pause every request in flight would otherwise wait out."""
     settings = loaded.settings
     check_upstreams(loaded, middleware=False)  # upstream: app is for BastionMiddleware
     engine = open_database(settings.storage.database, migrate_schema=migrate)
@@ -200,6 +206,9 @@ async def run_process(
             serving.result()
         running.server = ready.result()
         running.port = running.server.port
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         if metrics_dir is not None:
             server = running.server
             snapshots = MetricsFile(metrics_dir, lambda: monitoring.snapshot(gateway, server))
@@ -247,7 +256,14 @@ def _worker_main(loaded: LoadedConfig, metrics_dir: str) -> None:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(
-        run_process(loaded, with_admin=False, reuse_port=True, migrate=False, metrics_dir=metrics_dir)
+        run_process(
+            loaded,
+            with_admin=False,
+            reuse_port=True,
+            migrate=False,
+            metrics_dir=metrics_dir,
+            freeze_heap=True,
+        )
     )
 
 
@@ -275,7 +291,7 @@ def run(loaded: LoadedConfig, workers: int = 1) -> None:
         loop = _new_loop()
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(run_process(loaded))
+            loop.run_until_complete(run_process(loaded, freeze_heap=True))
         finally:
             loop.close()
         return

@@ -490,6 +490,11 @@ class Operation:
     body_required: bool = False
     media: dict[str, _Schema | None] = field(default_factory=dict)  # media type → schema (None: any)
     wildcard_media: list[str] = field(default_factory=list)  # "image/*", "*/*"
+    # Content-Type header → media_for's answer: clients send the same few, so the split and lowering
+    # happen once per spelling (bounded: a client inventing spellings only misses the memo)
+    _media_memo: dict[str | None, tuple[bool, _Schema | None, str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def takes_body(self) -> bool:
@@ -497,6 +502,14 @@ class Operation:
 
     def media_for(self, content_type: str | None) -> tuple[bool, _Schema | None, str]:
         """(accepted, schema, the media type it matched)."""
+        found = self._media_memo.get(content_type)
+        if found is None:
+            found = self._media_for(content_type)
+            if len(self._media_memo) < _MEDIA_MEMO:
+                self._media_memo[content_type] = found
+        return found
+
+    def _media_for(self, content_type: str | None) -> tuple[bool, _Schema | None, str]:
         if content_type is None:
             return False, None, ""
         mime = content_type.split(";", 1)[0].strip().lower()
@@ -506,6 +519,9 @@ class Operation:
             if pattern == "*/*" or (pattern.endswith("/*") and mime.startswith(pattern[:-1])):
                 return True, None, mime
         return False, None, mime
+
+
+_MEDIA_MEMO = 64
 
 
 def compile_operations(

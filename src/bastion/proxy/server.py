@@ -148,7 +148,7 @@ class ClientBody:
 
     async def read(self) -> bytes:
         """The whole body (bounded by the route's ``max_body``); later forwarding replays it."""
-        if self._cached is None:
+        if self._cached is None and self.take_arrived() is None:  # not all here yet: wait for the rest
             parts = []
             while (chunk := await self.next_chunk()) is not None:
                 parts.append(chunk)
