@@ -83,7 +83,8 @@ def parse_json(raw: bytes, limits: JsonLimits) -> Any:
     # hold too many). Only a body that could break a limit is walked: the counting costs ~1 µs in C for
     # an ordinary body, a walk several.
     shape = raw.translate(_SHAPE, b"+")
-    if limits.number_run in shape or shape.find(b"e000") >= 0:
+    # find, not `in`: `bytes in bytes` first tries the needle as an integer, a TypeError raised and cleared
+    if shape.find(limits.number_run) >= 0 or shape.find(b"e000") >= 0:
         _check_numbers(value, limits)
     size = len(raw)
     if (
