@@ -303,3 +303,12 @@ def test_headers_know_which_fields_repeat() -> None:
     twice = Headers([("host", "a"), ("x-api-key", "k1"), ("X-Other", "o"), ("x-api-key", "k2")])
     assert twice.repeated("X-API-Key") and not twice.repeated("host")
     assert twice.get("x-api-key") == "k1" and twice.getall("x-api-key") == ["k1", "k2"]
+
+
+def test_headers_first_and_repeats_are_the_lookup_the_methods_use() -> None:
+    h = Headers([("host", "a"), ("x-api-key", "k1"), ("accept", "*/*"), ("x-api-key", "k2")])
+    assert h.first == {"host": "a", "x-api-key": "k1", "accept": "*/*"}
+    assert h.repeats == {"x-api-key"} and h.repeated("X-API-Key") and not h.repeated("host")
+    assert h.first.get("x-api-key") == h.get("X-Api-Key") == "k1"
+    single = Headers([("host", "a")])
+    assert single.repeats is None and single.first == {"host": "a"}

@@ -49,8 +49,9 @@ class ApiKeyAuth:
         """The presented key, if any. Two different keys in one request are refused."""
         key = bearer if bearer is not None and bearer.startswith("bst_") else None
         headers = req.headers
-        value = headers.get(self.header)
-        if value is not None and not headers.repeated(self.header):
+        value = headers.first.get(self.header)  # lower-cased at __init__
+        repeats = headers.repeats
+        if value is not None and (repeats is None or self.header not in repeats):
             value = value.strip()
             if key is None:
                 key = value

@@ -75,7 +75,7 @@ class Authenticate:
                 return _locked(wait, {"subject": "source_ip"})
         bearer = None
         basic_user: str | None = None
-        auth = req.headers.get("authorization")
+        auth = req.headers.first.get("authorization")
         if auth is not None:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer":
@@ -117,7 +117,13 @@ class Authenticate:
             failure = exc
         if principal is not None:
             ctx.principal = principal
-            return self.authorize.decide(req, principal) if self.authorize is not None else None
+            authorize = self.authorize
+            if authorize is None:
+                return None
+            if principal.ip_allow or principal.permissions:
+                return authorize.decide(req, principal)
+            # Authorize.decide for a principal with no address or path restrictions: the scopes alone
+            return None if authorize.required <= principal.scopes else authorize.insufficient
         if failure is None:
             if not presented and not bearer and auth is None and not _other_credential(req, self.api_keys):
                 return self._required

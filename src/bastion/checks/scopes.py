@@ -22,7 +22,7 @@ class Authorize:
     def __init__(self, required: Iterable[str], realm: str = "bastion") -> None:
         self.required = frozenset(required)
         scope = " ".join(sorted(self.required))
-        self._insufficient = Deny(
+        self.insufficient = self._insufficient = Deny(
             403,
             "insufficient_scope",
             "The credentials do not grant the scopes this endpoint requires.",

@@ -12,9 +12,13 @@ class Headers:
 
     Lookups go through a dict built once; ``getall`` keeps every value of a repeated field, which is
     what policy needs to notice duplicates (two ``Host`` fields, two ``Content-Length`` fields).
+
+    ``first`` (name → first value) and ``repeats`` (the names that occur more than once, or None) are
+    that dict and set, for the per-request path with a lower-case constant name: one dict lookup, no
+    method call and no ``lower()``. Read them; never change them.
     """
 
-    __slots__ = ("_first", "_items", "_repeated")
+    __slots__ = ("_first", "_items", "_repeated", "first", "repeats")
 
     def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
         self._items: tuple[tuple[str, str], ...] = tuple(items)
@@ -27,8 +31,8 @@ class Headers:
                 repeated = {name}
             else:
                 repeated.add(name)
-        self._first = first
-        self._repeated = repeated  # names that occur more than once (None: none do, the usual case)
+        self._first = self.first = first
+        self._repeated = self.repeats = repeated  # names that occur more than once (None: none do)
 
     def repeated(self, name: str) -> bool:
         """Whether the field occurs more than once (then :meth:`getall` has every value)."""

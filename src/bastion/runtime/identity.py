@@ -62,6 +62,7 @@ class IdentityRuntime:
         self.emit = emit
         self.peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
         self.snapshot = IdentitySnapshot()
+        self._max_staleness = settings.identity.max_staleness  # read on every authenticated request
         self.sync: IdentitySync | None = None
         lock = ident.lockout
         self.limiter: Any = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
@@ -222,7 +223,7 @@ class IdentityRuntime:
     def stale(self, now: float) -> bool:
         """Whether the store has not confirmed the identity snapshot for longer than max_staleness."""
         confirmed = self.snapshot.confirmed_at
-        return confirmed is not None and now - confirmed > self.settings.identity.max_staleness
+        return confirmed is not None and now - confirmed > self._max_staleness
 
     def consumer_quota(self, consumer_id: str) -> Limit | None:
         """The consumer's own quota from the snapshot (None: the default applies)."""
