@@ -257,3 +257,40 @@ def test_problem_json_is_valid_for_pipelined_refusal(upstream: EchoUpstream, tmp
     body = last.split(b"\r\n\r\n", 1)[1]
     doc = json.loads(body)
     assert doc["status"] == 503 and doc["code"] == "too_many_pipelined_requests"
+
+
+class TestUpstreamAnswersBeforeTheBody:
+    def test_the_client_is_told_the_connection_ends(self, tmp_path: Path) -> None:
+        """The upstream answers on the head alone (a fixed reply that never reads the body) while the
+        client's body is still to come: what follows cannot be told from a next request, so the
+        connection ends after the response — and the response says so, or the client would send its
+        next request into a closed socket."""
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        with (
+            _HostileUpstream(answer) as origin,
+            serving(origin.port, tmp_path) as gw,
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock,
+        ):
+            sock.sendall(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            data = b""
+            deadline = time.monotonic() + 10
+            while b"\r\n\r\nok" not in data and time.monotonic() < deadline:
+                data += sock.recv(65536)
+            head = data.partition(b"\r\n\r\n")[0].lower()
+            assert status_of(data) == 200 and b"connection: close" in head
+            with contextlib.suppress(OSError):
+                sock.sendall(b"0123456789")  # the rest of the body, too late
+            assert read_until_closed(sock, time.monotonic() + 10) == b""  # closed, nothing more
+
+    def test_a_body_that_arrived_with_the_head_keeps_the_connection(
+        self, upstream: EchoUpstream, tmp_path: Path
+    ) -> None:
+        with serving(upstream.port, tmp_path) as gw:
+            data = raw_exchange(
+                gw.port,
+                b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+                b"GET /v1/orders/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                timeout=10,
+            )
+        assert data.count(b"HTTP/1.1 200") == 2
+        assert b"connection: close" not in data.lower().partition(b"\r\n\r\n")[0]

@@ -1260,7 +1260,11 @@ class ClientConnection(asyncio.Protocol):
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(f"x-request-id: {fwd.req.request_id}\r\n".encode("latin-1"))
         bodyless = ex.method == "HEAD" or status in (204, 304)
-        keep = ex.keep_alive and not ex.upgrade and not self.closing
+        # An upstream that answers before the client's body has all arrived (it did not want it): the
+        # rest of the body cannot be told from the next request, so the connection ends after this
+        # response — said in the head, so the client does not send its next request into a closed socket.
+        body_done = ex.body.complete or not ex.body.has_body
+        keep = ex.keep_alive and not ex.upgrade and not self.closing and body_done
         chunked_out = False
         if length is not None:
             lines.append(b"content-length: %d\r\n" % length)
