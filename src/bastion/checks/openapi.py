@@ -493,7 +493,7 @@ class Operation:
     # Content-Type header → media_for's answer: clients send the same few, so the split and lowering
     # happen once per spelling (bounded: a client inventing spellings only misses the memo)
     _media_memo: dict[str | None, tuple[bool, _Schema | None, str]] = field(
-        default_factory=dict, repr=False, compare=False
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     @property

@@ -18,7 +18,7 @@ class Headers:
     method call and no ``lower()``. Read them; never change them.
     """
 
-    __slots__ = ("_first", "_items", "_repeated", "first", "repeats")
+    __slots__ = ("_items", "first", "repeats")
 
     def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
         self._items: tuple[tuple[str, str], ...] = tuple(items)
@@ -31,22 +31,22 @@ class Headers:
                 repeated = {name}
             else:
                 repeated.add(name)
-        self._first = self.first = first
-        self._repeated = self.repeats = repeated  # names that occur more than once (None: none do)
+        self.first = first
+        self.repeats = repeated  # names that occur more than once (None: none do, the usual case)
 
     def repeated(self, name: str) -> bool:
         """Whether the field occurs more than once (then :meth:`getall` has every value)."""
-        return self._repeated is not None and name.lower() in self._repeated
+        return self.repeats is not None and name.lower() in self.repeats
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._first.get(name.lower(), default)
+        return self.first.get(name.lower(), default)
 
     def getall(self, name: str) -> list[str]:
         key = name.lower()
         return [v for n, v in self._items if n == key]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._first
+        return isinstance(name, str) and name.lower() in self.first
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
