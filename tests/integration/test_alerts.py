@@ -859,3 +859,24 @@ def test_deliveries_cut_off_at_shutdown_are_on_record() -> None:
         assert [e.data["error"] for e in failed] == ["shutdown"]
     finally:
         hang.close()
+
+
+def test_admin_sign_in_mail_takes_the_same_tls_rule() -> None:
+    """The admin sign-in codes go through the same SMTP transport (bastion.smtp): a remote server that
+    offers no STARTTLS gets neither the code nor a login."""
+    from bastion.config.models import AdminEmailSettings
+    from bastion.identity.admin_codes import AdminMailer
+    from bastion.smtp import StartTlsUnavailable
+
+    box = Mailbox()
+    controller = Controller(box, hostname="192.0.2.2", port=free_port("192.0.2.2"))
+    controller.start()
+    try:
+        settings = AdminEmailSettings.model_validate({"smtp": f"smtp://192.0.2.2:{controller.port}"})
+        mailer = AdminMailer(settings)
+        with pytest.raises(StartTlsUnavailable):
+            mailer.send("ada@example.com", "123456", 600)
+        mailer.close()
+    finally:
+        controller.stop()
+    assert box.messages == []

@@ -58,10 +58,13 @@ ALLOWED = {
     "config": {"core"},
     "store": {"core"},
     "state": {"core"},
-    "identity": {"core", "store"},
+    "identity": {"core", "store", "smtp"},
     "events": {"core", "store", "config"},
     "inventory": {"core", "store"},
-    "alerts": {"core", "config", "events", "state"},
+    "alerts": {"core", "config", "events", "state", "smtp"},
+    # outbound mail (SMTP, TLS required off loopback): a transport both alert emails and admin sign-in
+    # mail use, at the level of the packages that send
+    "smtp": {"core"},
     "egress": {"core"},
     "runtime": {
         "core",

@@ -27,14 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
 from ..config.models import EmailChannelSettings, WebhookChannelSettings
 from ..core.events import Event, event_document
-from ..core.urls import is_loopback_host
 from ..core.webhook_signing import sign_standard_webhook, standard_webhooks_secret
+from ..smtp import SmtpEndpoint, StartTlsUnavailable
 
 __all__ = [
     "Channel",
@@ -197,17 +196,9 @@ class EmailChannel:
         workers: int = 2,
     ) -> None:
         self.name = settings.name
-        parts = urlsplit(settings.smtp)
-        self.implicit_tls = parts.scheme == "smtps"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (465 if self.implicit_tls else 587)
-        self.loopback = is_loopback_host(self.host)
+        self.endpoint = SmtpEndpoint.from_settings(settings, ssl_context)
         self.sender = settings.sender
         self.to = list(settings.to)
-        self.username = settings.username
-        self.password = settings.password
-        self.timeout = settings.timeout
-        self.ssl_context = ssl_context or ssl.create_default_context()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"bastion-alert-{self.name}")
 
     async def send(self, alert: Event) -> None:
@@ -216,27 +207,12 @@ class EmailChannel:
         await loop.run_in_executor(self._pool, self._send, message)
 
     def _send(self, message: EmailMessage) -> None:
-        """One SMTP session (in a worker thread). Once the server has accepted the message, nothing after
-        it (a QUIT answered oddly, a reset) makes it a failure: a retry would send it twice."""
-        client: smtplib.SMTP | None = None
+        """One SMTP session (in a worker thread); the failure classified for the retry queue."""
         try:
-            if self.implicit_tls:
-                context = self.ssl_context
-                client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-            else:
-                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            client.ehlo()
-            if not self.implicit_tls and not self.loopback:
-                if not client.has_extn("starttls"):
-                    # a server that offers no TLS would see the message (and the login) in clear
-                    raise DeliveryError("starttls_unavailable", retry=False)
-                client.starttls(context=self.ssl_context)
-                client.ehlo()
-            if self.username is not None and self.password is not None:
-                client.login(self.username, self.password.reveal())
-            client.send_message(message, from_addr=self.sender, to_addrs=self.to)
-        except DeliveryError:
-            raise
+            self.endpoint.send(message, from_addr=self.sender, to_addrs=self.to)
+        except StartTlsUnavailable:
+            # a server that offers no TLS would see the message (and the login) in clear: not retried
+            raise DeliveryError("starttls_unavailable", retry=False) from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise DeliveryError("SMTPRecipientsRefused", retry=all(400 <= c < 500 for c in codes)) from None
@@ -246,12 +222,6 @@ class EmailChannel:
             raise DeliveryError("SSLCertVerificationError", retry=False) from None
         except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, TLS handshake
             raise DeliveryError(type(exc).__name__, retry=True) from None
-        finally:
-            if client is not None:
-                try:
-                    client.quit()
-                except (smtplib.SMTPException, OSError):
-                    client.close()
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-import smtplib
 import ssl
 import time
 from collections.abc import Callable
@@ -37,11 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, func, select, update
 
-from ..core.urls import is_loopback_host
+from ..smtp import SmtpEndpoint
 from ..store.schema import admin_sign_in_codes_table
 from .admins import AccountSettings, AdminAccounts, SignInFailed, new_id, normalize_email
 
@@ -79,16 +77,8 @@ class AdminMailer:
     """Sends sign-in codes; one SMTP session per message, in a worker thread."""
 
     def __init__(self, settings: EmailSettings, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        parts = urlsplit(settings.smtp)
-        self.implicit_tls = parts.scheme == "smtps"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (465 if self.implicit_tls else 587)
-        self.loopback = is_loopback_host(self.host)
+        self.endpoint = SmtpEndpoint.from_settings(settings, ssl_context)
         self.sender = settings.sender
-        self.username = settings.username
-        self.password = settings.password
-        self.timeout = settings.timeout
-        self.ssl_context = ssl_context or ssl.create_default_context()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-admin-mail")
 
     def submit(
@@ -124,26 +114,7 @@ class AdminMailer:
 
     def send(self, to: str, code: str, ttl: float, *, link: str | None = None) -> None:
         message = self.message(to, code, ttl, link=link)
-        client: smtplib.SMTP
-        if self.implicit_tls:
-            client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
-        else:
-            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        try:
-            client.ehlo()
-            if not self.implicit_tls and not self.loopback:
-                if not client.has_extn("starttls"):
-                    raise smtplib.SMTPNotSupportedError("starttls_unavailable")
-                client.starttls(context=self.ssl_context)
-                client.ehlo()
-            if self.username is not None and self.password is not None:
-                client.login(self.username, self.password.reveal())
-            client.send_message(message, from_addr=self.sender, to_addrs=[to])
-        finally:
-            try:
-                client.quit()
-            except (smtplib.SMTPException, OSError):
-                client.close()
+        self.endpoint.send(message, from_addr=self.sender, to_addrs=[to])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
