@@ -77,25 +77,48 @@ class ApiKeyAuth:
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
         # The id sits at a fixed place; the full shape is checked only when the lookup fails, because a
         # string whose keyed digest matches a stored one *is* that key (so it has the right shape).
-        rec: KeyRecord | None = self.index.key(key[4:16]) if len(key) == 56 and key[:4] == "bst_" else None
-        if rec is None:
+        rec: KeyRecord | None = self.index.key(key[4:16]) if len(key) == 56 else None
+        matched = rec is not None and hmac.compare_digest(self.digest(key), rec.digest)
+        if matched:
+            # The common case first: a current key, its principal prebuilt at load (only for a key whose
+            # consumer was active then), outside any rotation's grace period.
+            principal = rec.principal  # type: ignore[union-attr]
+            if (
+                principal is not None
+                and rec.revoked_at is None  # type: ignore[union-attr]
+                and rec.rotated_to is None  # type: ignore[union-attr]
+                and (rec.expires_at is None or now < rec.expires_at)  # type: ignore[union-attr]
+            ):
+                self.index.key_used(rec.id, now)  # type: ignore[union-attr]
+                return principal
+        return self._judge(key, rec, matched, now, notices)
+
+    def _judge(
+        self,
+        key: str,
+        rec: KeyRecord | None,
+        matched: bool,
+        now: float,
+        notices: list,  # type: ignore[type-arg]
+    ) -> Principal:
+        """Every other case: why the key is refused, or a key in its rotation's grace period (noticed)."""
+        if rec is None or not matched:
             key_id = key_id_of(key)
             if key_id is None:
                 raise AuthFailure("api_key_malformed")
             # The checksum is checked only on failure: for a known id the digest comparison covers it.
+            # A bad one is not counted under the id: that would tell known ids from unknown ones.
             if not checksum_ok(key):
                 raise AuthFailure("api_key_checksum")
-            raise AuthFailure("api_key_unknown", key_id)
+            if rec is None:
+                raise AuthFailure("api_key_unknown", key_id)
+            raise AuthFailure("api_key_mismatch", rec.id)
         key_id = rec.id
-        if not hmac.compare_digest(self.digest(key), rec.digest):
-            if not checksum_ok(key):  # not counted under the id: it would tell known ids from unknown ones
-                raise AuthFailure("api_key_checksum")
-            raise AuthFailure("api_key_mismatch", key_id)
         if rec.revoked_at is not None:
             raise AuthFailure("api_key_revoked", key_id)
         if rec.expires_at is not None and now >= rec.expires_at:
             raise AuthFailure("api_key_expired", key_id)
-        principal = rec.principal  # prebuilt at load, only for a key whose consumer is active then
+        principal = rec.principal
         if principal is None:
             consumer = self.index.consumer(rec.consumer_id)
             if consumer is None or not consumer.active:
