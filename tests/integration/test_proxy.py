@@ -486,6 +486,43 @@ class TestUpstreamFailures:
             assert origin.connections == 2
             assert [p for _, p in origin.requests] == ["/v1/orders/1", "/v1/orders/2", "/v1/orders/2"]
 
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"POST /v1/orders HTTP/1.1\r\nHost: gw\r\n\r\n",  # bodiless: the callback fast path
+            b"POST /v1/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 8\r\n\r\npay-once",  # the task path
+        ],
+        ids=["fast-path", "task-path"],
+    )
+    def test_a_pooled_connection_lost_before_the_request_was_written_is_retried_for_any_method(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: bytes
+    ) -> None:
+        # Requests wait for the end of the event-loop turn before they are written (Outbox). If the
+        # pooled connection turns out closed meanwhile, nothing of the request reached the origin, so
+        # even a POST goes again on a fresh connection — once, and the origin sees it once.
+        from bastion.proxy.upstream import UpstreamPool
+
+        take_idle = UpstreamPool.take_idle
+        broken: list[object] = []
+
+        def take_idle_then_lose_it(pool: UpstreamPool):  # type: ignore[no-untyped-def]
+            conn = take_idle(pool)
+            if conn is not None and not broken:
+                broken.append(conn)
+                conn.transport.abort()  # the origin's close, noticed after the connection was taken
+            return conn
+
+        with ScriptedUpstream("plain") as origin, serving(origin.port, tmp_path) as gw:
+            assert request(gw.port, "GET", "/v1/orders/1")[0] == 200  # pools the connection
+            monkeypatch.setattr(UpstreamPool, "take_idle", take_idle_then_lose_it)
+            with RawClient(gw.port) as client:
+                client.send(raw)
+                resp = client.read_response()
+            assert resp.status == 200, resp.body
+            assert broken, "the pooled connection was not taken"
+            assert [r for r in origin.requests if r[0] == "POST"] == [("POST", "/v1/orders")]
+            assert origin.connections == 2
+
     def test_a_request_with_a_streamed_body_is_not_replayed(self, tmp_path: Path) -> None:
         with ScriptedUpstream("drop_second") as origin, serving(origin.port, tmp_path) as gw:
             assert request(gw.port, "GET", "/v1/orders/1")[0] == 200

@@ -20,7 +20,15 @@ import httptools
 from ..core.request import BodyReadError
 from ..runtime.gateway import Forward, Gateway, Respond, UpstreamSpec
 from ..runtime.responses import filter_json, is_encoded, json_kind
-from .upstream import UpstreamClosed, UpstreamConnection, UpstreamError, UpstreamPool, UpstreamTimeout
+from .upstream import (
+    Outbox,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamNotSent,
+    UpstreamPool,
+    UpstreamTimeout,
+)
 
 __all__ = ["ClientConnection", "Exchange", "GatewayServer", "serve"]
 
@@ -779,14 +787,9 @@ class ClientConnection(asyncio.Protocol):
             self._side(self._forward(decision, ex))
             return
         conn.start(ex.method == "HEAD")
-        try:
-            conn.write(self._upstream_head(decision, ex))
-        except UpstreamError:
-            conn.abort()
-            self._side(self._forward(decision, ex))
-            return
         conn.fast = (decision, ex, pool)
         conn.listen(self, decision.upstream.read_timeout)
+        self.server.outbox.send(conn, self._upstream_head(decision, ex))  # written at the end of this turn
         self.server.fast_forwards += 1
 
     async def _finish_admission(self, coro: Coroutine[Any, Any, Any], yielded: Any, ex: Exchange) -> bool:
@@ -825,7 +828,12 @@ class ClientConnection(asyncio.Protocol):
         fwd, ex, _pool = conn.fast
         conn.fast = None
         conn.abort()
-        if isinstance(exc, UpstreamClosed) and conn.reused and not self.closed and ex.method in _IDEMPOTENT:
+        if (
+            isinstance(exc, UpstreamClosed)
+            and conn.reused
+            and not self.closed
+            and (ex.method in _IDEMPOTENT or isinstance(exc, UpstreamNotSent))
+        ):
             self._side(self._forward(fwd, ex))  # the pooled connection had gone stale: one retry
             return
         if isinstance(exc, UpstreamTimeout):
@@ -930,6 +938,7 @@ class ClientConnection(asyncio.Protocol):
         pool = self.server.pool_for(fwd.upstream)
         no_body = ex.method == "HEAD"
         head_bytes = self._upstream_head(fwd, ex)
+        outbox = self.server.outbox
         attempt = 0
         while True:
             attempt += 1
@@ -947,8 +956,9 @@ class ClientConnection(asyncio.Protocol):
                 if cached is None and body.has_body:
                     cached = body.take_arrived()
                 if cached is not None and len(cached) <= _COALESCE:
-                    # A body the checks read (validation, signatures): one send with the head, not two.
-                    conn.write(head_bytes + cached)
+                    # A body the checks read (validation, signatures): one send with the head, not two,
+                    # at the end of this turn with the other requests forwarded in it (see Outbox).
+                    outbox.send(conn, head_bytes + cached)
                 elif cached is not None:
                     conn.write(head_bytes)
                     self._write_cached_body(conn, body)
@@ -956,9 +966,9 @@ class ClientConnection(asyncio.Protocol):
                     conn.write(head_bytes)
                     pump = self.loop.create_task(self._pump(conn, body))
                 else:
-                    conn.write(head_bytes)
+                    outbox.send(conn, head_bytes)
                 await conn.read_head(fwd.upstream.read_timeout)
-            except UpstreamClosed:
+            except UpstreamClosed as exc:
                 if pump is not None:
                     pump.cancel()
                 conn.abort()
@@ -967,7 +977,7 @@ class ClientConnection(asyncio.Protocol):
                 retryable = (
                     conn.reused
                     and attempt == 1
-                    and ex.method in _IDEMPOTENT
+                    and (ex.method in _IDEMPOTENT or isinstance(exc, UpstreamNotSent))
                     and (not body.has_body or body.cached is not None)
                 )
                 if retryable:
@@ -1422,6 +1432,7 @@ class GatewayServer:
         self.pools: dict[UpstreamSpec, UpstreamPool] = {}
         self.rejected_connections = 0
         self.fast_forwards = 0  # requests forwarded on the callback fast path (tests and /status)
+        self.outbox = Outbox(loop)  # whole upstream requests, written together at the end of each turn
         self._listener: socket.socket | None = None
         self._ssl: ssl.SSLContext | None = None
         self._handshakes = 0

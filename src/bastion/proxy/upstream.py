@@ -12,7 +12,15 @@ import httptools
 
 from ..runtime.gateway import UpstreamSpec
 
-__all__ = ["UpstreamClosed", "UpstreamConnection", "UpstreamError", "UpstreamPool", "UpstreamTimeout"]
+__all__ = [
+    "Outbox",
+    "UpstreamClosed",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamNotSent",
+    "UpstreamPool",
+    "UpstreamTimeout",
+]
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -26,6 +34,11 @@ class UpstreamError(Exception):
 
 class UpstreamClosed(UpstreamError):
     """The connection closed before a response byte arrived (safe to retry a bodiless request)."""
+
+
+class UpstreamNotSent(UpstreamClosed):
+    """The connection closed before any byte of the request was written: safe to send again, whatever
+    the method."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -77,6 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._extra = False
         self.got_bytes = False
+        self.unsent: bytes | None = None  # a request waiting in the Outbox: nothing of it was written yet
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,9 +107,13 @@ class UpstreamConnection(asyncio.Protocol):
             # close-delimited body (RFC 9112 §6.3 rule 8): EOF is the end of the message
             self.message_done = True
         elif not self.message_done and self._error is None:
-            self._error = (
-                UpstreamClosed("closed") if not self.got_bytes else UpstreamError("closed mid-response")
-            )
+            if self.unsent is not None:
+                self._error = UpstreamNotSent("closed")
+            elif not self.got_bytes:
+                self._error = UpstreamClosed("closed")
+            else:
+                self._error = UpstreamError("closed mid-response")
+        self.unsent = None
         self._wake_all()
         if self.listener is not None:
             if self.head_done and self.message_done:
@@ -123,6 +141,11 @@ class UpstreamConnection(asyncio.Protocol):
             # More bytes after the response ended (a body on a HEAD answer, a second response): the
             # framing can no longer be trusted, so this connection is never reused.
             self._poison()
+            return
+        if self.unsent is not None:
+            # An "answer" to a request that has not been written yet answers nothing of ours.
+            self.unsent = None
+            self._fail(UpstreamError("bytes before the request was sent"))
             return
         self.got_bytes = True
         try:
@@ -237,6 +260,16 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamError("closed")
         self.transport.write(data)
 
+    def send_queued(self) -> None:
+        """Write the request the :class:`Outbox` held (if it is still this connection's to send)."""
+        data, self.unsent = self.unsent, None
+        if data is None:
+            return  # failed, aborted or restarted meanwhile
+        if self.closed or self.transport is None:
+            self._fail(UpstreamNotSent("closed"))
+            return
+        self.transport.write(data)
+
     def writelines(self, data: list[bytes]) -> None:
         if self.closed or self.transport is None:
             raise UpstreamError("closed")
@@ -336,11 +369,44 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self.unsent = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self.transport is not None:
             self.transport.abort()
+
+
+class Outbox:
+    """Requests for upstream connections, written together once this turn of the event loop is done.
+
+    Writing to a loopback (or any nearby) origin that has gone idle costs the writer the origin's
+    wake-up: the kernel runs the receive path and signals the other CPU (an inter-processor interrupt,
+    a VM exit on a virtual machine) inside our ``send``. Written one by one, while Bastion works on the
+    next request, each forwarded request finds the origin asleep again; written together at the end of
+    the turn, one wake-up serves the whole batch. Measured with nginx as the origin (docs/performance.md):
+    its sleeps per request fell from ~0.7 to ~0.08 and Bastion's throughput rose by ~25 %. A request waits
+    at most for the rest of the turn it was decided in: nothing else is ever written ahead of it (the
+    connection is its alone), and at low load the turn is this one request.
+    """
+
+    __slots__ = ("_loop", "_queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: list[UpstreamConnection] = []
+
+    def send(self, conn: UpstreamConnection, data: bytes) -> None:
+        """``data`` (the whole request) for ``conn``, written at the end of this turn."""
+        if not self._queue:
+            self._loop.call_soon(self._flush)
+        conn.unsent = data
+        self._queue.append(conn)
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        for conn in queue:
+            conn.send_queued()
 
 
 class _Tunnel(asyncio.Protocol):
