@@ -335,6 +335,22 @@ class TestConnectionReuse:
         assert [echoed(r.body)["path"] for r in responses] == paths
         assert len({r.header("x-request-id") for r in responses}) == 5
 
+    def test_gateway_answers_never_overtake_relayed_ones_waiting_in_the_outbox(
+        self, gateway: GatewayThread, upstream: EchoUpstream
+    ) -> None:
+        # A relayed response waits for the end of its event-loop turn (Outbox); the gateway's own answers
+        # (a 404 here) and later relays on the same connection must still come out in request order.
+        with RawClient(gateway.port) as c:
+            for _ in range(20):
+                c.send(get("/v1/orders/a") + get("/nowhere") + get("/v1/orders/b") + get("/nowhere"))
+                responses = c.read_responses(4)
+                assert [r.status for r in responses] == [200, 404, 200, 404]
+                assert echoed(responses[0].body)["path"] == "/v1/orders/a"
+                assert echoed(responses[2].body)["path"] == "/v1/orders/b"
+            c.send(get("/v1/orders/last", extra="Connection: close\r\n"))
+            last = c.read_until_close()  # written before the connection ends
+        assert last.startswith(b"HTTP/1.1 200") and b'"/v1/orders/last"' in last
+
     def test_a_slow_first_pipelined_request_does_not_let_later_ones_overtake_it(
         self, gateway: GatewayThread, upstream: EchoUpstream
     ) -> None:

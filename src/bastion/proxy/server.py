@@ -315,6 +315,7 @@ class ClientConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._current: Exchange | None = None
         self._fast_candidate: Exchange | None = None
+        self._held: list[bytes] | None = None  # a response waiting in the outbox (write_later)
         self._fast_pending: Exchange | None = None
         self._parse_broken = False
         # request head being parsed
@@ -612,7 +613,26 @@ class ClientConnection(asyncio.Protocol):
     # -- writing ----------------------------------------------------------------------------------------
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            if self._held is not None:
+                self.send_queued()  # what waits in the outbox goes first
             self.transport.write(data)
+
+    def write_later(self, data: bytes) -> None:
+        """A whole response, written at the end of this event-loop turn with the turn's other writes (see
+        :class:`~bastion.proxy.upstream.Outbox`: the client's wake-up is paid once per batch, not once per
+        response). Anything written to this connection before then goes after it."""
+        if self.transport is None or self.closed:
+            return
+        if self._held is None:
+            self._held = [data]
+            self.server.outbox.add(self)
+        else:
+            self._held.append(data)
+
+    def send_queued(self) -> None:
+        held, self._held = self._held, None
+        if held and self.transport is not None and not self.closed:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def drain(self) -> None:
         if self.closed:
@@ -640,12 +660,13 @@ class ClientConnection(asyncio.Protocol):
             lines.append(b"connection: keep-alive\r\n")  # HTTP/1.0 closes unless told otherwise
         lines.append(b"\r\n")
         lines.append(resp.body)
-        if self.transport is not None and not self.closed:
-            self.transport.write(b"".join(lines))
+        self.write_raw(b"".join(lines))
 
     def _close(self) -> None:
         if self.transport is None or self.closed:
             return
+        if self._held is not None:
+            self.send_queued()  # what is owed is written before the connection ends
         if self.drain_on_close and not self._lingering and self.transport.can_write_eof():
             # The client may still be sending a body we refused to read. Closing now would make the
             # kernel answer its next bytes with a reset, which can destroy our error response before
@@ -666,6 +687,8 @@ class ClientConnection(asyncio.Protocol):
             self._read_paused = False
 
     def _final_close(self) -> None:
+        if self._held is not None:
+            self.send_queued()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -817,7 +840,7 @@ class ClientConnection(asyncio.Protocol):
             if not chunked_out:
                 first = conn._chunks.popleft() if conn._chunks else b""
                 conn._buffered = 0
-                self.write_raw(head + first)
+                self.write_later(head + first)
                 pool.release(conn)
                 self.gateway.in_flight -= 1
                 self._exchange_done(keep)
@@ -1310,7 +1333,7 @@ class ClientConnection(asyncio.Protocol):
         # Small responses usually arrive whole: send head and body in one write.
         if conn.message_done and not chunked_out and len(conn._chunks) <= 1:
             first = conn._chunks.popleft() if conn._chunks else b""
-            self.write_raw(head + first)
+            self.write_later(head + first)
             conn._buffered = 0
         else:
             self.write_raw(head)

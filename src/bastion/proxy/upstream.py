@@ -378,7 +378,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Outbox:
-    """Requests for upstream connections, written together once this turn of the event loop is done.
+    """Requests for upstream connections (and small whole responses for clients), written together once
+    this turn of the event loop is done.
 
     Writing to a loopback (or any nearby) origin that has gone idle costs the writer the origin's
     wake-up: the kernel runs the receive path and signals the other CPU (an inter-processor interrupt,
@@ -394,7 +395,7 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: list[UpstreamConnection] = []
+        self._queue: list[Any] = []
 
     def send(self, conn: UpstreamConnection, data: bytes) -> None:
         """``data`` (the whole request) for ``conn``, written at the end of this turn."""
@@ -402,6 +403,12 @@ class Outbox:
             self._loop.call_soon(self._flush)
         conn.unsent = data
         self._queue.append(conn)
+
+    def add(self, holder: Any) -> None:
+        """``holder.send_queued()`` at the end of this turn (a client connection's held response)."""
+        if not self._queue:
+            self._loop.call_soon(self._flush)
+        self._queue.append(holder)
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
