@@ -11,6 +11,9 @@ The upstream side here is a recording transport: what is under test is our proto
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -72,108 +75,112 @@ async def _next_turn() -> None:
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-def test_requests_are_written_together_at_the_end_of_the_turn_in_order() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        first, t1, _ = _connection(loop)
-        second, t2, _ = _connection(loop)
-        outbox.send(first, b"GET /1 HTTP/1.1\r\n\r\n")
-        outbox.send(second, b"GET /2 HTTP/1.1\r\n\r\n")
-        assert t1.written == [] and t2.written == []  # nothing leaves during the turn
-        await _next_turn()
-        assert t1.written == [b"GET /1 HTTP/1.1\r\n\r\n"]
-        assert t2.written == [b"GET /2 HTTP/1.1\r\n\r\n"]
-        await _next_turn()
-        assert len(t1.written) == 1 and len(t2.written) == 1  # once each
+def _on_a_loop(
+    test: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., None]:
+    """Run ``test(loop, outbox, **params)`` on a fresh event loop with its own Outbox."""
 
-    asyncio.run(main())
+    def run(**params: Any) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            await test(loop, Outbox(loop), **params)
 
+        asyncio.run(main())
 
-def test_a_connection_that_closes_while_its_request_waits_reports_it_never_sent() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, transport, listener = _connection(loop)
-        transport.abort()  # the origin's close is noticed after the connection was taken from the pool
-        outbox.send(conn, b"POST /pay HTTP/1.1\r\n\r\n")
-        await _next_turn()
-        assert transport.written == []
-        assert len(listener.failed) == 1
-        assert isinstance(listener.failed[0], UpstreamNotSent)  # safe to send again, whatever the method
-
-    asyncio.run(main())
+    signature = inspect.signature(test)  # pytest sees the test's own parameters, less the two given here
+    run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[2:])  # type: ignore[attr-defined]
+    run.__name__, run.__doc__ = test.__name__, test.__doc__
+    return run
 
 
-def test_a_connection_closed_by_us_before_the_flush_is_not_written() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, transport, _ = _connection(loop)
-        outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
-        conn.abort()
-        await _next_turn()
-        assert transport.written == []
-
-    asyncio.run(main())
-
-
-def test_bytes_before_the_request_was_written_answer_nothing() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, transport, listener = _connection(loop)
-        outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
-        conn.data_received(RESPONSE)  # a hostile or confused origin, ahead of the request
-        assert listener.ready == []  # never relayed as the answer
-        assert len(listener.failed) == 1 and isinstance(listener.failed[0], UpstreamError)
-        assert not isinstance(listener.failed[0], UpstreamNotSent)
-        await _next_turn()
-        assert transport.written == []  # and the request is not sent on that connection afterwards
-        assert conn.closed
-
-    asyncio.run(main())
+@_on_a_loop
+async def test_requests_are_written_together_at_the_end_of_the_turn_in_order(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    first, t1, _ = _connection(loop)
+    second, t2, _ = _connection(loop)
+    outbox.send(first, b"GET /1 HTTP/1.1\r\n\r\n")
+    outbox.send(second, b"GET /2 HTTP/1.1\r\n\r\n")
+    assert t1.written == [] and t2.written == []  # nothing leaves during the turn
+    await _next_turn()
+    assert t1.written == [b"GET /1 HTTP/1.1\r\n\r\n"]
+    assert t2.written == [b"GET /2 HTTP/1.1\r\n\r\n"]
+    await _next_turn()
+    assert len(t1.written) == 1 and len(t2.written) == 1  # once each
 
 
-def test_a_connection_restarted_for_another_request_drops_the_old_one() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, transport, _ = _connection(loop)
-        outbox.send(conn, b"GET /old HTTP/1.1\r\n\r\n")
-        conn.start(no_body=False)
-        outbox.send(conn, b"GET /new HTTP/1.1\r\n\r\n")
-        await _next_turn()
-        assert transport.written == [b"GET /new HTTP/1.1\r\n\r\n"]
+@_on_a_loop
+async def test_a_connection_that_closes_while_its_request_waits_reports_it_never_sent(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    conn, transport, listener = _connection(loop)
+    transport.abort()  # the origin's close is noticed after the connection was taken from the pool
+    outbox.send(conn, b"POST /pay HTTP/1.1\r\n\r\n")
+    await _next_turn()
+    assert transport.written == []
+    assert len(listener.failed) == 1
+    assert isinstance(listener.failed[0], UpstreamNotSent)  # safe to send again, whatever the method
 
-    asyncio.run(main())
+
+@_on_a_loop
+async def test_a_connection_closed_by_us_before_the_flush_is_not_written(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    conn, transport, _ = _connection(loop)
+    outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
+    conn.abort()
+    await _next_turn()
+    assert transport.written == []
 
 
-def test_the_answer_after_the_request_is_relayed() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, _transport, listener = _connection(loop)
-        outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
-        await _next_turn()
-        conn.data_received(RESPONSE)
-        assert listener.ready == [conn] and listener.failed == []
-        assert conn.status == 200
+@_on_a_loop
+async def test_bytes_before_the_request_was_written_answer_nothing(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    conn, transport, listener = _connection(loop)
+    outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
+    conn.data_received(RESPONSE)  # a hostile or confused origin, ahead of the request
+    assert listener.ready == []  # never relayed as the answer
+    assert len(listener.failed) == 1 and isinstance(listener.failed[0], UpstreamError)
+    assert not isinstance(listener.failed[0], UpstreamNotSent)
+    await _next_turn()
+    assert transport.written == []  # and the request is not sent on that connection afterwards
+    assert conn.closed
 
-    asyncio.run(main())
+
+@_on_a_loop
+async def test_a_connection_restarted_for_another_request_drops_the_old_one(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    conn, transport, _ = _connection(loop)
+    outbox.send(conn, b"GET /old HTTP/1.1\r\n\r\n")
+    conn.start(no_body=False)
+    outbox.send(conn, b"GET /new HTTP/1.1\r\n\r\n")
+    await _next_turn()
+    assert transport.written == [b"GET /new HTTP/1.1\r\n\r\n"]
+
+
+@_on_a_loop
+async def test_the_answer_after_the_request_is_relayed(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    conn, _transport, listener = _connection(loop)
+    outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
+    await _next_turn()
+    conn.data_received(RESPONSE)
+    assert listener.ready == [conn] and listener.failed == []
+    assert conn.status == 200
 
 
 @pytest.mark.parametrize("queued", [True, False])
-def test_a_loss_says_not_sent_only_while_the_request_waits(queued: bool) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        outbox = Outbox(loop)
-        conn, _transport, listener = _connection(loop)
-        outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
-        if not queued:
-            await _next_turn()  # written: a loss now may come after the origin acted on it
-        conn.connection_lost(None)
-        assert len(listener.failed) == 1
-        assert isinstance(listener.failed[0], UpstreamNotSent) is queued
-
-    asyncio.run(main())
+@_on_a_loop
+async def test_a_loss_says_not_sent_only_while_the_request_waits(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox, queued: bool
+) -> None:
+    conn, _transport, listener = _connection(loop)
+    outbox.send(conn, b"GET /1 HTTP/1.1\r\n\r\n")
+    if not queued:
+        await _next_turn()  # written: a loss now may come after the origin acted on it
+    conn.connection_lost(None)
+    assert len(listener.failed) == 1
+    assert isinstance(listener.failed[0], UpstreamNotSent) is queued

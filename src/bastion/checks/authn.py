@@ -75,8 +75,7 @@ class Authenticate:
                 return _locked(wait, {"subject": "source_ip"})
         bearer = None
         basic_user: str | None = None
-        headers = req.headers
-        auth = headers.first.get("authorization")
+        auth = req.headers.first.get("authorization")
         if auth is not None:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer":
@@ -89,20 +88,7 @@ class Authenticate:
         key_blocked = 0.0
         key_id: str | None = None
         try:
-            api = self.api_keys
-            if api is None:
-                key = None
-            elif bearer is None and not api.in_query:
-                # ApiKeyAuth.credential's common case, inlined: the key header once, or not at all
-                key = headers.first.get(api.header)
-                if key is not None:
-                    repeats = headers.repeats
-                    if repeats is None or api.header not in repeats:
-                        key = key.strip()
-                    else:
-                        key = api.credential(req, None)  # every copy: two different keys are refused
-            else:
-                key = api.credential(req, bearer)
+            key = self.api_keys.credential(req, bearer) if self.api_keys is not None else None
             if key is not None:
                 presented = True
                 key_id = key[4:16] if checking and key.startswith("bst_") and len(key) > 16 else None
@@ -110,7 +96,7 @@ class Authenticate:
                     # A blocked key id refuses guesses, but the key's holder still gets in: anyone can
                     # send failures under a known id, and must not lock its owner out that way.
                     key_blocked = await limiter.blocked_for("key:" + key_id, now)
-                principal = api.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
+                principal = self.api_keys.authenticate(key, req, now, ctx.notices)  # type: ignore[union-attr]
                 if basic_user is not None and basic_user not in (principal.consumer, principal.key_id):
                     principal = None
                     raise AuthFailure("basic_user_mismatch", key_id=key_id)

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -14,6 +14,7 @@ from ..runtime.gateway import UpstreamSpec
 
 __all__ = [
     "Outbox",
+    "Queued",
     "UpstreamClosed",
     "UpstreamConnection",
     "UpstreamError",
@@ -395,25 +396,31 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: list[Any] = []
+        self._queue: list[Queued] = []
 
     def send(self, conn: UpstreamConnection, data: bytes) -> None:
         """``data`` (the whole request) for ``conn``, written at the end of this turn."""
-        if not self._queue:
-            self._loop.call_soon(self._flush)
         conn.unsent = data
-        self._queue.append(conn)
+        self.add(conn)
 
-    def add(self, holder: Any) -> None:
-        """``holder.send_queued()`` at the end of this turn (a client connection's held response)."""
+    def add(self, holder: Queued) -> None:
+        """``holder.send_queued()`` at the end of this turn; the holder keeps what it will write."""
         if not self._queue:
             self._loop.call_soon(self._flush)
         self._queue.append(holder)
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
-        for conn in queue:
-            conn.send_queued()
+        for holder in queue:
+            holder.send_queued()
+
+
+class Queued(Protocol):
+    """What waits in an :class:`Outbox`: an upstream connection's request, a client connection's
+    response. ``send_queued`` writes it if it is still owed (nothing, if the connection failed, closed or
+    already sent it meanwhile)."""
+
+    def send_queued(self) -> None: ...
 
 
 class _Tunnel(asyncio.Protocol):
