@@ -18,6 +18,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from tests.support import raw_exchange, status_of
+
 from ._identity import (
     JwksServer,
     Reply,
@@ -176,6 +178,22 @@ class TestApiKeys:
         reply = stack.get("/public/page", {"Authorization": "Bearer upstream-own-token"})
         assert reply.status == 200
         assert reply.upstream_headers()["authorization"] == ["Bearer upstream-own-token"]
+
+    def test_an_open_route_keeps_every_credential_header_in_order(self, stack: Stack) -> None:
+        raw = raw_exchange(
+            stack.port,
+            b"GET /public/page HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer one\r\nX-API-Key: k1\r\n"
+            b"Authorization: Bearer two\r\nConnection: close\r\n\r\n",
+        )
+        assert status_of(raw) == 200
+        seen = Reply(200, {}, raw.split(b"\r\n\r\n", 1)[1]).upstream_headers()
+        assert seen["authorization"] == ["Bearer one", "Bearer two"]
+        assert seen["x-api-key"] == ["k1"]
+
+    def test_a_credential_named_in_connection_is_hop_by_hop_on_an_open_route(self, stack: Stack) -> None:
+        reply = stack.get("/public/page", {"Authorization": "Bearer hop", "Connection": "Authorization"})
+        assert reply.status == 200
+        assert "authorization" not in reply.upstream_headers()
 
     @pytest.mark.parametrize("style", ["bearer", "x-api-key"])
     def test_forward_credentials_passes_the_credential_on(

@@ -42,6 +42,7 @@ __all__ = [
     "check_scope_subset",
     "checksum_ok",
     "format_api_key",
+    "identity_headers",
     "key_id_of",
     "key_principal",
     "parse_api_key",
@@ -199,7 +200,7 @@ class Principal(NamedTuple):
     client_id: str | None = None
     ip_allow: tuple[NetworkSet, ...] = ()
     permissions: tuple[Permission, ...] = ()
-    scopes_text: str = ""  # the sorted, space-separated scopes (X-Bastion-Scopes), when prebuilt
+    upstream_headers: tuple[tuple[str, str], ...] = ()  # identity_headers(), when prebuilt
     credential_id: str | None = None  # PKCV: the public key (``CR…``) that signed the request
 
 
@@ -261,6 +262,12 @@ class AuthFailure(Exception):
         self.evidence = evidence
 
 
+def identity_headers(consumer: str, scopes: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """What the upstream learns of an authenticated caller: ``X-Bastion-Consumer`` and the effective
+    scopes, sorted and space-separated, in ``X-Bastion-Scopes``."""
+    return (("x-bastion-consumer", consumer), ("x-bastion-scopes", " ".join(sorted(scopes))))
+
+
 def key_principal(rec: KeyRecord, consumer: ConsumerRecord) -> Principal:
     """What a key authenticates as: its scopes narrowed to its consumer's, both address lists."""
     scopes = rec.scopes & consumer.scopes
@@ -272,7 +279,7 @@ def key_principal(rec: KeyRecord, consumer: ConsumerRecord) -> Principal:
         key_id=rec.id,
         ip_allow=tuple(n for n in (consumer.ip_allow, rec.ip_allow) if n),
         permissions=rec.permissions,
-        scopes_text=" ".join(sorted(scopes)),
+        upstream_headers=identity_headers(consumer.name, scopes),
     )
 
 
@@ -284,6 +291,6 @@ def public_key_principal(rec: PublicKeyRecord, consumer: ConsumerRecord) -> Prin
         method="pkcv",
         consumer_id=consumer.id,
         ip_allow=(consumer.ip_allow,) if consumer.ip_allow else (),
-        scopes_text=" ".join(sorted(consumer.scopes)),
+        upstream_headers=identity_headers(consumer.name, consumer.scopes),
         credential_id=rec.id,
     )

@@ -18,7 +18,7 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from ..core.identity import UNCLAIMED, AuthFailure, Principal, valid_scope
+from ..core.identity import UNCLAIMED, AuthFailure, Principal, identity_headers, valid_scope
 from .index import IdentitySnapshot
 from .jwks import JwksCache, JwksError
 from .jwt import JwtPolicy, JwtRejected, token_header, verify_jwt
@@ -154,7 +154,7 @@ class LocalTokenVerifier:
             consumer_id=consumer.id,
             client_id=client.client_id,
             ip_allow=(consumer.ip_allow,) if consumer.ip_allow else (),
-            scopes_text=" ".join(sorted(scopes)),
+            upstream_headers=identity_headers(consumer.name, scopes),
         )
         if len(self._principals) >= _CACHE_MAX:
             self._principals.clear()

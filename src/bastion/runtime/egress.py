@@ -171,7 +171,7 @@ def compile_egress(
                 options={
                     "cors": False,
                     "location": ("egress", index),
-                    "strip_credentials": frozenset(),
+                    "strip_credentials": False,
                     "api_key_in_query": False,
                     "response_fields": None,
                 },

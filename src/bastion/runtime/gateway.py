@@ -38,7 +38,7 @@ from ..core.events import Event
 from ..core.fields import FieldFilter
 from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
 from ..core.headers import Headers
-from ..core.identity import Principal
+from ..core.identity import Principal, identity_headers
 from ..core.paths import PathRejected, canonicalize_path, validate_query
 from ..core.ports import EventSink
 from ..core.problem import problem_body
@@ -119,6 +119,9 @@ class Respond:
 class _Parsed:
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)
+    # The credential headers (Authorization, the API-key header, PKCV), kept out of upstream_headers:
+    # an authenticated route never forwards them, and the others add them back.
+    credentials: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Gateway:
@@ -144,6 +147,11 @@ class Gateway:
         self.tls_on = settings.tls is not None
         self.scheme = "https" if self.tls_on else "http"
         self.reject_override = settings.method_override_headers == "reject"
+        self.credential_headers = frozenset(
+            {"authorization", settings.identity.api_key_header.lower(), PKCV_HEADER}
+        )
+        # One set test per header in the common case: these are the names _split_headers looks at twice.
+        self._set_aside = HOP_BY_HOP | GATEWAY_OWNED | self.credential_headers
         self.underscores = settings.underscore_headers
         base: list[tuple[str, str]] = [("x-content-type-options", "nosniff")]
         if settings.tls is not None:
@@ -408,8 +416,11 @@ class Gateway:
 
         upstream: UpstreamSpec = route.target  # type: ignore[assignment]
         if upstream.outbound is not None:
-            return await self._egress(req, ctx, upstream, parsed.upstream_headers)
+            # the provider's own allowlist decides what of the caller's headers go on (outbound.headers)
+            return await self._egress(req, ctx, upstream, parsed.upstream_headers + parsed.credentials)
         up_headers = parsed.upstream_headers
+        if parsed.credentials and (principal is None or not route.options["strip_credentials"]):
+            up_headers.extend(parsed.credentials)  # auth: none, forward_credentials, a webhook signature
         if ctx.notes:
             # forward_unknown: false (OpenAPI): only the declared query parameters and headers go upstream
             query = ctx.notes.get("forward_query", query)
@@ -424,12 +435,8 @@ class Gateway:
         if principal is not None:
             if self.on_use is not None:
                 self.on_use(principal.consumer, principal.key_id, client)  # the engine makes it text, once
-            strip = route.options["strip_credentials"]
-            if strip:
-                up_headers = [(n, v) for n, v in up_headers if n not in strip]
-            up_headers.append(("x-bastion-consumer", principal.consumer))
-            up_headers.append(
-                ("x-bastion-scopes", principal.scopes_text or " ".join(sorted(principal.scopes)))
+            up_headers.extend(
+                principal.upstream_headers or identity_headers(principal.consumer, principal.scopes)
             )
             if route.options["api_key_in_query"] and query:
                 query = _without_api_key(query)
@@ -514,7 +521,9 @@ class Gateway:
         out = _Parsed()
         up = out.upstream_headers
         kept = out.kept
-        for name, value in raw:
+        set_aside = self._set_aside
+        for header in raw:
+            name = header[0]
             if "_" in name:
                 if self.underscores == "reject":
                     return "header_name_underscore"
@@ -528,10 +537,14 @@ class Gateway:
                 if self.reject_override:
                     return "method_override_rejected"
                 continue
-            kept.append((name, value))
-            if name in HOP_BY_HOP or name in GATEWAY_OWNED or name in nominated:
+            kept.append(header)
+            if name in set_aside:
+                if name in self.credential_headers and name not in nominated:
+                    out.credentials.append(header)
                 continue
-            up.append((name, value))
+            if nominated and name in nominated:
+                continue
+            up.append(header)
         return out
 
 
@@ -659,7 +672,6 @@ def compile_routes(
 ) -> list[Route]:
     """Each route's chain, cheap checks first: ip → size → cors → authn → authz (→ rate → … later)."""
     routes: list[Route] = []
-    api_key_header = settings.identity.api_key_header.lower()
     json_limits = JsonLimits(**settings.limits.json_.model_dump())
     inspector: Inspector | None = None
     for s_index, svc in enumerate(settings.services):
@@ -744,9 +756,6 @@ def compile_routes(
             if rs.response_fields is not None:
                 rf = rs.response_fields
                 fields = (rf.max_body, FieldFilter(deny=rf.deny, allow=rf.allow).apply)
-            strip: frozenset[str] = frozenset()
-            if rs.auth != "none" and not rs.forward_credentials:
-                strip = frozenset({"authorization", api_key_header, PKCV_HEADER})
             routes.append(
                 Route(
                     id=route_id,
@@ -760,7 +769,8 @@ def compile_routes(
                     options={
                         "cors": rs.cors is not None,
                         "location": ("services", s_index, "routes", r_index),
-                        "strip_credentials": strip,
+                        # Authorization, the API-key header and PKCV's (Gateway.credential_headers)
+                        "strip_credentials": rs.auth != "none" and not rs.forward_credentials,
                         "api_key_in_query": rs.api_key_in_query and not rs.forward_credentials,
                         "response_fields": fields,
                     },
@@ -783,7 +793,7 @@ def compile_routes(
                     options={
                         "cors": False,
                         "location": ("oauth2",),
-                        "strip_credentials": frozenset(),
+                        "strip_credentials": False,
                         "api_key_in_query": False,
                     },
                 )
