@@ -205,13 +205,9 @@ class TestDigest:
         """The hash-halves path and the OpenSSL-object fallback give the RFC 2104 HMAC for any input."""
         peppers = Peppers(pepper)
         expected = hmac.new(peppers.keys, key.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
-        assert peppers._halves is not None
+        assert peppers._inner is not None and peppers._outer is not None
         assert peppers.key_digest(key) == expected
-        halves, peppers._halves = peppers._halves, None
-        try:
-            assert peppers.key_digest(key) == expected
-        finally:
-            peppers._halves = halves
+        assert peppers._key_digest_openssl(key) == expected
 
     def test_digest_depends_on_pepper_and_key(self) -> None:
         _, key = new_api_key()
@@ -413,6 +409,23 @@ class TestMemoryFailureLimiter:
         ) == [200.0, 0.5, 0.0, 0.0]
         # The count started again after the block: one more failure does not re-block.
         assert drive(lim.failed("key:k", NOW + 302)) == [0.0]
+
+    def test_active_says_whether_anything_is_blocked(self) -> None:
+        # Authenticate skips every lockout lookup while this is False: it must turn True with the first
+        # block, stay True while any block stands, and turn False once the last one has expired.
+        lim = MemoryFailureLimiter(failures=2, within=60, block_for=300)
+        assert not lim.active
+        drive(lim.failed("ip:a", NOW))
+        assert not lim.active  # a failure is not a block
+        drive(lim.failed("ip:a", NOW + 1), lim.failed("key:k", NOW + 100), lim.failed("key:k", NOW + 100))
+        assert lim.active
+        drive(lim.blocked_for("ip:a", NOW + 302))  # ip:a expired, key:k still blocked
+        assert lim.active
+        assert drive(lim.blocked_for("key:k", NOW + 400)) == [0.0]
+        assert not lim.active
+        drive(lim.failed("ip:b", NOW + 500), lim.failed("ip:b", NOW + 500))
+        lim.clear()
+        assert not lim.active
 
     def test_memory_is_bounded_by_evicting_the_oldest_subject(self) -> None:
         lim = MemoryFailureLimiter(failures=2, within=60, block_for=300, max_subjects=2)

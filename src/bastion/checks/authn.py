@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..core.decision import Context, Deny, Verdict
 from ..core.forwarding import ip_text
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
-from ..core.ports import FailureLimiter, TokenVerifier
+from ..core.ports import FailureLimiter, Freshness, TokenVerifier
 from ..core.request import RequestView
 from .api_key import ApiKeyAuth
 from .refusals import IDENTITY_UNAVAILABLE
@@ -38,14 +38,15 @@ class Authenticate:
         clock: Callable[[], float],
         realm: str = "bastion",
         authorize: Authorize | None = None,
-        stale: Callable[[float], bool] | None = None,
+        freshness: Freshness | None = None,
         basic: bool = False,
     ) -> None:
         self.methods = methods
         # HTTP Basic with the API key as the password (egress routes: stock SDKs such as Twilio's speak
         # only Basic). The user name must be the key's consumer or its public id.
         self.basic = basic and api_keys is not None
-        self.stale = stale  # the identity store has not confirmed the snapshot for too long
+        # past freshness.fresh_until the store has not confirmed the snapshot for too long: fail closed
+        self.freshness = freshness
         self.authorize = authorize  # run right after a success (authn → authz, fused)
         self.api_keys = api_keys
         self.verifiers = verifiers
@@ -65,7 +66,7 @@ class Authenticate:
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         now = self.clock()
-        if self.stale is not None and self.stale(now):
+        if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE
         limiter = self.limiter
         checking = limiter.active

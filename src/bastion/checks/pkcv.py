@@ -24,7 +24,7 @@ from collections.abc import Callable
 from ..core.decision import Context, Deny, Verdict
 from ..core.identity import AuthFailure
 from ..core.pkcv_canonical import canonical_java, canonical_python, request_hash
-from ..core.ports import ClientValidator, ReplayCache, StateUnavailable
+from ..core.ports import ClientValidator, Freshness, ReplayCache, StateUnavailable
 from ..core.request import BodyReadError, RequestView
 from .refusals import IDENTITY_UNAVAILABLE, remember, state_unavailable
 from .scopes import Authorize
@@ -48,9 +48,10 @@ class Pkcv:
         *,
         required: bool = False,
         authorize: Authorize | None = None,
-        stale: Callable[[float], bool] | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
-        self.stale = stale  # the identity store has not confirmed the registered keys for too long
+        # past freshness.fresh_until the store has not confirmed the registered keys for too long: fail closed
+        self.freshness = freshness
         self.validator = validator
         self.replay = replay
         self.clock = clock
@@ -62,7 +63,7 @@ class Pkcv:
         if token is None:
             return _refuse("pkcv_missing", status=401)
         now = self.clock()
-        if self.stale is not None and self.stale(now):
+        if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE
         try:
             principal, claims = self.validator.verify(token.strip(), now)

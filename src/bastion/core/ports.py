@@ -19,6 +19,7 @@ __all__ = [
     "Counters",
     "EventSink",
     "FailureLimiter",
+    "Freshness",
     "IdentityIndex",
     "ReplayCache",
     "StateUnavailable",
@@ -61,6 +62,14 @@ class IdentityIndex(Protocol):
     def key_used(self, key_id: str, now: float) -> None:
         """Note a successful use (``last_used_at``); written in batches, never per request."""
         ...
+
+
+class Freshness(Protocol):
+    """How long in-memory identity data may still be trusted: the store last confirmed it, plus
+    ``identity.max_staleness``. Past ``fresh_until`` (the checks' clock) authentication fails closed."""
+
+    @property
+    def fresh_until(self) -> float: ...
 
 
 class TokenVerifier(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -68,11 +69,14 @@ class _Data:
 class IdentitySnapshot:
     """Implements :class:`bastion.core.ports.IdentityIndex`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_staleness: float = math.inf) -> None:
         self._data = _Data()
         # When the store last confirmed this snapshot is current (None: no store, always current). While the
-        # store is unreachable the snapshot keeps serving, up to identity.max_staleness.
-        self.confirmed_at: float | None = None
+        # store is unreachable the snapshot keeps serving, up to identity.max_staleness: fresh_until, one
+        # comparison per authenticated request (implements bastion.core.ports.Freshness).
+        self.max_staleness = max_staleness
+        self._confirmed_at: float | None = None
+        self.fresh_until = math.inf
         self._used: dict[str, float] = {}
         self.pending_revocations: list[tuple[str, float, float]] = []
         # Revocations are appended on the event loop and taken by the sync thread: never lose one.
@@ -81,6 +85,15 @@ class IdentitySnapshot:
     @property
     def revision(self) -> int:
         return self._data.revision
+
+    @property
+    def confirmed_at(self) -> float | None:
+        return self._confirmed_at
+
+    @confirmed_at.setter
+    def confirmed_at(self, when: float | None) -> None:
+        self._confirmed_at = when
+        self.fresh_until = math.inf if when is None else when + self.max_staleness
 
     def replace(self, data: _Data) -> None:
         # Revocations made here but not yet written must survive a reload.

@@ -61,8 +61,7 @@ class IdentityRuntime:
         self.clock = clock
         self.emit = emit
         self.peppers = Peppers(ident.pepper.reveal()) if ident.pepper is not None else None
-        self.snapshot = IdentitySnapshot()
-        self._max_staleness = settings.identity.max_staleness  # read on every authenticated request
+        self.snapshot = IdentitySnapshot(settings.identity.max_staleness)
         self.sync: IdentitySync | None = None
         lock = ident.lockout
         self.limiter: Any = MemoryFailureLimiter(lock.failures, lock.within, lock.block_for)
@@ -185,7 +184,13 @@ class IdentityRuntime:
             ]
         if methods == ("pkcv",):
             return [
-                Pkcv(self.pkcv, self.replay, self.clock, authorize=Authorize(route.scopes), stale=self.stale)
+                Pkcv(
+                    self.pkcv,
+                    self.replay,
+                    self.clock,
+                    authorize=Authorize(route.scopes),
+                    freshness=self.snapshot,
+                )
             ]
         api_keys = None
         if "api_key" in methods:
@@ -212,18 +217,13 @@ class IdentityRuntime:
                 self.limiter,
                 self.clock,
                 authorize=Authorize(route.scopes),
-                stale=self.stale,
+                freshness=self.snapshot,
                 basic=basic,
             )
         ]
         if route.require_pkcv:
             checks.append(Pkcv(self.pkcv, self.replay, self.clock, required=True))
         return checks
-
-    def stale(self, now: float) -> bool:
-        """Whether the store has not confirmed the identity snapshot for longer than max_staleness."""
-        confirmed = self.snapshot.confirmed_at
-        return confirmed is not None and now - confirmed > self._max_staleness
 
     def consumer_quota(self, consumer_id: str) -> Limit | None:
         """The consumer's own quota from the snapshot (None: the default applies)."""

@@ -27,10 +27,9 @@ class MemoryFailureLimiter:
         self.max_subjects = max_subjects
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()
         self._blocked: dict[str, float] = {}
-
-    @property
-    def active(self) -> bool:
-        return bool(self._blocked)
+        # Whether any subject is blocked: kept current with _blocked (a plain attribute, read on every
+        # authenticated request).
+        self.active = False
 
     async def blocked_for(self, subject: str, now: float) -> float:
         if not self._blocked:
@@ -40,6 +39,7 @@ class MemoryFailureLimiter:
             return 0.0
         if until <= now:
             del self._blocked[subject]
+            self.active = bool(self._blocked)
             return 0.0
         return until - now
 
@@ -57,12 +57,14 @@ class MemoryFailureLimiter:
             if len(self._blocked) >= self.max_subjects:
                 self._blocked.pop(next(iter(self._blocked)))
             self._blocked[subject] = now + self.block_for
+            self.active = True
             return self.block_for
         return 0.0
 
     def clear(self) -> None:
         self._seen.clear()
         self._blocked.clear()
+        self.active = False
 
 
 class MemoryReplayCache:
