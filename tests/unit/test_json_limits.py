@@ -143,7 +143,16 @@ def test_unpaired_surrogate_escapes_are_refused(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"[1e400]", b"[1E+400]", b"[-1e0400]", b'{"a":[2.5e309]}', b"[" + b"9" * 400 + b".5]"]
+    "raw",
+    [
+        b"[1e400]",
+        b"[1E+400]",
+        b"[1e+0400]",
+        b"[-1e0400]",
+        b'{"a":[2.5e309]}',
+        b'{"to":"+14155550123","v":1E+309}',
+        b"[" + b"9" * 400 + b".5]",
+    ],
 )
 def test_every_spelling_of_an_overflowing_number_is_refused(raw: bytes) -> None:
     err = rejected(raw, JsonLimits(max_number_length=4300))
@@ -154,6 +163,10 @@ def test_numbers_that_only_look_large_are_fine() -> None:
     assert parse_json(b'[1e-400, 1e100, 1.5E+300, "e000", "9999999999"]', LIMITS) == [
         0.0, 1e100, 1.5e300, "e000", "9999999999",
     ]
+    # "+" outside an exponent (phone numbers) is not a number's sign
+    assert parse_json(b'{"to":"+14155550123","from":"+1" ,"n":1E+30}', LIMITS) == {
+        "to": "+14155550123", "from": "+1", "n": 1e30,
+    }
 
 
 def test_keys_are_counted_across_nested_objects() -> None:

@@ -592,6 +592,8 @@ class _Compiled:
         self.cookies = [p for p in op.params if p.where == "cookie"]
         self.query_names = frozenset(p.name for p in self.query)
         self.header_names = frozenset(p.name.lower() for p in self.headers)
+        self.has_params = bool(op.params)
+        self.takes_body = op.takes_body
 
 
 class OpenApiCheck:
@@ -618,6 +620,25 @@ class OpenApiCheck:
         if op is None:  # a method the route has and the document does not describe (HEAD, OPTIONS)
             return None
         errors: list[tuple[str, str]] = []
+        if op.has_params or req.query:
+            self._check_params(op, req, ctx, errors)
+        if not self.forward_unknown:
+            ctx.notes["forward_headers"] = op.header_names
+        status, code = 400, "request_invalid"
+        if not errors:
+            problem = await self._check_body(op, req, ctx, errors)
+            if isinstance(problem, Deny):
+                return self._verdict(ctx, problem)
+            if isinstance(problem, tuple):
+                status, code = problem
+        if not errors:
+            return None
+        return self._verdict(ctx, _invalid(status, code, errors))
+
+    def _check_params(
+        self, op: _Compiled, req: RequestView, ctx: Context, errors: list[tuple[str, str]]
+    ) -> None:
+        """The path, query, header and cookie parameters."""
         for p in op.path:
             text = req.params.get(p.name)
             if text is not None:
@@ -626,22 +647,10 @@ class OpenApiCheck:
             self._check_query(op, req, ctx, errors)
         for p in op.headers:
             self._check(p, req.headers.getall(p.name.lower()), errors)
-        if not self.forward_unknown:
-            ctx.notes["forward_headers"] = op.header_names
         if op.cookies:
             jar = _cookies(req.headers.getall("cookie"))
             for p in op.cookies:
                 self._check(p, jar.get(p.name, []), errors)
-        status, code = 400, "request_invalid"
-        if not errors:
-            problem = await self._check_body(op.op, req, ctx, errors)
-            if isinstance(problem, Deny):
-                return self._verdict(ctx, problem)
-            if isinstance(problem, tuple):
-                status, code = problem
-        if not errors:
-            return None
-        return self._verdict(ctx, _invalid(status, code, errors))
 
     def _verdict(self, ctx: Context, deny: Deny) -> Verdict:
         if self.mode == "strict":
@@ -684,18 +693,17 @@ class OpenApiCheck:
             ctx.notes["forward_query"] = "&".join(kept)
 
     async def _check_body(
-        self, op: Operation, req: RequestView, ctx: Context, errors: list[tuple[str, str]]
+        self, compiled: _Compiled, req: RequestView, ctx: Context, errors: list[tuple[str, str]]
     ) -> Deny | tuple[int, str] | None:
-        has_body = req.body.declared_length != 0
-        content_type = req.headers.get("content-type")
-        if not has_body:
+        op = compiled.op
+        if req.body.declared_length == 0:
             if op.body_required:
                 errors.append(("body", "is required"))
             return None
-        if not op.takes_body:
+        if not compiled.takes_body:
             errors.append(("body", "is not accepted by this operation"))
             return None
-        accepted, schema, mime = op.media_for(content_type)
+        accepted, schema, mime = op.media_for(req.headers.get("content-type"))
         if not accepted:
             return _invalid(
                 415,
