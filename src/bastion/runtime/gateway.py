@@ -150,8 +150,8 @@ class Gateway:
         self.credential_headers = frozenset(
             {"authorization", settings.identity.api_key_header.lower(), PKCV_HEADER}
         )
-        # One set test per header in the common case: these are the names _split_headers looks at twice.
-        self._set_aside = HOP_BY_HOP | GATEWAY_OWNED | self.credential_headers
+        # The names _split_headers treats specially (one set test for every other field).
+        self._set_aside = METHOD_OVERRIDE_HEADERS | HOP_BY_HOP | GATEWAY_OWNED | self.credential_headers
         self.underscores = settings.underscore_headers
         base: list[tuple[str, str]] = [("x-content-type-options", "nosniff")]
         if settings.tls is not None:
@@ -533,15 +533,16 @@ class Gateway:
                 if dashed in GATEWAY_OWNED or dashed in HOP_BY_HOP:
                     # X_Bastion_Consumer would reach CGI/WSGI-style upstreams as X-Bastion-Consumer.
                     continue
-            if name in METHOD_OVERRIDE_HEADERS:
-                if self.reject_override:
-                    return "method_override_rejected"
-                continue
-            kept.append(header)
-            if name in set_aside:
+            if name in set_aside:  # one set test for an ordinary field; these are looked at again
+                if name in METHOD_OVERRIDE_HEADERS:
+                    if self.reject_override:
+                        return "method_override_rejected"
+                    continue
+                kept.append(header)
                 if name in self.credential_headers and name not in nominated:
                     out.credentials.append(header)
                 continue
+            kept.append(header)
             if nominated and name in nominated:
                 continue
             up.append(header)
