@@ -105,7 +105,9 @@ class LocalTokenVerifier:
             max_lifetime=signing.token_ttl + leeway,
         )
         self._cache = _Cache()
-        self._principals: dict[str, tuple[int, Principal]] = {}
+        # token -> (snapshot revision, principal, exp, jti): a token seen before, unexpired, unrevoked and
+        # with the same snapshot is answered from here in one lookup (no claims cache, no rebuild)
+        self._principals: dict[str, tuple[int, Principal, float, str]] = {}
 
     def claims_like(self, token: str) -> bool:
         return _looks_like_jwt(token)
@@ -132,14 +134,15 @@ class LocalTokenVerifier:
         return claims
 
     async def verify(self, token: str, now: float) -> Principal:
-        claims = self.decode(token, now)
-        if self.index.token_revoked(claims["jti"]):
-            raise AuthFailure("token_revoked")
-        # The principal depends on the snapshot (client, consumer, scopes): reuse it until a reload.
-        revision = self.index.revision
+        index = self.index
         memo = self._principals.get(token)
-        if memo is not None and memo[0] == revision:
+        # The principal depends on the snapshot (client, consumer, scopes): reuse it until a reload.
+        revision = index.revision
+        if memo is not None and memo[0] == revision and now < memo[2] and not index.token_revoked(memo[3]):
             return memo[1]
+        claims = self.decode(token, now)
+        if index.token_revoked(claims["jti"]):
+            raise AuthFailure("token_revoked")
         client = self.index.client(claims["client_id"])
         if client is None:
             raise AuthFailure("client_revoked")
@@ -158,7 +161,7 @@ class LocalTokenVerifier:
         )
         if len(self._principals) >= _CACHE_MAX:
             self._principals.clear()
-        self._principals[token] = (revision, principal)
+        self._principals[token] = (revision, principal, float(claims["exp"]), claims["jti"])
         return principal
 
 
