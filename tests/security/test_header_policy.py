@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion.proxy import server as proxy_server
 from tests.support import QUICKSTART_ROUTES, GatewayThread, config_text, load_text
 
 from ._raw import (
@@ -166,6 +167,26 @@ def test_more_than_max_headers_is_431(gw: GatewayThread, origin: RecordingUpstre
     _problem(out.first, 431, "too_many_headers")
     assert out.closed
     assert len(origin.requests) == before
+
+
+def test_header_names_past_the_name_memo_bound_are_still_lower_cased(
+    gw: GatewayThread, origin: RecordingUpstream
+) -> None:
+    # The proxy remembers the lower-cased text of the field-name spellings it has seen, up to a bound. A
+    # flood of new spellings must neither grow it past the bound nor change how later names are read:
+    # a method override in a spelling never seen before is still recognised and stripped.
+    for batch in range(12):  # 1,080 new spellings, past the bound of 1,024
+        flood = b"".join(b"X-Flood-%d-%d: v\r\n" % (batch, i) for i in range(90))
+        assert _one(gw, _get(headers=flood)).first.status == 200
+    assert len(proxy_server._NAMES) <= proxy_server._NAMES_MAX
+    before = len(origin.requests)
+    out = _one(gw, _get(headers=b"X-HTTP-Method-OVERRIDE-ish: a\r\nX-Http-Method-OVERRIDE: DELETE\r\n"))
+    assert out.first.status == 200
+    rid = out.first.header("x-request-id")
+    (seen,) = [r for r in origin.requests[before:] if ("x-request-id", rid) in r[2]]
+    names = [n for n, _ in seen[2]]
+    assert "x-http-method-override-ish" in names  # forwarded, lower-cased as always
+    assert not any(n.lower() == "x-http-method-override" for n in names)  # recognised, stripped
 
 
 def test_header_count_boundary(tight_gw: GatewayThread, origin: RecordingUpstream) -> None:

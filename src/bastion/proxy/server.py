@@ -277,6 +277,11 @@ def _llhttp_code(exc: Exception, data: bytes) -> str:
 
 
 _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "expect"})
+# Field names as sent -> lower-cased text. Clients send the same few spellings, so one lookup replaces a
+# decode and a lower() per field, and every later lookup by that name reuses one string (its hash is
+# computed once). Bounded: names beyond the first _NAMES_MAX spellings are simply not remembered.
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 1024
 
 
 def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, tuple[int, str] | None]:
@@ -483,12 +488,17 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             raise _Reject(431, "headers_too_large")
-        if len(self._headers) >= self._max_headers:
+        headers = self._headers
+        if len(headers) >= self._max_headers:
             raise _Reject(431, "too_many_headers")
-        lname = name.decode("latin-1").lower()
+        lname = _NAMES.get(name)
+        if lname is None:
+            lname = name.decode("latin-1").lower()
+            if len(_NAMES) < _NAMES_MAX:
+                _NAMES[name] = lname
         if lname in _FRAMING_NAMES:
             self._framing_seen = True
-        self._headers.append((lname, value.decode("latin-1")))
+        headers.append((lname, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
