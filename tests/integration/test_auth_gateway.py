@@ -179,7 +179,7 @@ class TestApiKeys:
         assert reply.status == 200
         assert reply.upstream_headers()["authorization"] == ["Bearer upstream-own-token"]
 
-    def test_an_open_route_keeps_every_credential_header_in_order(self, stack: Stack) -> None:
+    def test_an_open_route_forwards_every_credential_header_in_per_name_order(self, stack: Stack) -> None:
         raw = raw_exchange(
             stack.port,
             b"GET /public/page HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer one\r\nX-API-Key: k1\r\n"

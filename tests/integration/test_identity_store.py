@@ -718,6 +718,20 @@ class TestSync:
         assert sync.reloads == 2
         assert len(counter.statements) == 1  # only the revision was read
 
+    def test_every_confirmation_moves_fresh_until(self, engine: Engine, clock: FakeClock) -> None:
+        # The checks fail closed once now > fresh_until: it must be "never" before the store has spoken
+        # (no store), and the last confirmation plus max_staleness after, moved by every load.
+        snapshot = IdentitySnapshot(max_staleness=300.0)
+        assert snapshot.fresh_until == float("inf")
+        sync = IdentitySync(engine, snapshot, clock=clock)
+        sync.load()
+        assert snapshot.fresh_until == T0 + 300.0
+        clock.now = T0 + 250.0
+        sync.load()  # nothing changed in the store: still a confirmation
+        assert snapshot.fresh_until == T0 + 550.0
+        snapshot.confirmed_at = None
+        assert snapshot.fresh_until == float("inf")
+
     def test_changed_reloads_at_once(self, engine: Engine, clock: FakeClock) -> None:
         snapshot = IdentitySnapshot()
         sync = IdentitySync(engine, snapshot, clock=clock)
