@@ -184,3 +184,34 @@ async def test_a_loss_says_not_sent_only_while_the_request_waits(
     conn.connection_lost(None)
     assert len(listener.failed) == 1
     assert isinstance(listener.failed[0], UpstreamNotSent) is queued
+
+
+class _Faulty:
+    def send_queued(self) -> None:
+        raise RuntimeError("a holder's bug")
+
+
+@_on_a_loop
+async def test_a_failing_write_neither_strands_the_others_nor_hangs_its_own_request(
+    loop: asyncio.AbstractEventLoop, outbox: Outbox
+) -> None:
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    refusing, refusing_transport, listener = _connection(loop)
+
+    def refuse(data: bytes) -> None:
+        raise RuntimeError("transport refused the write")
+
+    refusing_transport.write = refuse  # type: ignore[method-assign]
+    after, after_transport, _ = _connection(loop)
+    outbox.add(_Faulty())
+    outbox.send(refusing, b"POST /pay HTTP/1.1\r\n\r\n")
+    outbox.send(after, b"GET /1 HTTP/1.1\r\n\r\n")
+    await _next_turn()
+    assert after_transport.written == [b"GET /1 HTTP/1.1\r\n\r\n"]  # written despite the two before it
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)  # the bug is seen
+    # The refused request fails at once (a 502, not a read timeout), and is not called "never sent":
+    # a POST must not be sent twice on a guess.
+    assert len(listener.failed) == 1 and isinstance(listener.failed[0], UpstreamError)
+    assert not isinstance(listener.failed[0], UpstreamNotSent)
+    assert refusing.closed

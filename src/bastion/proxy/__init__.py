@@ -44,7 +44,8 @@ Forwarding (``upstream.UpstreamPool``)
   together: each write that finds the origin asleep pays for waking it, and together one wake-up serves
   the batch (~25 % more throughput against nginx on loopback). A connection lost while its request waits
   reports that nothing was sent, so the request goes again on a fresh connection whatever its method;
-  bytes that arrive before the request was written answer nothing and fail the connection. A small
+  bytes that arrive before the request was written answer nothing and fail the connection, and a write
+  the transport refuses fails that request alone (502), never the ones queued after it. A small
   response that arrived whole waits in the same outbox for its client; any other write to that client
   connection (a gateway answer to a pipelined request, the close) sends it first, so order is kept.
 * Response framing is recomputed: a known ``Content-Length`` is kept, anything else is re-chunked for

@@ -269,7 +269,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             self._fail(UpstreamNotSent("closed"))
             return
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except Exception:  # the transport refused it: fail this request (502), never hang it
+            self._fail(UpstreamError("write failed"))  # not UpstreamNotSent: part of it may have left
 
     def writelines(self, data: list[bytes]) -> None:
         if self.closed or self.transport is None:
@@ -412,7 +415,10 @@ class Outbox:
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
         for holder in queue:
-            holder.send_queued()
+            try:
+                holder.send_queued()
+            except Exception as exc:  # one holder's fault must not strand the writes queued after it
+                self._loop.call_exception_handler({"message": "a queued write failed", "exception": exc})
 
 
 class Queued(Protocol):
