@@ -673,11 +673,11 @@ class ClientConnection(asyncio.Protocol):
         self.write_raw(b"".join(lines))
 
     def _close(self) -> None:
-        if self.transport is None or self.closed:
-            return
+        if self.transport is None or self.closed or self._lingering:
+            return  # a lingering close ends on its own timer (or its byte bound), not sooner
         if self._held is not None:
             self.send_queued()  # what is owed is written before the connection ends
-        if self.drain_on_close and not self._lingering and self.transport.can_write_eof():
+        if self.drain_on_close and self.transport.can_write_eof():
             # The client may still be sending a body we refused to read. Closing now would make the
             # kernel answer its next bytes with a reset, which can destroy our error response before
             # the client reads it. Half-close, discard what still arrives (bounded), then close.
@@ -1386,6 +1386,11 @@ class ClientConnection(asyncio.Protocol):
                 return False
             if chunked_out:
                 self.write_raw(b"0\r\n\r\n")
+        if ex.body.has_body and not ex.body.complete:
+            # The rest of the client's body may still be on its way: the close must not answer it
+            # with a reset, which can destroy the response before the client has read it.
+            keep = False
+            self.drain_on_close = True
         # The request side must be finished too before anything is reused.
         if pump is not None:
             if not pump.done():
@@ -1396,9 +1401,6 @@ class ClientConnection(asyncio.Protocol):
             if pump.exception() is not None:
                 conn.abort()
                 return False
-        if ex.body.has_body and not ex.body.complete:
-            keep = False
-            self.drain_on_close = True
         pool.release(conn)
         return keep
 
