@@ -14,7 +14,7 @@ import pytest
 
 from bastion.events.query import EventFilter, query_events
 from bastion.store.database import open_database
-from tests.support import EchoUpstream, GatewayThread, load_text, request
+from tests.support import EchoUpstream, GatewayThread, load_text, raw_exchange, request, status_of
 
 from ._identity import wait_for
 
@@ -126,6 +126,29 @@ def test_attacks_anywhere_are_blocked_and_never_forwarded(
     assert not app.forwarded
     text = json.dumps(reply).lower()
     assert "script" not in text and "passwd" not in text and "union" not in text  # nothing echoed
+
+
+@pytest.mark.parametrize(
+    "types",
+    [(b"image/png", b"application/json"), (b"application/json", b"image/png")],
+    ids=["png-first", "json-first"],
+)
+def test_a_second_content_type_cannot_smuggle_a_body_past_inspection(
+    app: App, types: tuple[bytes, ...]
+) -> None:
+    """One Content-Type says "binary, not read", the other says JSON: an upstream that believes the
+    JSON one would get an uninspected attack. Two Content-Types are refused before any check."""
+    body = json.dumps({"q": "1' OR '1'='1' --"}).encode()
+    before = len(app.upstream.requests)
+    reply = raw_exchange(
+        app.gateway.port,
+        b"POST /blocked/notes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"".join(b"Content-Type: %s\r\n" % t for t in types)
+        + b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert status_of(reply) == 400 and b'"code":"content_type_repeated"' in reply
+    assert len(app.upstream.requests) == before
+    assert b"OR" not in reply.partition(b"\r\n\r\n")[2]  # nothing echoed
 
 
 PROSE = (

@@ -512,6 +512,11 @@ class Gateway:
 
     def _split_headers(self, raw: list[tuple[str, str]], headers: Headers) -> _Parsed | str:
         """One pass: the headers policies see, and the ones forwarded upstream."""
+        if headers.repeats is not None and "content-type" in headers.repeats:
+            # Checks judge the body as one media type (validation, inspection, signatures); an upstream
+            # may read it as the other one (the last, or both joined). Refused, never judged as one type
+            # and used as another.
+            return "content_type_repeated"
         nominated: frozenset[str] = frozenset()
         conn = headers.getall("connection") if "connection" in headers else None
         if conn:
