@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import EchoUpstream, GatewayThread, load_text, request
+from tests.support import EchoUpstream, GatewayThread, load_text, raw_exchange, request, status_of
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "openapi"
 CUSTOMER = "cus_" + "A1b2C3d4E5f6G7"
@@ -168,6 +168,54 @@ def test_an_order_with_many_mistakes_lists_them_all_and_reaches_nobody(shop: Sho
         ("body.shipping_address.line1", "is required"),
         ("body.shipping_address.postal_code", "does not match the required pattern"),
     } <= shop.errors(reply)
+
+
+@pytest.mark.parametrize("framing", ["arrived with the head", "chunked, still to come"])
+@pytest.mark.parametrize(
+    ("body", "status", "forwarded"),
+    [
+        (json.dumps(order()).encode(), 200, True),
+        (json.dumps(order(currency="DOGE")).encode(), 422, False),
+        (b'{"customer_id": "x", "customer_id": "y"}', 400, False),
+    ],
+    ids=["valid", "invalid", "duplicate-key"],
+)
+def test_the_verdict_does_not_depend_on_when_the_body_arrives(
+    shop: Shop, framing: str, body: bytes, status: int, forwarded: bool
+) -> None:
+    """A body that came with the head is judged at once, one still to come is awaited (and a chunked
+    one always is): two paths through the check, one answer."""
+    if framing == "arrived with the head":
+        framed = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    else:
+        half = len(body) // 2
+        framed = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+            half, body[:half], len(body) - half, body[half:]
+        )
+    before = len(shop.upstream.requests)
+    reply = raw_exchange(
+        shop.gateway.port,
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        + b"X-Request-Id: %s\r\n" % str(uuid.uuid4()).encode()
+        + framed,
+    )
+    assert status_of(reply) == status
+    assert (len(shop.upstream.requests) > before) is forwarded
+
+
+def test_a_body_with_two_content_types_is_never_validated_as_one(shop: Shop) -> None:
+    """Validated as JSON, read upstream as the other type (a framework that takes the last one): refused."""
+    body = json.dumps(order()).encode()
+    before = len(shop.upstream.requests)
+    reply = raw_exchange(
+        shop.gateway.port,
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        + b"X-Request-Id: %s\r\n" % str(uuid.uuid4()).encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert status_of(reply) == 400 and b'"code":"content_type_repeated"' in reply
+    assert len(shop.upstream.requests) == before
 
 
 def test_read_only_fields_cannot_be_set_by_the_client(shop: Shop) -> None:

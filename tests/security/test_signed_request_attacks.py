@@ -91,6 +91,9 @@ class FakeBody:
             raise self.error
         return self.data
 
+    def arrived(self) -> bytes | None:
+        return None  # as a body still on its way: read() is counted
+
 
 class FakeClock:
     def __init__(self, now: float = NOW) -> None:

@@ -41,6 +41,9 @@ class FakeBody:
     async def read(self) -> bytes:
         raise AssertionError("a check that only needs the declared length must not read the body")
 
+    def arrived(self) -> bytes | None:
+        raise AssertionError("a check that only needs the declared length must not read the body")
+
 
 def view(
     *,

@@ -468,6 +468,9 @@ class FakeBody:
     async def read(self) -> bytes:
         raise AssertionError("authentication must not read the body")
 
+    def arrived(self) -> bytes | None:
+        raise AssertionError("authentication must not read the body")
+
 
 def view(
     *,

@@ -83,6 +83,9 @@ class ReceiveBody:
             self._cached = b"".join(parts)
         return self._cached
 
+    def arrived(self) -> bytes | None:
+        return self._cached  # the body is pulled through ``receive``: only a read one is here
+
     def _fail(self, status: int, code: str) -> BodyReadError:
         self.complete = True
         self.error = BodyReadError(status, code)

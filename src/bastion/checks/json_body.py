@@ -33,7 +33,16 @@ from jiter import from_json as _from_json
 from ..core.decision import Context, Deny
 from ..core.request import BodyReadError, RequestView
 
-__all__ = ["JSON_INVALID", "JSON_LIMIT", "JsonLimits", "JsonRejected", "json_body", "parse_json"]
+__all__ = [
+    "JSON_INVALID",
+    "JSON_LIMIT",
+    "LATER",
+    "JsonLimits",
+    "JsonRejected",
+    "json_body",
+    "json_body_now",
+    "parse_json",
+]
 
 JSON_INVALID = "json_invalid"
 JSON_LIMIT = "json_limit_exceeded"
@@ -224,19 +233,43 @@ def _long_string(limit: int) -> JsonRejected:
 async def json_body(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
     """The request's JSON body, parsed once; a :class:`Deny` (400, or the body read's own status) when it
     cannot be read or is not acceptable JSON. The caller checked the media type."""
-    cached = ctx.notes.get(_PARSED, _MISSING)
-    if cached is not _MISSING:
-        return cached
-    try:
-        raw = await req.body.read()
-        result: Any = parse_json(raw, limits)
-    except BodyReadError as exc:
-        result = Deny(exc.status, exc.code, "The request body could not be read.")
-    except JsonRejected as exc:
-        result = Deny(400, exc.code, exc.reason, evidence={"reason": exc.reason})
-    ctx.notes[_PARSED] = result
+    result = json_body_now(req, ctx, limits)
+    if result is LATER:
+        try:
+            raw = await req.body.read()
+        except BodyReadError as exc:
+            result = Deny(exc.status, exc.code, "The request body could not be read.")
+        else:
+            result = _parsed_or_deny(raw, limits)
+        ctx.notes[_PARSED] = result
     return result
 
 
-_MISSING = object()
+def json_body_now(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
+    """:func:`json_body` without waiting: the same answer when the body has all arrived (or was parsed
+    already), else :data:`LATER` — then await :func:`json_body`. Saves a check two coroutines a request."""
+    result = ctx.notes.get(_PARSED, LATER)
+    if result is LATER:
+        raw = req.body.arrived()
+        if raw is None:
+            return LATER
+        result = ctx.notes[_PARSED] = _parsed_or_deny(raw, limits)
+    return result
+
+
+def _parsed_or_deny(raw: bytes, limits: JsonLimits) -> Any:
+    try:
+        return parse_json(raw, limits)
+    except JsonRejected as exc:
+        return Deny(400, exc.code, exc.reason, evidence={"reason": exc.reason})
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER: Any = _Later()  # "the body is still to come": await the coroutine form
 

@@ -44,6 +44,12 @@ class Body(Protocol):
         """The whole body; raises :class:`BodyReadError`."""
         ...
 
+    def arrived(self) -> bytes | None:
+        """The whole body when all of it is already here and within bounds (a small body comes in the
+        head's packets), as :meth:`read` would return it — so a check can go on without waiting; None
+        when :meth:`read` must be awaited (more is to come, or it failed: ``read`` raises why)."""
+        ...
+
 
 class RequestView(NamedTuple):
     """Immutable. A ``NamedTuple`` rather than a frozen dataclass: it is built once per request, and a

@@ -167,6 +167,9 @@ class ClientBody:
     def cached(self) -> bytes | None:
         return self._cached
 
+    def arrived(self) -> bytes | None:
+        return self._cached if self._cached is not None else self.take_arrived()
+
     def take_arrived(self) -> bytes | None:
         """The whole body when it has already arrived (a small body in the head's packets), taken at once
         and then replayable like a read one; None when some of it is still to come (then it streams)."""
@@ -217,6 +220,9 @@ class _NoBody:
         return None
 
     async def read(self) -> bytes:
+        return b""
+
+    def arrived(self) -> bytes:
         return b""
 
 
