@@ -30,7 +30,7 @@ from typing import Any
 
 from jiter import from_json as _from_json
 
-from ..core.decision import Context, Deny
+from ..core.decision import UNPARSED, Context, Deny
 from ..core.request import BodyReadError, RequestView
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
 
 JSON_INVALID = "json_invalid"
 JSON_LIMIT = "json_limit_exceeded"
-_PARSED = "json_body"  # ctx.notes key: the parsed value (or the Deny it earned)
 _FLOAT_DIGITS = 309  # a float with this many digits before its point (or exponent 1e309) is infinite
 
 
@@ -241,19 +240,19 @@ async def json_body(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
             result = Deny(exc.status, exc.code, "The request body could not be read.")
         else:
             result = _parsed_or_deny(raw, limits)
-        ctx.notes[_PARSED] = result
+        ctx.parsed_body = result
     return result
 
 
 def json_body_now(req: RequestView, ctx: Context, limits: JsonLimits) -> Any:
     """:func:`json_body` without waiting: the same answer when the body has all arrived (or was parsed
     already), else :data:`LATER` — then await :func:`json_body`. Saves a check two coroutines a request."""
-    result = ctx.notes.get(_PARSED, LATER)
-    if result is LATER:
+    result = ctx.parsed_body
+    if result is UNPARSED:
         raw = req.body.arrived()
         if raw is None:
             return LATER
-        result = ctx.notes[_PARSED] = _parsed_or_deny(raw, limits)
+        result = ctx.parsed_body = _parsed_or_deny(raw, limits)
     return result
 
 

@@ -10,7 +10,17 @@ from typing import Any
 
 from .identity import Principal
 
-__all__ = ["EMPTY", "Answer", "Context", "Deny", "Verdict"]
+__all__ = ["EMPTY", "UNPARSED", "Answer", "Context", "Deny", "Verdict"]
+
+
+class _Unparsed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNPARSED"
+
+
+UNPARSED: Any = _Unparsed()  # Context.parsed_body before any check parsed the body
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -54,7 +64,8 @@ class Context:
     ``undo`` holds what to revert if the upstream never answers (see :meth:`on_upstream_failure`).
     ``principal`` is filled by authentication checks. ``notices`` are events a check wants recorded
     even when the request goes on (``api_key.used_after_rotation``): ``(type, data)`` pairs the gateway
-    emits with the request's details.
+    emits with the request's details. ``parsed_body`` is the JSON body once a check has parsed it (or
+    the refusal it earned), so every other check gets the same value; :data:`UNPARSED` until then.
     """
 
     request_id: str
@@ -62,6 +73,7 @@ class Context:
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     notices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    parsed_body: Any = UNPARSED
     # Run when the upstream never answered (502/504 from the gateway): a check that recorded a one-time
     # value (a webhook id) undoes it, so the sender's retry is not refused as a replay. None: nothing to undo.
     undo: list[Callable[[], None]] | None = None
