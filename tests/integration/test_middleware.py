@@ -35,7 +35,7 @@ from bastion.checks.twilio_signature import twilio_signature as bastion_twilio_s
 from bastion.config import ConfigError
 from bastion.testing import FrozenClock, lifespan, make_key, memory_gateway, twilio_signature
 
-from ..support import GatewayThread, load_text, request
+from ..support import GatewayThread, load_text, raw_exchange, request, status_of
 from . import _scenarios as sc
 from ._identity import PEPPER, Reply, random_key
 
@@ -101,6 +101,18 @@ class TestBothFaces:
         assert seen["x-request-id"] == [reply.headers["x-request-id"]]
         assert "x-api-key" not in seen and "authorization" not in seen  # the credential stays at Bastion
         assert reply.upstream_target() == "/v1/orders/42"
+
+    def test_two_content_types_are_refused_before_any_check(
+        self, face: sc.Face, keys: dict[str, str]
+    ) -> None:
+        body = b'{"qty": 1}'
+        raw = raw_exchange(
+            face.port,
+            b"POST /v1/orders/42 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (keys["writer"].encode(), len(body), body),
+        )
+        assert status_of(raw) == 400 and b'"code":"content_type_repeated"' in raw
 
     def test_no_key_is_auth_required_and_recorded(self, face: sc.Face) -> None:
         reply = face.call("GET", "/v1/orders/42")

@@ -156,12 +156,13 @@ class ClientBody:
 
     async def read(self) -> bytes:
         """The whole body (bounded by the route's ``max_body``); later forwarding replays it."""
-        if self._cached is None and self.take_arrived() is None:  # not all here yet: wait for the rest
+        data = self.arrived()
+        if data is None:  # not all here yet (or failed: next_chunk raises why): wait for the rest
             parts = []
             while (chunk := await self.next_chunk()) is not None:
                 parts.append(chunk)
-            self._cached = b"".join(parts)
-        return self._cached
+            data = self._cached = b"".join(parts)
+        return data
 
     @property
     def cached(self) -> bytes | None:
