@@ -87,7 +87,7 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
 
 
-def _count(pid: int, out_dir: Path, port: int, t: Target, n: int) -> float:
+def _count(pid: int, out_dir: Path, port: int, t: Target, n: int, keep: Path | None = None) -> float:
     """Instructions the server executed for n requests of t, per request."""
     before = set(out_dir.glob("cg.*.out.*-01"))
     _control(pid, "-i", "on")
@@ -101,6 +101,10 @@ def _count(pid: int, out_dir: Path, port: int, t: Target, n: int) -> float:
         # refresh, the event writer) run on their own clocks and would land on whichever row is running
         new = sorted(set(out_dir.glob("cg.*.out.*-01")) - before, key=lambda p: p.stat().st_mtime)
         if new:
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                slug = "".join(c if c.isalnum() else "-" for c in t.label.lower())[:40].strip("-")
+                shutil.copy(new[-1], keep / f"{len(t.counts) + 1}-{slug}.out")
             for line in new[-1].read_text(errors="replace").splitlines():
                 if line.startswith("summary:"):
                     return int(line.split()[1]) / n
@@ -163,7 +167,7 @@ def measure(bench: run.Bench, section: str, args: argparse.Namespace) -> list[Ta
         raise RuntimeError(f"{section}: warm-up of {t.label} failed: {exc}\n{server.log_tail(3)}") from None
     for rnd in range(args.rounds):
         for t in targets if rnd % 2 == 0 else targets[::-1]:
-            t.counts.append(_count(server.pid, out_dir, server.port, t, args.requests))
+            t.counts.append(_count(server.pid, out_dir, server.port, t, args.requests, args.keep))
             log(f"{section} round {rnd + 1}/{args.rounds}: {t.label}: {t.counts[-1]:,.0f} per request")
     return targets
 
@@ -191,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="counted runs per row (default 2)")
     p.add_argument("--warmup", type=int, default=300, help="uncounted requests per row first (default 300)")
     p.add_argument("--only", action="append", choices=["auth", "validation"], help="one section (repeatable)")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="copy each row's callgrind dump here (callgrind_annotate reads them)")
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)

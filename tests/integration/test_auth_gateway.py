@@ -491,9 +491,12 @@ class TestExternalIssuer:
         if not [c for c in adm.list_consumers() if c["name"] == "partner-a"]:
             adm.create_consumer("partner-a", ["orders:read"], actor="test")
         token = idp_token()
+        assert stack.get(path, bearer(token)).status == 200  # verified, and remembered
         adm.set_consumer_active("partner-a", False, actor="test")
         try:
-            assert_problem(stack.get(path, bearer(token)), 401, "auth_invalid")
+            refused = stack.get(path, bearer(token))  # a token already verified is refused all the same
+            assert_problem(refused, 401, "auth_invalid")
+            assert stack.event_for("auth.failed", refused)["data"]["cause"] == "consumer_disabled"
         finally:
             adm.set_consumer_active("partner-a", True, actor="test")
         reply = stack.get(path, bearer(token))

@@ -42,6 +42,7 @@ from bastion.core.identity import (
     api_key_digest,
     check_scope_subset,
     format_api_key,
+    key_principal,
     parse_api_key,
     parse_permission,
     parse_scopes,
@@ -205,7 +206,7 @@ class TestDigest:
         """The hash-halves path and the OpenSSL-object fallback give the RFC 2104 HMAC for any input."""
         peppers = Peppers(pepper)
         expected = hmac.new(peppers.keys, key.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
-        assert peppers._inner is not None and peppers._outer is not None
+        assert peppers.key_digest != peppers._key_digest_openssl  # the hash-halves path is in use
         assert peppers.key_digest(key) == expected
         assert peppers._key_digest_openssl(key) == expected
 
@@ -556,8 +557,18 @@ class World:
             revoked_at=revoked_at,
             rotated_to=rotated_to,
         )
+        owner = self.data.consumers.get(consumer.id)
+        if owner is not None and owner.active:  # as load_snapshot does: the principal prebuilt
+            rec = replace(rec, principal=key_principal(rec, owner))
         self.data.keys[public_id] = rec
         return rec, key
+
+    def reload(self) -> None:
+        """What a snapshot reload does after a consumer changed: every key's principal built anew."""
+        for kid, rec in self.data.keys.items():
+            owner = self.data.consumers.get(rec.consumer_id)
+            alive = owner is not None and owner.active
+            self.data.keys[kid] = replace(rec, principal=key_principal(rec, owner) if alive else None)
 
     def admit(
         self, req: RequestView, required: Iterable[str] = ("orders:read",), ctx: Context | None = None
@@ -692,6 +703,7 @@ class TestApiKeyChecks:
         assert ctx.principal is not None and ctx.principal.scopes == {"orders:read", "orders:write"}
         # The consumer loses orders:write: the existing key loses it too.
         w.data.consumers[shop.id] = replace(shop, scopes=frozenset({"orders:read"}))
+        w.reload()
         verdict, ctx = w.admit(view(method="POST", headers=[bearer(key)]), ["orders:write"])
         d = deny(verdict, 403, "insufficient_scope")
         assert ctx.principal is not None and ctx.principal.scopes == {"orders:read"}
@@ -826,6 +838,139 @@ class TestApiKeyChecks:
         d = deny(w.admit(view(headers=[bearer(wrong)]))[0], 401, "auth_invalid")
         assert wrong not in repr(d)
         assert wrong[17:50] not in repr(d)
+
+
+class TestTheCommonCase:
+    """Authenticate decides a current key (or a token its verifier has seen) in a few lookups, and sends
+    everything else the full way. Both ways must give the same verdict, principal and notices."""
+
+    @staticmethod
+    def full_way(w: World) -> Authenticate:
+        """The same check, kept off the short way: an unrelated address is locked out, so the limiter is
+        active (and every request goes through the lookups of the full way)."""
+        limiter = MemoryFailureLimiter(w.limiter.failures, 300.0, 3600.0)
+        drive(*(limiter.failed("ip:198.51.100.250", NOW) for _ in range(w.limiter.failures)))
+        assert limiter.active
+        # its own ApiKeyAuth: the once-a-minute rotation notice is remembered per instance
+        return Authenticate(("api_key",), ApiKeyAuth(w.snapshot, PEPPERS.key_digest), (), limiter, w.clock)
+
+    @staticmethod
+    def outcome(w: World, authn: Authenticate, req: RequestView, required: Iterable[str]) -> object:
+        ctx = Context("req-1")
+        authz = Authorize(required)
+
+        async def chain() -> Verdict:
+            verdict = await authn(req, ctx)
+            return verdict if verdict is not None else await authz(req, ctx)
+
+        verdict = asyncio.run(chain())
+        shown = None if verdict is None else (verdict.status, verdict.code, verdict.evidence)  # type: ignore[union-attr]
+        return shown, ctx.principal, ctx.notices, w.snapshot.take_used()
+
+    def test_both_ways_give_the_same_answer(self) -> None:
+        w = World(failures=100)  # the refusals below must not lock the test's address out
+        shop = w.consumer("shop", ["orders:read", "orders:write"])
+        fenced = w.consumer("fenced", ["orders:read"], ip_allow=["192.0.2.0/24"])
+        off = w.consumer("off", ["orders:read"], active=False)
+        good, good_key = w.key(shop, ["orders:read"])
+        _, narrow_key = w.key(shop, ["orders:write"])
+        _, revoked_key = w.key(shop, revoked_at=NOW - 10)
+        _, expired_key = w.key(shop, expires_at=NOW - 1)
+        _, rotated_key = w.key(shop, rotated_to="NEWKEY000001", expires_at=NOW + 3600)
+        _, fenced_key = w.key(fenced)
+        _, pinned_key = w.key(shop, permissions=["POST /v1/orders"])
+        _, off_key = w.key(off)
+        wrong_secret = format_api_key(good.id, "x" * 33)
+        unknown = format_api_key("UNKNOWN00001", "y" * 33)
+        requests = [
+            [("X-API-Key", good_key)],
+            [bearer(good_key)],
+            [("Authorization", f"bearer {good_key}")],  # any case of the scheme
+            [("X-API-Key", f" {good_key} ")],
+            [("X-API-Key", good_key), bearer(good_key)],  # the same key twice: fine
+            [("X-API-Key", good_key), bearer(narrow_key)],  # two different keys: refused
+            [("X-API-Key", narrow_key)],  # valid, without the scope
+            [("X-API-Key", revoked_key)],
+            [("X-API-Key", expired_key)],
+            [bearer(rotated_key)],  # valid in its grace period, with a notice
+            [("X-API-Key", fenced_key)],  # from an address outside its consumer's allow-list
+            [("X-API-Key", pinned_key)],  # a GET, where the key may only POST
+            [("X-API-Key", off_key)],
+            [("X-API-Key", wrong_secret)],
+            [bearer(unknown)],
+            [("X-API-Key", good_key[:-1])],
+            [("X-API-Key", "not a key")],
+            [bearer("eyJhbGciOiJub25lIn0.e30.")],
+            [("Authorization", "Basic " + base64.b64encode(f"shop:{good_key}".encode()).decode())],
+            [],
+        ]
+        short_way = w.authn
+        full_way = self.full_way(w)
+        for headers in requests:
+            req = view(headers=headers)
+            assert self.outcome(w, short_way, req, ["orders:read"]) == self.outcome(
+                w, full_way, req, ["orders:read"]
+            ), headers
+
+    def test_only_a_success_takes_the_short_way(self) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        _, key = w.key(shop)
+        full = []
+        judge = w.api_keys.authenticate
+
+        def spy(*args: object) -> object:
+            full.append(args[0])
+            return judge(*args)  # type: ignore[arg-type]
+
+        w.api_keys.authenticate = spy  # type: ignore[method-assign]
+        for headers in ([("X-API-Key", key)], [bearer(key)]):
+            verdict, ctx = w.admit(view(headers=headers))
+            assert verdict is None and ctx.principal is not None and ctx.principal.consumer == "shop"
+        assert full == []
+        wrong = format_api_key(key[4:16], "x" * 33)
+        deny(w.admit(view(headers=[("X-API-Key", wrong)]))[0], 401, "auth_invalid")
+        assert full == [wrong]  # a refusal is judged the full way, which names the cause
+
+    def test_a_refusal_costs_the_same_digests_for_a_known_id_and_an_unknown_one(self) -> None:
+        """No timing difference tells an existing key id from an unknown one: every refused key of the
+        right length is digested the same number of times, whatever its record says."""
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        off = w.consumer("off", ["orders:read"], active=False)
+        good, key = w.key(shop)
+        _, revoked_key = w.key(shop, revoked_at=NOW - 10)
+        _, expired_key = w.key(shop, expires_at=NOW - 1)
+        _, off_key = w.key(off)
+        digested: list[str] = []
+
+        def counting(k: str) -> bytes:
+            digested.append(k)
+            return PEPPERS.key_digest(k)
+
+        full_way = self.full_way(w)
+        for authn in (w.authn, full_way):
+            authn.api_keys.digest = counting  # type: ignore[union-attr]
+        refused = {
+            "unknown id": format_api_key("UNKNOWN00001", "y" * 33),
+            "wrong secret": format_api_key(good.id, "x" * 33),
+            "bad checksum": key[:-1] + ("A" if key[-1] != "A" else "B"),
+            "revoked": revoked_key,
+            "expired": expired_key,
+            "consumer disabled": off_key,
+        }
+        for authn in (w.authn, full_way):
+            counts: dict[str, int] = {}
+            for name, presented in refused.items():
+                digested.clear()
+                verdict = asyncio.run(authn(view(headers=[("X-API-Key", presented)]), Context("r")))
+                deny(verdict, 401, "auth_invalid")
+                counts[name] = len(digested)
+            assert len(set(counts.values())) == 1, counts
+            assert counts["unknown id"] >= 1
+            digested.clear()
+            assert asyncio.run(authn(view(headers=[("X-API-Key", key)]), Context("r"))) is None
+            assert len(digested) == 1  # a valid key: once
 
 
 class TestLockout:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from hmac import compare_digest
 from urllib.parse import parse_qsl
 
 from ..core.identity import AuthFailure, KeyRecord, Principal, checksum_ok, key_id_of, key_principal
@@ -74,11 +75,24 @@ class ApiKeyAuth:
                     raise AuthFailure("api_key_ambiguous")
         return key
 
+    def recognise(self, key: str, now: float) -> Principal | None:
+        """The principal of a current key in good standing, presented exactly; None for anything else,
+        which :meth:`authenticate` then judges (and says why). The digest is computed first, whatever
+        the key, so a refusal costs the same time for a known id as for an unknown one."""
+        digest = self.digest(key)
+        rec = self.index.keys.get(key[4:16])  # a key of another length fails the comparison
+        if rec is not None and now < rec.good_until and compare_digest(digest, rec.digest):
+            self.index.key_used(rec.id, now)
+            return rec.principal
+        return None
+
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
         # The id sits at a fixed place; the full shape is checked only when the lookup fails, because a
-        # string whose keyed digest matches a stored one *is* that key (so it has the right shape).
-        rec: KeyRecord | None = self.index.key(key[4:16]) if len(key) == 56 else None
-        matched = rec is not None and hmac.compare_digest(self.digest(key), rec.digest)
+        # string whose keyed digest matches a stored one *is* that key (so it has the right shape). The
+        # digest is computed before the lookup: an unknown id takes as long to refuse as a wrong secret.
+        digest = self.digest(key) if len(key) == 56 else None
+        rec: KeyRecord | None = self.index.key(key[4:16]) if digest is not None else None
+        matched = rec is not None and hmac.compare_digest(digest, rec.digest)  # type: ignore[arg-type]
         if matched:
             # The common case first: a current key, its principal prebuilt at load (only for a key whose
             # consumer was active then), outside any rotation's grace period.

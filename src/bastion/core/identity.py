@@ -16,10 +16,11 @@ server stores only the public id and ``HMAC-SHA-256(pepper, full key)``.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .forwarding import NetworkSet
@@ -226,6 +227,14 @@ class KeyRecord:
     revoked_at: float | None = None
     rotated_to: str | None = None  # set during a rotation's grace period
     principal: Principal | None = None  # prebuilt at snapshot load: the same for every request
+    # Until when the key is simply good: prebuilt principal, not revoked, not in a rotation's grace
+    # period, unexpired. -inf when any of that fails (the full judgement then says why). Derived.
+    good_until: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        simple = self.principal is not None and self.revoked_at is None and self.rotated_to is None
+        until = (math.inf if self.expires_at is None else self.expires_at) if simple else -math.inf
+        object.__setattr__(self, "good_until", until)
 
 
 @dataclass(frozen=True, slots=True)

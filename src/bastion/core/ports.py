@@ -6,7 +6,7 @@ Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from .events import Event
@@ -47,6 +47,10 @@ class EventSink(Protocol):
 class IdentityIndex(Protocol):
     """Consumers, keys and clients as an in-memory snapshot: a lookup never waits for the database."""
 
+    # The current key records by public id: the per-request lookup, one dict access. Read-only; a
+    # reload replaces the mapping wholesale, so read the attribute each time rather than keep it.
+    keys: Mapping[str, KeyRecord]
+
     def key(self, key_id: str) -> KeyRecord | None: ...
 
     def consumer(self, consumer_id: str) -> ConsumerRecord | None: ...
@@ -82,6 +86,11 @@ class TokenVerifier(Protocol):
     def claims_like(self, token: str) -> bool: ...
 
     async def verify(self, token: str, now: float) -> Principal: ...
+
+    def recall(self, token: str, now: float) -> Principal | None:
+        """The principal of a token this verifier has verified before and that is still good (unexpired,
+        unrevoked, its consumer active), without awaiting; None when it cannot say (then ``verify``)."""
+        ...
 
 
 class ClientValidator(Protocol):

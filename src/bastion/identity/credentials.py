@@ -64,9 +64,11 @@ class Peppers:
         # outer + inner digest, exactly what hmac.HMAC.digest does. Same result as
         # api_key_digest(self.keys, key), which a test pins; without those states, the OpenSSL object.
         halves = hmac.HMAC(self.keys, digestmod=lambda data=b"": sha256(data))
-        self._inner, self._outer = getattr(halves, "_inner", None), getattr(halves, "_outer", None)
-        if self._inner is None or self._outer is None:
+        inner, outer = getattr(halves, "_inner", None), getattr(halves, "_outer", None)
+        if inner is None or outer is None:
             self.key_digest = self._key_digest_openssl  # type: ignore[method-assign]
+        else:
+            self._inner_copy, self._outer_copy = inner.copy, outer.copy
 
     @property
     def check_value(self) -> str:
@@ -74,9 +76,9 @@ class Peppers:
         return hmac.new(self.keys, b"bastion pepper check v1", sha256).hexdigest()
 
     def key_digest(self, key: str) -> bytes:
-        inner = self._inner.copy()  # type: ignore[union-attr]
+        inner = self._inner_copy()
         inner.update(key.encode("utf-8", "surrogateescape"))  # a non-ASCII string simply never matches
-        outer = self._outer.copy()  # type: ignore[union-attr]
+        outer = self._outer_copy()
         outer.update(inner.digest())
         return outer.digest()  # type: ignore[no-any-return]
 

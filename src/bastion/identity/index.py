@@ -71,6 +71,10 @@ class IdentitySnapshot:
 
     def __init__(self, max_staleness: float = math.inf) -> None:
         self._data = _Data()
+        # Read per request, so plain attributes rather than lookups through _data; swapped with it.
+        self.keys = self._data.keys  # IdentityIndex.keys
+        self.revoked = self._data.revoked  # jti -> expires_at
+        self.revision = self._data.revision
         # When the store last confirmed this snapshot is current (None: no store, always current). While the
         # store is unreachable the snapshot keeps serving, up to identity.max_staleness: fresh_until, one
         # comparison per authenticated request (implements bastion.core.ports.Freshness).
@@ -81,10 +85,6 @@ class IdentitySnapshot:
         self.pending_revocations: list[tuple[str, float, float]] = []
         # Revocations are appended on the event loop and taken by the sync thread: never lose one.
         self.pending_lock = threading.Lock()
-
-    @property
-    def revision(self) -> int:
-        return self._data.revision
 
     @property
     def confirmed_at(self) -> float | None:
@@ -101,9 +101,10 @@ class IdentitySnapshot:
             for jti, exp, _at in self.pending_revocations:
                 data.revoked.setdefault(jti, exp)
             self._data = data
+            self.keys, self.revoked, self.revision = data.keys, data.revoked, data.revision
 
     def key(self, key_id: str) -> KeyRecord | None:
-        return self._data.keys.get(key_id)
+        return self.keys.get(key_id)
 
     def consumer(self, consumer_id: str) -> ConsumerRecord | None:
         return self._data.consumers.get(consumer_id)
@@ -115,7 +116,7 @@ class IdentitySnapshot:
         return self._data.clients.get(client_id)
 
     def token_revoked(self, jti: str) -> bool:
-        return jti in self._data.revoked
+        return jti in self.revoked
 
     def public_key(self, credential_id: str) -> PublicKeyRecord | None:
         return self._data.public_keys.get(credential_id)
@@ -127,7 +128,7 @@ class IdentitySnapshot:
         """Effective at once in this process; written to the store by the sync thread."""
         with self.pending_lock:  # replace() takes the same lock: a reload cannot slip in between
             self.pending_revocations.append((jti, expires_at, now))
-            self._data.revoked[jti] = expires_at
+            self.revoked[jti] = expires_at
 
     def take_used(self) -> dict[str, float]:
         used, self._used = self._used, {}

@@ -18,7 +18,7 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from ..core.identity import UNCLAIMED, AuthFailure, Principal, identity_headers, valid_scope
+from ..core.identity import UNCLAIMED, AuthFailure, ConsumerRecord, Principal, identity_headers, valid_scope
 from .index import IdentitySnapshot
 from .jwks import JwksCache, JwksError
 from .jwt import JwtPolicy, JwtRejected, token_header, verify_jwt
@@ -133,13 +133,22 @@ class LocalTokenVerifier:
         self._cache.put(token, float(claims["exp"]), claims)
         return claims
 
-    async def verify(self, token: str, now: float) -> Principal:
-        index = self.index
+    def recall(self, token: str, now: float) -> Principal | None:
         memo = self._principals.get(token)
-        # The principal depends on the snapshot (client, consumer, scopes): reuse it until a reload.
-        revision = index.revision
-        if memo is not None and memo[0] == revision and now < memo[2] and not index.token_revoked(memo[3]):
+        if memo is None:
+            return None
+        # The principal depends on the snapshot (client, consumer, scopes): reused until a reload.
+        index = self.index
+        if memo[0] == index.revision and now < memo[2] and memo[3] not in index.revoked:
             return memo[1]
+        return None
+
+    async def verify(self, token: str, now: float) -> Principal:
+        known = self.recall(token, now)
+        if known is not None:
+            return known
+        index = self.index
+        revision = index.revision
         claims = self.decode(token, now)
         if index.token_revoked(claims["jti"]):
             raise AuthFailure("token_revoked")
@@ -187,6 +196,16 @@ class IssuerVerifier:
     def claims_like(self, token: str) -> bool:
         return _looks_like_jwt(token)
 
+    def recall(self, token: str, now: float) -> Principal | None:
+        hit = self._cache.get(token, now)
+        if hit is None:
+            return None
+        subject, scopes = hit
+        known = self.index.consumer_named(subject)
+        if known is not None and not known.active:
+            return None  # verify says why
+        return self._principal(subject, scopes, known)
+
     async def verify(self, token: str, now: float) -> Principal:
         hit = self._cache.get(token, now)
         if hit is None:
@@ -213,6 +232,9 @@ class IssuerVerifier:
         known = self.index.consumer_named(subject)
         if known is not None and not known.active:
             raise AuthFailure("consumer_disabled")
+        return self._principal(subject, scopes, known)
+
+    def _principal(self, subject: str, scopes: frozenset[str], known: ConsumerRecord | None) -> Principal:
         return Principal(
             consumer=subject,
             scopes=scopes,
