@@ -11,6 +11,7 @@ One gateway serves the module. The issuer is ``http://127.0.0.1`` (the port is c
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import time
@@ -539,6 +540,22 @@ class TestRevocation:
         # Revoking twice is fine, and other tokens of the client still work.
         assert self.revoke(stack, token, client).status == 200
         assert stack.get("/v1/orders/1", bearer(token_for(stack, client))).status == 200
+
+    def test_a_tampered_copy_of_a_remembered_token_is_refused(self, stack: Stack) -> None:
+        """Verified tokens are remembered under their signature's last characters: a token that ends the
+        same (the same signature over other claims) must still be verified, and fail."""
+        client = new_client(stack, scopes=["orders:read"])
+        token = token_for(stack, client)
+        assert stack.get("/v1/orders/1", bearer(token)).status == 200  # verified, and remembered
+        head, payload, signature = token.split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims["scope"] = "orders:read orders:write"
+        forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        tampered = f"{head}.{forged}.{signature}"
+        refused = stack.call("POST", "/v1/orders", bearer(tampered), b"{}")
+        assert refused.status == 401
+        assert stack.event_for("auth.failed", refused)["data"]["cause"] == "jwt_signature_invalid"
+        assert stack.get("/v1/orders/1", bearer(token)).status == 200
 
     def test_a_revocation_survives_a_reload_of_the_identities(self, stack: Stack) -> None:
         client = new_client(stack)

@@ -63,23 +63,30 @@ def scopes_from_claims(claims: dict[str, Any]) -> frozenset[str]:
 _SUBJECT = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: it becomes the X-Bastion-Consumer header
 
 
+# Token memos are keyed by the token's last characters (its signature's): hashing a whole token, a few
+# hundred characters, on every request cost more than the rest of the lookup. The entry keeps the whole
+# token, and only an identical token is a hit.
+_TAIL = 43
+
+
 class _Cache:
     def __init__(self) -> None:
-        self.items: dict[str, tuple[float, Any]] = {}
+        self.items: dict[str, tuple[str, float, Any]] = {}
 
     def get(self, token: str, now: float) -> Any:
-        hit = self.items.get(token)
-        if hit is None:
+        tail = token[-_TAIL:]
+        hit = self.items.get(tail)
+        if hit is None or hit[0] != token:
             return None
-        if now >= hit[0]:
-            del self.items[token]
+        if now >= hit[1]:
+            del self.items[tail]
             return None
-        return hit[1]
+        return hit[2]
 
     def put(self, token: str, exp: float, value: Any) -> None:
         if len(self.items) >= _CACHE_MAX:
             self.items.clear()  # crude but bounded; a flood of distinct valid tokens is itself rare
-        self.items[token] = (exp, value)
+        self.items[token[-_TAIL:]] = (token, exp, value)
 
 
 class LocalTokenVerifier:
@@ -105,9 +112,9 @@ class LocalTokenVerifier:
             max_lifetime=signing.token_ttl + leeway,
         )
         self._cache = _Cache()
-        # token -> (snapshot revision, principal, exp, jti): a token seen before, unexpired, unrevoked and
-        # with the same snapshot is answered from here in one lookup (no claims cache, no rebuild)
-        self._principals: dict[str, tuple[int, Principal, float, str]] = {}
+        # token's tail -> (token, snapshot revision, principal, exp, jti): a token seen before, unexpired,
+        # unrevoked and with the same snapshot is answered from here in one lookup (no claims cache)
+        self._principals: dict[str, tuple[str, int, Principal, float, str]] = {}
 
     def claims_like(self, token: str) -> bool:
         return _looks_like_jwt(token)
@@ -134,13 +141,13 @@ class LocalTokenVerifier:
         return claims
 
     def recall(self, token: str, now: float) -> Principal | None:
-        memo = self._principals.get(token)
-        if memo is None:
+        memo = self._principals.get(token[-_TAIL:])
+        if memo is None or memo[0] != token:
             return None
         # The principal depends on the snapshot (client, consumer, scopes): reused until a reload.
         index = self.index
-        if memo[0] == index.revision and now < memo[2] and memo[3] not in index.revoked:
-            return memo[1]
+        if memo[1] == index.revision and now < memo[3] and memo[4] not in index.revoked:
+            return memo[2]
         return None
 
     async def verify(self, token: str, now: float) -> Principal:
@@ -170,7 +177,7 @@ class LocalTokenVerifier:
         )
         if len(self._principals) >= _CACHE_MAX:
             self._principals.clear()
-        self._principals[token] = (revision, principal, float(claims["exp"]), claims["jti"])
+        self._principals[token[-_TAIL:]] = (token, revision, principal, float(claims["exp"]), claims["jti"])
         return principal
 
 
