@@ -971,6 +971,11 @@ class TestTheCommonCase:
             digested.clear()
             assert asyncio.run(authn(view(headers=[("X-API-Key", key)]), Context("r"))) is None
             assert len(digested) == 1  # a valid key: once
+            digested.clear()
+            junk = "bst_" + "A" * 16_000  # a header can hold 16 KiB: refused without digesting it
+            for headers in ([("X-API-Key", junk)], [bearer(junk)]):
+                deny(asyncio.run(authn(view(headers=headers), Context("r"))), 401, "auth_invalid")
+            assert digested == []
 
 
 class TestLockout:

@@ -9,7 +9,6 @@ client cannot tell an unknown id from a wrong secret or a bad checksum.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from hmac import compare_digest
 from urllib.parse import parse_qsl
@@ -21,6 +20,7 @@ from ..core.request import RequestView
 __all__ = ["QUERY_PARAM", "ApiKeyAuth"]
 
 QUERY_PARAM = "api_key"
+_NO_DIGEST = bytes(32)  # what an unknown id's digest is compared with (never matched: see the callers)
 _ROTATION_NOTICE_EVERY = 60.0
 
 
@@ -77,11 +77,16 @@ class ApiKeyAuth:
 
     def recognise(self, key: str, now: float) -> Principal | None:
         """The principal of a current key in good standing, presented exactly; None for anything else,
-        which :meth:`authenticate` then judges (and says why). The digest is computed first, whatever
-        the key, so a refusal costs the same time for a known id as for an unknown one."""
+        which :meth:`authenticate` then judges (and says why). A key of the right length is digested
+        and compared whether its id exists or not, so a refusal costs the same work for a known id as
+        for an unknown one; anything longer or shorter is not digested at all."""
+        if len(key) != 56:  # no digest of junk (a header can hold 16 KiB); the length is no secret
+            return None
         digest = self.digest(key)
-        rec = self.index.keys.get(key[4:16])  # a key of another length fails the comparison
-        if rec is not None and now < rec.good_until and compare_digest(digest, rec.digest):
+        rec = self.index.keys.get(key[4:16])
+        # compared with something either way: an unknown id does the same work as a wrong secret
+        stored = rec.digest if rec is not None else _NO_DIGEST
+        if compare_digest(digest, stored) and rec is not None and now < rec.good_until:
             self.index.key_used(rec.id, now)
             return rec.principal
         return None
@@ -92,7 +97,11 @@ class ApiKeyAuth:
         # digest is computed before the lookup: an unknown id takes as long to refuse as a wrong secret.
         digest = self.digest(key) if len(key) == 56 else None
         rec: KeyRecord | None = self.index.key(key[4:16]) if digest is not None else None
-        matched = rec is not None and hmac.compare_digest(digest, rec.digest)  # type: ignore[arg-type]
+        matched = (
+            digest is not None
+            and compare_digest(digest, rec.digest if rec is not None else _NO_DIGEST)
+            and rec is not None
+        )
         if matched:
             # The common case first: a current key, its principal prebuilt at load (only for a key whose
             # consumer was active then), outside any rotation's grace period.
