@@ -13,12 +13,15 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import math
+import secrets
 import string
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -36,6 +39,8 @@ from bastion.core.identity import (
     ID_LENGTH,
     KEY_PATTERN,
     SECRET_LENGTH,
+    AuthFailure,
+    ClientRecord,
     ConsumerRecord,
     KeyRecord,
     ScopeError,
@@ -52,7 +57,11 @@ from bastion.core.request import RequestView
 from bastion.core.router import Route
 from bastion.identity.credentials import Peppers, new_api_key
 from bastion.identity.index import IdentitySnapshot, _Data
+from bastion.identity.jwt import sign_jwt
+from bastion.identity.signing import SigningKeys
+from bastion.identity.tokens import LocalTokenVerifier
 from bastion.state.memory import MemoryFailureLimiter
+from bastion.store.database import open_database
 
 PEPPER = "unit-test-pepper-0123456789abcdef"
 PEPPERS = Peppers(PEPPER)
@@ -976,6 +985,71 @@ class TestTheCommonCase:
             for headers in ([("X-API-Key", junk)], [bearer(junk)]):
                 deny(asyncio.run(authn(view(headers=headers), Context("r"))), 401, "auth_invalid")
             assert digested == []
+
+
+class TestRememberedTokens:
+    """A token Bastion issued is verified once and remembered; what can change during its life is looked
+    at again on every request, and anything remembered from one snapshot is not used with another."""
+
+    ISSUER = "https://gateway.example"
+
+    def verifier(self, w: World, tmp_path: Path) -> tuple[LocalTokenVerifier, Callable[[], str]]:
+        engine = open_database(f"sqlite:///{tmp_path}/keys.db")
+        signing = SigningKeys(engine, PEPPERS, alg="ES256", token_ttl=900.0, clock=w.clock)
+        signing.refresh()
+        kid, key = signing.current()
+        local = LocalTokenVerifier(signing, w.snapshot, issuer=self.ISSUER, audience=self.ISSUER)
+
+        def token() -> str:
+            claims = {
+                "iss": self.ISSUER,
+                "aud": self.ISSUER,
+                "sub": "cl-shop",
+                "client_id": "cl-shop",
+                "iat": int(NOW - 10),
+                "exp": int(NOW + 600),
+                "jti": secrets.token_hex(8),
+                "scope": "orders:read",
+            }
+            return sign_jwt(claims, key, "ES256", kid)
+
+        return local, token
+
+    def test_a_reload_that_repeats_the_revision_number_still_forgets(self, tmp_path: Path) -> None:
+        """A restored database can bring back a revision number the gateway has seen before, with other
+        contents: what was remembered is tied to the snapshot itself, not to its number."""
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        w.data.clients["cl-shop"] = ClientRecord("cl-shop", shop.id, frozenset({"orders:read"}), None)
+        local, token = self.verifier(w, tmp_path)
+        t = token()
+        assert asyncio.run(local.verify(t, NOW)).consumer == "shop"
+        assert local.recall(t, NOW) is not None  # remembered
+        restored = _Data()
+        restored.revision = w.data.revision  # the same number...
+        restored.consumers[shop.id] = replace(shop, active=False)  # ...other contents
+        restored.clients = dict(w.data.clients)
+        w.snapshot.replace(restored)
+        assert local.recall(t, NOW) is None
+        with pytest.raises(AuthFailure) as failure:
+            asyncio.run(local.verify(t, NOW))
+        assert failure.value.code == "consumer_disabled"
+
+    def test_a_token_revoked_here_is_forgotten_at_once(self, tmp_path: Path) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        w.data.clients["cl-shop"] = ClientRecord("cl-shop", shop.id, frozenset({"orders:read"}), None)
+        local, token = self.verifier(w, tmp_path)
+        t, other = token(), token()
+        for each in (t, other):
+            assert asyncio.run(local.verify(each, NOW)).consumer == "shop"
+        jti = json.loads(base64.urlsafe_b64decode(t.split(".")[1] + "=="))["jti"]
+        w.snapshot.revoke_token(jti, NOW + 600, NOW)
+        assert local.recall(t, NOW) is None
+        assert local.recall(other, NOW) is not None
+        with pytest.raises(AuthFailure) as failure:
+            asyncio.run(local.verify(t, NOW))
+        assert failure.value.code == "token_revoked"
 
 
 class TestLockout:

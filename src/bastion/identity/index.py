@@ -54,7 +54,16 @@ def _nets(text: str) -> NetworkSet | None:
 
 
 class _Data:
-    __slots__ = ("by_name", "clients", "consumers", "keys", "public_keys", "revision", "revoked")
+    __slots__ = (
+        "by_name",
+        "clients",
+        "consumers",
+        "generation",
+        "keys",
+        "public_keys",
+        "revision",
+        "revoked",
+    )
 
     def __init__(self) -> None:
         self.keys: dict[str, KeyRecord] = {}
@@ -64,6 +73,9 @@ class _Data:
         self.revoked: dict[str, float] = {}  # jti -> expires_at
         self.public_keys: dict[str, PublicKeyRecord] = {}
         self.revision = -1
+        # A new object for every load: what was derived from this snapshot is valid while it is current
+        # (compared with `is`; unlike the revision number it cannot repeat, even after a restore).
+        self.generation = object()
 
 
 class IdentitySnapshot:
@@ -75,6 +87,7 @@ class IdentitySnapshot:
         self.keys = self._data.keys  # IdentityIndex.keys
         self.revoked = self._data.revoked  # jti -> expires_at
         self.revision = self._data.revision
+        self.generation = self._data.generation
         # When the store last confirmed this snapshot is current (None: no store, always current). While the
         # store is unreachable the snapshot keeps serving, up to identity.max_staleness: fresh_until, one
         # comparison per authenticated request (implements bastion.core.ports.Freshness).
@@ -101,7 +114,9 @@ class IdentitySnapshot:
             for jti, exp, _at in self.pending_revocations:
                 data.revoked.setdefault(jti, exp)
             self._data = data
+            # generation last: whoever reads it first and then the snapshot sees data at least as new
             self.keys, self.revoked, self.revision = data.keys, data.revoked, data.revision
+            self.generation = data.generation
 
     def key(self, key_id: str) -> KeyRecord | None:
         return self.keys.get(key_id)

@@ -112,9 +112,9 @@ class LocalTokenVerifier:
             max_lifetime=signing.token_ttl + leeway,
         )
         self._cache = _Cache()
-        # token's tail -> (token, snapshot revision, principal, exp, jti): a token seen before, unexpired,
+        # token's tail -> (token, snapshot generation, principal, exp, jti): a token seen before, unexpired,
         # unrevoked and with the same snapshot is answered from here in one lookup (no claims cache)
-        self._principals: dict[str, tuple[str, int, Principal, float, str]] = {}
+        self._principals: dict[str, tuple[str, object, Principal, float, str]] = {}
 
     def claims_like(self, token: str) -> bool:
         return _looks_like_jwt(token)
@@ -146,7 +146,7 @@ class LocalTokenVerifier:
             return None
         # The principal depends on the snapshot (client, consumer, scopes): reused until a reload.
         index = self.index
-        if memo[1] == index.revision and now < memo[3] and memo[4] not in index.revoked:
+        if memo[1] is index.generation and now < memo[3] and memo[4] not in index.revoked:
             return memo[2]
         return None
 
@@ -155,7 +155,7 @@ class LocalTokenVerifier:
         if known is not None:
             return known
         index = self.index
-        revision = index.revision
+        generation = index.generation  # read before the snapshot's records (see IdentitySnapshot.replace)
         claims = self.decode(token, now)
         if index.token_revoked(claims["jti"]):
             raise AuthFailure("token_revoked")
@@ -177,7 +177,7 @@ class LocalTokenVerifier:
         )
         if len(self._principals) >= _CACHE_MAX:
             self._principals.clear()
-        self._principals[token[-_TAIL:]] = (token, revision, principal, float(claims["exp"]), claims["jti"])
+        self._principals[token[-_TAIL:]] = (token, generation, principal, float(claims["exp"]), claims["jti"])
         return principal
 
 
