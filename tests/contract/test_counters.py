@@ -9,7 +9,9 @@ import asyncio
 import calendar
 import itertools
 import secrets
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +23,17 @@ from bastion.state.memory import MemoryCounters
 from bastion.state.redis import RedisCounters, RedisState
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-T0 = float(calendar.timegm((2026, 11, 28, 12, 0, 0)))
+
+
+def _noon_utc_days_ahead(days: int) -> float:
+    day = datetime.now(UTC).date() + timedelta(days=days)
+    return float(calendar.timegm((day.year, day.month, day.day, 12, 0, 0)))
+
+
+# Every time below is T0 plus a fixed offset, so the arithmetic is the same on every run; T0 itself lies
+# ahead of the wall clock because Redis expires a quota's key at the end of its window by its own clock
+# (EXPIREAT): with a fixed date, a window that has ended in real time is dropped as soon as it is written.
+T0 = _noon_utc_days_ahead(2)
 MEMBERS = itertools.count()
 
 
@@ -128,7 +140,8 @@ def test_keys_are_independent(backend: Backend) -> None:
 
 def test_calendar_quota(backend: Backend) -> None:
     quota = parse_quota("2/month")
-    end_of_month = float(calendar.timegm((2026, 12, 1, 0, 0, 0)))
+    year, month = time.gmtime(T0)[:2]  # the end of T0's month, ahead of the wall clock (see T0)
+    end_of_month = float(calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0)))
     assert backend.hit(["q"], [quota], end_of_month - 100).allowed
     d = backend.hit(["q"], [quota], end_of_month - 50)
     assert d.allowed and d.remaining == 0 and d.reset == pytest.approx(50.0)
