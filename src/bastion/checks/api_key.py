@@ -1,9 +1,12 @@
 """API keys (P5, P13): ``Authorization: Bearer bst_…`` or a configured header (default ``X-API-Key``);
 the query string only when a route opts in with ``api_key_in_query: true``.
 
-The key's format and checksum are checked first (no lookup for typos or random strings), then the
-public id is looked up in the in-memory snapshot and the keyed digest of the presented key compared
-in constant time. Every failure raises :class:`AuthFailure` with a cause for the event log; the
+A value of a key's length is digested (HMAC-SHA-256 under the pepper's sub-key), its public id looked
+up in the in-memory snapshot, and the digests compared in constant time — against a placeholder when the
+id is unknown, so a refusal takes the same work either way. Format and checksum are looked at only when
+that fails: a string whose keyed digest matches a stored one *is* that key. :meth:`ApiKeyAuth.recognise`
+accepts a key in good standing (``KeyRecord.good_until``) and says nothing else; :meth:`authenticate`
+judges every case, and every failure raises :class:`AuthFailure` with a cause for the event log; the
 client cannot tell an unknown id from a wrong secret or a bad checksum.
 """
 
@@ -92,28 +95,20 @@ class ApiKeyAuth:
         return None
 
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
-        # The id sits at a fixed place; the full shape is checked only when the lookup fails, because a
-        # string whose keyed digest matches a stored one *is* that key (so it has the right shape). The
-        # digest is computed before the lookup: an unknown id takes as long to refuse as a wrong secret.
+        """Every case: the principal, or :class:`AuthFailure` naming why not. The same digest, lookup and
+        comparison as :meth:`recognise` (the id sits at a fixed place)."""
         digest = self.digest(key) if len(key) == 56 else None
-        rec: KeyRecord | None = self.index.key(key[4:16]) if digest is not None else None
+        rec: KeyRecord | None = self.index.keys.get(key[4:16]) if digest is not None else None
         matched = (
             digest is not None
             and compare_digest(digest, rec.digest if rec is not None else _NO_DIGEST)
             and rec is not None
         )
-        if matched:
-            # The common case first: a current key, its principal prebuilt at load (only for a key whose
-            # consumer was active then), outside any rotation's grace period.
-            principal = rec.principal  # type: ignore[union-attr]
-            if (
-                principal is not None
-                and rec.revoked_at is None  # type: ignore[union-attr]
-                and rec.rotated_to is None  # type: ignore[union-attr]
-                and (rec.expires_at is None or now < rec.expires_at)  # type: ignore[union-attr]
-            ):
-                self.index.key_used(rec.id, now)  # type: ignore[union-attr]
-                return principal
+        if matched and now < rec.good_until:  # type: ignore[union-attr]
+            # in good standing: the full way was taken for another reason (a lockout elsewhere, a
+            # repeated header, a key also allowed in the query string)
+            self.index.key_used(rec.id, now)  # type: ignore[union-attr]
+            return rec.principal  # type: ignore[union-attr,return-value]
         return self._judge(key, rec, matched, now, notices)
 
     def _judge(

@@ -4,6 +4,11 @@ the caller used must succeed; a route never falls back to anonymous.
 Brute force and credential stuffing: failures are counted per source address and per key id through
 the :class:`FailureLimiter` port; past the threshold the source (or key id) is refused with 429 and
 ``Retry-After`` until the cool-down ends, whatever it presents. Every failure gets the same 401 body.
+
+The common case — nobody locked out, no repeated header, a key in good standing or a token this process
+has verified — is decided first in a few lookups; only a success is decided there. Everything else takes
+the full way, which judges the request afresh and names the cause (a unit test holds both to the same
+verdicts).
 """
 
 from __future__ import annotations
