@@ -7,6 +7,7 @@ documented ones that clients and the event log see.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
 
@@ -15,7 +16,8 @@ import pytest
 from bastion.checks.cors import Cors
 from bastion.checks.ip_access import IpAccess
 from bastion.checks.limits import BodyLimit
-from bastion.core.decision import Answer, Context, Deny, Verdict
+from bastion.core.chain import run_checks
+from bastion.core.decision import LATER, Answer, Context, Deny, Verdict
 from bastion.core.headers import Headers
 from bastion.core.request import RequestView
 from bastion.core.router import Route
@@ -203,6 +205,90 @@ class TestBodyLimit:
 
     def test_huge_declared_length(self) -> None:
         assert_deny(run(BodyLimit(1 << 20), view(method="PUT", length=1 << 62)), 413, "body_too_large")
+
+
+# -- decided at once (decide_now) -----------------------------------------------------------------------
+
+
+class Recorder:
+    """A check that says what it was asked: ``now`` is what decide_now returns (LATER: it must wait),
+    ``later`` what the awaited check returns."""
+
+    name = "recorder"
+
+    def __init__(self, calls: list[str], label: str, now: object, later: Verdict = None) -> None:
+        self.calls, self.label, self.now, self.later = calls, label, now, later
+
+    def decide_now(self, req: RequestView, ctx: Context) -> object:
+        self.calls.append(f"{self.label}:now")
+        return self.now
+
+    async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        self.calls.append(f"{self.label}:awaited")
+        return self.later
+
+
+class Awaited:
+    """A check with no decide_now: always awaited."""
+
+    name = "awaited"
+
+    def __init__(self, calls: list[str], verdict: Verdict = None) -> None:
+        self.calls, self.verdict = calls, verdict
+
+    async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        self.calls.append("awaited")
+        return self.verdict
+
+
+class TestDecidedAtOnce:
+    """A check may decide without being awaited (``decide_now``); the chain awaits it only on LATER."""
+
+    def test_the_chain_awaits_only_what_must_wait(self) -> None:
+        calls: list[str] = []
+        no = Deny(403, "no", "No.")
+        checks = (
+            Recorder(calls, "a", None),  # passes at once
+            Recorder(calls, "b", LATER),  # must wait: awaited, passes
+            Awaited(calls),
+            Recorder(calls, "c", LATER, later=no),  # waits, then refuses: the chain ends there
+            Recorder(calls, "d", None),
+        )
+        assert asyncio.run(run_checks(checks, view(), Context("r"))) is no
+        assert calls == ["a:now", "b:now", "b:awaited", "awaited", "c:now", "c:awaited"]
+        calls.clear()
+        refused_now = (Recorder(calls, "a", no), Recorder(calls, "b", None))
+        assert asyncio.run(run_checks(refused_now, view(), Context("r"))) is no
+        assert calls == ["a:now"]  # decided at once, never awaited; nothing after it runs
+
+    def test_a_route_pairs_each_check_with_its_decide_now(self) -> None:
+        calls: list[str] = []
+        quick, slow = Recorder(calls, "q", None), Awaited(calls)
+        route = dataclasses.replace(ROUTE, checks=(quick, slow))
+        assert route.steps == ((quick.decide_now, quick), (None, slow))
+        assert dataclasses.replace(route, checks=(slow,)).steps == ((None, slow),)  # derived again
+        assert ROUTE.steps == ()
+
+    @pytest.mark.parametrize(
+        "check",
+        [
+            BodyLimit(16),
+            IpAccess(nets("10.0.0.0/8"), [], scope="route"),
+            IpAccess([], nets("192.0.2.0/24"), scope="service"),
+        ],
+    )
+    def test_at_once_or_awaited_the_same_verdict(self, check: object) -> None:
+        for req in (
+            view(length=None),
+            view(method="POST", length=16),
+            view(method="POST", length=17),
+            view(client_ip="10.1.2.3"),
+            view(client_ip="192.0.2.7", length=17),
+            view(client_ip="198.51.100.1"),
+        ):
+            now = check.decide_now(req, Context("r"))  # type: ignore[attr-defined]
+            assert now is not LATER  # these never wait
+            assert now == run(check, req)
 
 
 # -- CORS ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import json
 import math
 import secrets
 import string
+import types
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -28,10 +29,12 @@ from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bastion.checks import api_key as api_key_module
 from bastion.checks.api_key import ApiKeyAuth
 from bastion.checks.authn import Authenticate
+from bastion.checks.refusals import IDENTITY_UNAVAILABLE
 from bastion.checks.scopes import Authorize
-from bastion.core.decision import Context, Deny, Verdict
+from bastion.core.decision import LATER, Context, Deny, Verdict
 from bastion.core.forwarding import NetworkSet
 from bastion.core.headers import Headers
 from bastion.core.identity import (
@@ -921,6 +924,39 @@ class TestTheCommonCase:
                 w, full_way, req, ["orders:read"]
             ), headers
 
+    def test_decide_now_decides_only_the_common_case(self) -> None:
+        """The chain calls decide_now without awaiting; anything but a success (or a snapshot too stale
+        to trust) is LATER, and awaiting the check then gives the full judgement."""
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        rec, key = w.key(shop)
+        wrong = format_api_key(rec.id, "x" * 33)
+        authn = w.authn
+        ctx = Context("r")
+        assert authn.decide_now(view(headers=[("X-API-Key", key)]), ctx) is None
+        assert ctx.principal is not None and ctx.principal.key_id == rec.id
+        for headers in (
+            [("X-API-Key", wrong)],
+            [],
+            [("X-API-Key", key), ("X-API-Key", key)],  # a repeated header: the full way
+            [("Authorization", "Basic Zm9vOmJhcg==")],
+            [bearer("eyJhbGciOiJFUzI1NiJ9.e30.c2ln")],  # a token no verifier has seen
+        ):
+            ctx = Context("r")
+            assert authn.decide_now(view(headers=headers), ctx) is LATER, headers
+            assert ctx.principal is None
+        drive(*(w.limiter.failed("ip:198.51.100.250", NOW) for _ in range(w.limiter.failures)))
+        assert authn.decide_now(view(headers=[("X-API-Key", key)]), Context("r")) is LATER  # lockouts
+        stale = Authenticate(
+            ("api_key",),
+            w.api_keys,
+            (),
+            MemoryFailureLimiter(10, 300.0, 300.0),
+            w.clock,
+            freshness=types.SimpleNamespace(fresh_until=NOW - 1),
+        )
+        assert stale.decide_now(view(headers=[("X-API-Key", key)]), Context("r")) is IDENTITY_UNAVAILABLE
+
     def test_only_a_success_takes_the_short_way(self) -> None:
         w = World()
         shop = w.consumer("shop", ["orders:read"])
@@ -941,9 +977,12 @@ class TestTheCommonCase:
         deny(w.admit(view(headers=[("X-API-Key", wrong)]))[0], 401, "auth_invalid")
         assert full == [wrong]  # a refusal is judged the full way, which names the cause
 
-    def test_a_refusal_costs_the_same_digests_for_a_known_id_and_an_unknown_one(self) -> None:
+    def test_a_refusal_costs_the_same_digests_for_a_known_id_and_an_unknown_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """No timing difference tells an existing key id from an unknown one: every refused key of the
-        right length is digested the same number of times, whatever its record says."""
+        right length is digested and tagged the same number of times, whatever its record says, and
+        whether or not a key of that id is remembered from an earlier request."""
         w = World()
         shop = w.consumer("shop", ["orders:read"])
         off = w.consumer("off", ["orders:read"], active=False)
@@ -952,39 +991,133 @@ class TestTheCommonCase:
         _, expired_key = w.key(shop, expires_at=NOW - 1)
         _, off_key = w.key(off)
         digested: list[str] = []
+        tagged: list[bytes] = []
 
         def counting(k: str) -> bytes:
             digested.append(k)
             return PEPPERS.key_digest(k)
 
+        def counting_tag(data: bytes, *, key: bytes) -> object:
+            tagged.append(data)
+            return hashlib.blake2s(data, key=key)
+
+        monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
         full_way = self.full_way(w)
         for authn in (w.authn, full_way):
             authn.api_keys.digest = counting  # type: ignore[union-attr]
         refused = {
             "unknown id": format_api_key("UNKNOWN00001", "y" * 33),
-            "wrong secret": format_api_key(good.id, "x" * 33),
+            "wrong secret, id in use": format_api_key(good.id, "x" * 33),
             "bad checksum": key[:-1] + ("A" if key[-1] != "A" else "B"),
             "revoked": revoked_key,
             "expired": expired_key,
             "consumer disabled": off_key,
         }
+        # the good key first: its id is remembered when the wrong secret comes
+        assert asyncio.run(w.authn(view(headers=[("X-API-Key", key)]), Context("r"))) is None
+        assert good.id in w.api_keys._seen
         for authn in (w.authn, full_way):
-            counts: dict[str, int] = {}
+            counts: dict[str, tuple[int, int]] = {}
             for name, presented in refused.items():
                 digested.clear()
+                tagged.clear()
                 verdict = asyncio.run(authn(view(headers=[("X-API-Key", presented)]), Context("r")))
                 deny(verdict, 401, "auth_invalid")
-                counts[name] = len(digested)
+                counts[name] = (len(digested), len(tagged))
             assert len(set(counts.values())) == 1, counts
-            assert counts["unknown id"] >= 1
-            digested.clear()
-            assert asyncio.run(authn(view(headers=[("X-API-Key", key)]), Context("r"))) is None
-            assert len(digested) == 1  # a valid key: once
+            assert counts["unknown id"][0] >= 1
+            assert counts["unknown id"][1] == (1 if authn is w.authn else 0)  # the full way never tags
+        digested.clear()
+        assert asyncio.run(full_way(view(headers=[("X-API-Key", key)]), Context("r"))) is None
+        assert len(digested) == 1  # a valid key, the full way: once
+        for authn in (w.authn, full_way):
             digested.clear()
             junk = "bst_" + "A" * 16_000  # a header can hold 16 KiB: refused without digesting it
             for headers in ([("X-API-Key", junk)], [bearer(junk)]):
                 deny(asyncio.run(authn(view(headers=headers), Context("r"))), 401, "auth_invalid")
             assert digested == []
+
+
+class TestRememberedKeys:
+    """A key verified by its HMAC is remembered by a keyed BLAKE2s tag, with the record it was verified
+    against: the same key again is accepted on the tag, anything else is digested and judged."""
+
+    @staticmethod
+    def counted(w: World) -> list[str]:
+        digested: list[str] = []
+
+        def counting(k: str) -> bytes:
+            digested.append(k)
+            return PEPPERS.key_digest(k)
+
+        w.api_keys.digest = counting  # type: ignore[method-assign]
+        return digested
+
+    def test_a_key_seen_before_is_not_digested_again(self) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        _, key = w.key(shop)
+        digested = self.counted(w)
+        for headers in ([("X-API-Key", key)], [bearer(key)], [("X-API-Key", key)]):
+            verdict, ctx = w.admit(view(headers=headers))
+            assert verdict is None and ctx.principal is not None and ctx.principal.consumer == "shop"
+        assert digested == [key]  # the first request only
+        assert w.snapshot.take_used() == {key[4:16]: NOW}  # every use still noted
+        # nothing of the key's text is kept: only its id, a 32-byte tag and the record
+        remembered = w.api_keys._seen[key[4:16]]
+        assert len(remembered[0]) == 32 and key.encode() not in remembered[0]
+        assert key not in repr(w.api_keys.__dict__) and key[17:50] not in repr(w.api_keys.__dict__)
+
+    def test_a_remembered_id_with_another_secret_is_refused(self) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        rec, key = w.key(shop)
+        assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+        for wrong in (format_api_key(rec.id, "x" * 33), key[:-2] + key[-1] + key[-2]):
+            deny(w.admit(view(headers=[("X-API-Key", wrong)]))[0], 401, "auth_invalid")
+        assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+
+    def test_a_new_record_is_verified_again(self) -> None:
+        """The tag stands for "this key matched that record's digest". A reload brings new records, and a
+        restored database could hold another key under the same id: the key is digested again, and a
+        record whose digest no longer matches refuses it (red if the tag alone were trusted)."""
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        rec, key = w.key(shop)
+        digested = self.counted(w)
+        assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+        w.reload()  # same records, new objects
+        assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+        assert digested == [key, key]
+        _, other = w.key(shop)
+        w.data.keys[rec.id] = replace(w.data.keys[rec.id], digest=PEPPERS.key_digest(other))
+        deny(w.admit(view(headers=[("X-API-Key", key)]))[0], 401, "auth_invalid")
+
+    def test_changes_to_a_remembered_key_take_effect_at_once(self) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        _, key = w.key(shop, expires_at=NOW + 60)
+        assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+        w.clock.now = NOW + 60  # expired, same record
+        deny(w.admit(view(headers=[("X-API-Key", key)]))[0], 401, "auth_invalid")
+        w.clock.now = NOW
+        kid = key[4:16]
+        w.data.keys[kid] = replace(w.data.keys[kid], revoked_at=NOW - 1)
+        deny(w.admit(view(headers=[("X-API-Key", key)]))[0], 401, "auth_invalid")
+
+    def test_the_memo_never_outgrows_the_snapshot(self) -> None:
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        keys = [w.key(shop)[1] for _ in range(5)]
+        for key in keys:
+            assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+        for key in keys[:4]:
+            del w.data.keys[key[4:16]]  # deleted: their entries are stale
+        late = [w.key(shop)[1] for _ in range(3)]
+        for key in late:
+            assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
+            assert len(w.api_keys._seen) <= len(w.data.keys)
+        assert set(w.api_keys._seen) == {k[4:16] for k in [keys[4], *late]}
 
 
 class TestRememberedTokens:

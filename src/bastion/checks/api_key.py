@@ -4,7 +4,14 @@ the query string only when a route opts in with ``api_key_in_query: true``.
 A value of a key's length is digested (HMAC-SHA-256 under the pepper's sub-key), its public id looked
 up in the in-memory snapshot, and the digests compared in constant time — against a placeholder when the
 id is unknown, so a refusal takes the same work either way. Format and checksum are looked at only when
-that fails: a string whose keyed digest matches a stored one *is* that key. :meth:`ApiKeyAuth.recognise`
+that fails: a string whose keyed digest matches a stored one *is* that key.
+
+A key verified that way is remembered by a tag, never by its text: keyed BLAKE2s under a random secret
+of this process's own (RFC 7693's keyed mode, hashlib), kept in memory with the record it was verified
+against. A later request with the same key and the same record (a reload brings new records) is
+accepted on the tag alone, about half the work of the HMAC; anything else is digested as above.
+Every value of a key's length gets the tag and its comparison, so a refusal still costs the same
+whether the id is unknown, known, or in use. :meth:`ApiKeyAuth.recognise`
 accepts a key in good standing (``KeyRecord.good_until``) and says nothing else; :meth:`authenticate`
 judges every case, and every failure raises :class:`AuthFailure` with a cause for the event log; the
 client cannot tell an unknown id from a wrong secret or a bad checksum.
@@ -12,7 +19,9 @@ client cannot tell an unknown id from a wrong secret or a bad checksum.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
+from hashlib import blake2s
 from hmac import compare_digest
 from urllib.parse import parse_qsl
 
@@ -24,6 +33,7 @@ __all__ = ["QUERY_PARAM", "ApiKeyAuth"]
 
 QUERY_PARAM = "api_key"
 _NO_DIGEST = bytes(32)  # what an unknown id's digest is compared with (never matched: see the callers)
+_NO_TAG = bytes(32)  # likewise, a tag with no remembered one
 _ROTATION_NOTICE_EVERY = 60.0
 
 
@@ -43,10 +53,14 @@ class ApiKeyAuth:
         self.header = header.lower()
         self.in_query = in_query
         self._noticed: dict[str, float] = {}
+        # key id -> (tag, the record the key was verified against): see the module's docstring
+        self._tag_key = secrets.token_bytes(32)
+        self._seen: dict[str, tuple[bytes, KeyRecord]] = {}
 
     def with_query(self) -> ApiKeyAuth:
         other = ApiKeyAuth(self.index, self.digest, header=self.header, in_query=True)
         other._noticed = self._noticed
+        other._tag_key, other._seen = self._tag_key, self._seen
         return other
 
     def credential(self, req: RequestView, bearer: str | None) -> str | None:
@@ -80,19 +94,42 @@ class ApiKeyAuth:
 
     def recognise(self, key: str, now: float) -> Principal | None:
         """The principal of a current key in good standing, presented exactly; None for anything else,
-        which :meth:`authenticate` then judges (and says why). A key of the right length is digested
-        and compared whether its id exists or not, so a refusal costs the same work for a known id as
-        for an unknown one; anything longer or shorter is not digested at all."""
+        which :meth:`authenticate` then judges (and says why). A key of the right length is tagged and
+        digested whether its id exists or not (a key remembered from an earlier request, only tagged),
+        so a refusal costs the same work for a known id as for an unknown one; anything longer or
+        shorter is not digested at all."""
         if len(key) != 56:  # no digest of junk (a header can hold 16 KiB); the length is no secret
             return None
+        key_id = key[4:16]
+        rec = self.index.keys.get(key_id)
+        tag = blake2s(key.encode("utf-8", "surrogateescape"), key=self._tag_key).digest()
+        seen = self._seen.get(key_id)
+        # compared with something either way, like the digests below
+        if (
+            compare_digest(tag, seen[0] if seen is not None else _NO_TAG)
+            and seen[1] is rec  # type: ignore[index]
+            and now < rec.good_until  # type: ignore[union-attr]
+        ):
+            self.index.key_used(key_id, now)
+            return rec.principal  # type: ignore[union-attr]
         digest = self.digest(key)
-        rec = self.index.keys.get(key[4:16])
         # compared with something either way: an unknown id does the same work as a wrong secret
         stored = rec.digest if rec is not None else _NO_DIGEST
         if compare_digest(digest, stored) and rec is not None and now < rec.good_until:
-            self.index.key_used(rec.id, now)
+            self._remember(key_id, tag, rec)
+            self.index.key_used(key_id, now)
             return rec.principal
         return None
+
+    def _remember(self, key_id: str, tag: bytes, rec: KeyRecord) -> None:
+        seen = self._seen
+        if key_id not in seen and len(seen) >= len(self.index.keys):
+            # some entries are for records no longer current (deleted keys, older snapshots): keep only
+            # the live ones, so the memo never outgrows the snapshot
+            keys = self.index.keys
+            for stale in [k for k, (_, r) in seen.items() if keys.get(k) is not r]:
+                del seen[stale]
+        seen[key_id] = (tag, rec)
 
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
         """Every case: the principal, or :class:`AuthFailure` naming why not. The same digest, lookup and

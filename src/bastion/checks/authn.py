@@ -17,7 +17,7 @@ import base64
 import binascii
 from collections.abc import Callable
 
-from ..core.decision import Context, Deny, Verdict
+from ..core.decision import LATER, Context, Deny, Verdict
 from ..core.forwarding import ip_text
 from ..core.identity import UNCLAIMED, AuthFailure, Principal
 from ..core.ports import FailureLimiter, Freshness, TokenVerifier
@@ -79,33 +79,43 @@ class Authenticate:
         self._scopes_needed = authorize.required if authorize is not None else frozenset()
         self._insufficient = authorize.insufficient if authorize is not None else None
 
+    def decide_now(self, req: RequestView, ctx: Context) -> Verdict:
+        """The common case: one credential, nobody locked out, and a current key or a token this process
+        has already verified. Only a success is decided here (and a snapshot too stale to trust);
+        anything else (a failure, a key in its rotation's grace period, a token not seen before) is
+        :data:`LATER`: the chain then awaits the check, whose full way decides it afresh and records why."""
+        if self.limiter.active or req.headers.repeats is not None:
+            return LATER
+        now = self.clock()
+        if self.freshness is not None and now > self.freshness.fresh_until:
+            return IDENTITY_UNAVAILABLE
+        first = req.headers.first
+        auth = first.get("authorization")
+        if auth is None:
+            key = first.get(self._quick_key_header)  # type: ignore[arg-type]
+            principal = self._recognise(key, now) if key is not None else None
+        elif auth[:7] == "Bearer " and self._key_header not in first:  # else a key would win
+            token = auth[7:]  # (slices and ==: str.startswith parses its arguments the slow way)
+            principal = (self._recognise if token[:4] == "bst_" else self._recall)(token, now)
+        else:
+            return LATER
+        if principal is None:
+            return LATER
+        ctx.principal = principal
+        if principal.ip_allow or principal.permissions:
+            return self._decide(req, principal)
+        return None if self._scopes_needed <= principal.scopes else self._insufficient
+
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        verdict = self.decide_now(req, ctx)
+        if verdict is not LATER:
+            return verdict  # type: ignore[no-any-return]
         now = self.clock()
         if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE
         limiter = self.limiter
         checking = limiter.active
         headers = req.headers
-        if not checking and headers.repeats is None:
-            # The common case: one credential, nobody locked out, and a current key or a token this
-            # process has already verified. Only a success is decided here; anything else (a failure, a
-            # key in its rotation's grace period, a token not seen before) goes the full way below,
-            # which decides it afresh and records why.
-            first = headers.first
-            auth = first.get("authorization")
-            if auth is None:
-                key = first.get(self._quick_key_header)  # type: ignore[arg-type]
-                principal = self._recognise(key, now) if key is not None else None
-            elif auth[:7] == "Bearer " and self._key_header not in first:  # else a key would win
-                token = auth[7:]  # (slices and ==: str.startswith parses its arguments the slow way)
-                principal = (self._recognise if token[:4] == "bst_" else self._recall)(token, now)
-            else:
-                principal = None
-            if principal is not None:
-                ctx.principal = principal
-                if principal.ip_allow or principal.permissions:
-                    return self._decide(req, principal)
-                return None if self._scopes_needed <= principal.scopes else self._insufficient
         if checking:
             wait = await limiter.blocked_for("ip:" + ip_text(req.client_ip), now)
             if wait:

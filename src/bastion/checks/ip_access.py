@@ -39,6 +39,9 @@ class IpAccess:
         return bool(self.allow or self.deny)
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        return self.decide_now(req, ctx)
+
+    def decide_now(self, req: RequestView, ctx: Context) -> Verdict:
         ip = req.client_ip
         if self.deny and ip in self.deny:
             return self._denied

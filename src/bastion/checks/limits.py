@@ -25,6 +25,9 @@ class BodyLimit:
         )
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        return self.decide_now(req, ctx)
+
+    def decide_now(self, req: RequestView, ctx: Context) -> Verdict:
         length = req.body.declared_length
         if length is not None and length > self.max_body:
             return self._deny

@@ -45,6 +45,9 @@ class Authorize:
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
         return self.decide(req, ctx.principal)
 
+    def decide_now(self, req: RequestView, ctx: Context) -> Verdict:
+        return self.decide(req, ctx.principal)
+
     def decide(self, req: RequestView, principal: Principal | None) -> Deny | None:
         """The verdict, synchronously: :class:`Authenticate` calls it directly after a success (one
         check fewer to await on the per-request path)."""

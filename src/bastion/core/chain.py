@@ -3,16 +3,25 @@
 A route's chain is compiled once at config load: an ordered tuple of check objects, cheap ones first
 (ip → size → cors → authn → authz → rate → validate → inspect). Per request the chain is a plain loop;
 the first check that returns a verdict ends it.
+
+A check may also offer ``decide_now(req, ctx)``: the same judgement made without awaiting, returning
+the verdict, or :data:`LATER` when it has to wait (a body to read, a shared counter, a token to
+fetch keys for) — then the chain awaits the check itself, which decides afresh. Awaiting a check that
+never waits costs ~1,400 instructions of coroutine machinery; a plain call, ~300.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from .decision import Context, Verdict
+from .decision import LATER, Context, Verdict
 from .request import RequestView
 
-__all__ = ["Check", "run_checks"]
+__all__ = ["Check", "Step", "run_checks", "steps_of"]
+
+# (decide_now or None, the check): a route's chain as the per-request loop runs it
+Step = tuple[Callable[[RequestView, Context], Any] | None, "Check"]
 
 
 class Check(Protocol):
@@ -26,9 +35,15 @@ class Check(Protocol):
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict: ...
 
 
+def steps_of(checks: tuple[Check, ...]) -> tuple[Step, ...]:
+    return tuple((getattr(check, "decide_now", None), check) for check in checks)
+
+
 async def run_checks(checks: tuple[Check, ...], req: RequestView, ctx: Context) -> Verdict:
-    for check in checks:
-        verdict = await check(req, ctx)
+    for decide_now, check in steps_of(checks):
+        verdict: Verdict = LATER if decide_now is None else decide_now(req, ctx)
+        if verdict is LATER:
+            verdict = await check(req, ctx)
         if verdict is not None:
             return verdict
     return None

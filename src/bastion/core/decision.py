@@ -10,7 +10,7 @@ from typing import Any
 
 from .identity import Principal
 
-__all__ = ["EMPTY", "UNPARSED", "Answer", "Context", "Deny", "Verdict"]
+__all__ = ["EMPTY", "LATER", "UNPARSED", "Answer", "Context", "Deny", "Verdict"]
 
 
 class _Unparsed:
@@ -21,6 +21,17 @@ class _Unparsed:
 
 
 UNPARSED: Any = _Unparsed()  # Context.parsed_body before any check parsed the body
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+# What a check's decide_now returns when it cannot decide without waiting: the chain awaits the check.
+LATER: Any = _Later()
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .chain import Step, steps_of
 from .paths import PathRejected, canonicalize_path
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ class RouteError(ValueError):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Route:
-    """A compiled route. ``checks`` run in order; ``target`` is the runtime's upstream (opaque here)."""
+    """A compiled route. ``checks`` run in order; ``target`` is the runtime's upstream (opaque here).
+    ``steps`` is the same chain as the per-request loop runs it (:func:`bastion.core.chain.steps_of`)."""
 
     id: str
     service: str
@@ -60,6 +62,10 @@ class Route:
     target: object = None
     trailing_slash_either: bool = False
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    steps: tuple[Step, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", steps_of(self.checks))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from ..config.egress import EgressSettings
 from ..config.loader import LoadedConfig
 from ..config.models import APP_UPSTREAM, GatewayConfig, ServiceSettings
 from ..core.chain import Check
-from ..core.decision import Answer, Context, Deny
+from ..core.decision import LATER, Answer, Context, Deny
 from ..core.events import Event
 from ..core.fields import FieldFilter
 from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
@@ -382,8 +382,10 @@ class Gateway:
             body.cap(route.max_body)  # a check that reads the body reads at most this
         ctx = Context(request_id)
         verdict = None
-        for check in route.checks:  # run_checks, inlined: this is the per-request path
-            verdict = await check(req, ctx)
+        for decide_now, check in route.steps:  # run_checks, inlined: this is the per-request path
+            verdict = LATER if decide_now is None else decide_now(req, ctx)
+            if verdict is LATER:
+                verdict = await check(req, ctx)
             if verdict is not None:
                 break
         principal = ctx.principal
