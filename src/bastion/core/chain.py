@@ -7,7 +7,8 @@ the first check that returns a verdict ends it.
 A check may also offer ``decide_now(req, ctx)``: the same judgement made without awaiting, returning
 the verdict, or :data:`LATER` when it has to wait (a body to read, a shared counter, a token to
 fetch keys for) — then the chain awaits the check itself, which decides afresh. Awaiting a check that
-never waits costs ~1,400 instructions of coroutine machinery; a plain call, ~300.
+never waits costs ~1,750 instructions of coroutine machinery in a loop, a plain call ~340 (in the server
+~500 are saved per check).
 """
 
 from __future__ import annotations
