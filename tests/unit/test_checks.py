@@ -261,6 +261,23 @@ class TestDecidedAtOnce:
         assert asyncio.run(run_checks(refused_now, view(), Context("r"))) is no
         assert calls == ["a:now"]  # decided at once, never awaited; nothing after it runs
 
+    def test_what_is_left_is_awaited_not_the_whole_check(self) -> None:
+        """A check with decide_later: after LATER the chain awaits that, not the check (whose __call__ would
+        do decide_now's work again)."""
+        calls: list[str] = []
+
+        class Split(Recorder):
+            async def decide_later(self, req: RequestView, ctx: Context) -> Verdict:
+                self.calls.append(f"{self.label}:later")
+                return self.later
+
+        no = Deny(403, "no", "No.")
+        split = Split(calls, "s", LATER, later=no)
+        assert asyncio.run(run_checks((split,), view(), Context("r"))) is no
+        assert calls == ["s:now", "s:later"]
+        route = dataclasses.replace(ROUTE, checks=(split,))
+        assert route.steps == ((split.decide_now, split.decide_later),)
+
     def test_a_route_pairs_each_check_with_its_decide_now(self) -> None:
         calls: list[str] = []
         quick, slow = Recorder(calls, "q", None), Awaited(calls)

@@ -34,6 +34,7 @@ from bastion.checks.api_key import ApiKeyAuth
 from bastion.checks.authn import Authenticate
 from bastion.checks.refusals import IDENTITY_UNAVAILABLE
 from bastion.checks.scopes import Authorize
+from bastion.core.chain import run_checks
 from bastion.core.decision import LATER, Context, Deny, Verdict
 from bastion.core.forwarding import NetworkSet
 from bastion.core.headers import Headers
@@ -957,6 +958,37 @@ class TestTheCommonCase:
         )
         assert stale.decide_now(view(headers=[("X-API-Key", key)]), Context("r")) is IDENTITY_UNAVAILABLE
 
+    def test_through_the_chain_a_refused_key_is_digested_once_per_way(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The chain calls decide_now, then awaits decide_later (not the whole check again): a refused key
+        costs one tag and one digest on the short way and one digest on the full way, no more (an attacker's
+        junk would otherwise buy several HMACs per request)."""
+        w = World()
+        shop = w.consumer("shop", ["orders:read"])
+        rec, key = w.key(shop)
+        digested: list[str] = []
+        tagged: list[bytes] = []
+
+        def counting(k: str) -> bytes:
+            digested.append(k)
+            return PEPPERS.key_digest(k)
+
+        def counting_tag(data: bytes, *, key: bytes) -> object:
+            tagged.append(data)
+            return hashlib.blake2s(data, key=key)
+
+        monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
+        w.api_keys.digest = counting  # type: ignore[method-assign]
+        wrong = format_api_key(rec.id, "x" * 33)
+        verdict = asyncio.run(run_checks((w.authn,), view(headers=[("X-API-Key", wrong)]), Context("r")))
+        deny(verdict, 401, "auth_invalid")
+        assert (len(tagged), len(digested)) == (1, 2)
+        tagged.clear()
+        digested.clear()
+        assert asyncio.run(run_checks((w.authn,), view(headers=[("X-API-Key", key)]), Context("r"))) is None
+        assert (len(tagged), len(digested)) == (1, 1)  # the first use: tagged and digested, then remembered
+
     def test_only_a_success_takes_the_short_way(self) -> None:
         w = World()
         shop = w.consumer("shop", ["orders:read"])
@@ -1073,7 +1105,8 @@ class TestRememberedKeys:
         shop = w.consumer("shop", ["orders:read"])
         rec, key = w.key(shop)
         assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
-        for wrong in (format_api_key(rec.id, "x" * 33), key[:-2] + key[-1] + key[-2]):
+        bad_checksum = key[:-1] + ("A" if key[-1] != "A" else "B")
+        for wrong in (format_api_key(rec.id, "x" * 33), bad_checksum):
             deny(w.admit(view(headers=[("X-API-Key", wrong)]))[0], 401, "auth_invalid")
         assert w.admit(view(headers=[("X-API-Key", key)]))[0] is None
 

@@ -110,6 +110,11 @@ class Authenticate:
         verdict = self.decide_now(req, ctx)
         if verdict is not LATER:
             return verdict  # type: ignore[no-any-return]
+        return await self.decide_later(req, ctx)
+
+    async def decide_later(self, req: RequestView, ctx: Context) -> Verdict:
+        """The full way, after :meth:`decide_now` said LATER (the chain awaits this, not ``__call__``,
+        so a refused key is not digested a second time by the short way)."""
         now = self.clock()
         if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE

@@ -382,10 +382,10 @@ class Gateway:
             body.cap(route.max_body)  # a check that reads the body reads at most this
         ctx = Context(request_id)
         verdict = None
-        for decide_now, check in route.steps:  # run_checks, inlined: this is the per-request path
+        for decide_now, later in route.steps:  # run_checks, inlined: this is the per-request path
             verdict = LATER if decide_now is None else decide_now(req, ctx)
             if verdict is LATER:
-                verdict = await check(req, ctx)
+                verdict = await later(req, ctx)
             if verdict is not None:
                 break
         principal = ctx.principal
