@@ -853,6 +853,25 @@ class TestApiKeyChecks:
         assert wrong[17:50] not in repr(d)
 
 
+def count_digests(monkeypatch: pytest.MonkeyPatch, *api_keys: ApiKeyAuth) -> tuple[list[str], list[bytes]]:
+    """The keys these ApiKeyAuths digest (HMAC) and the values they tag (BLAKE2s), as they go."""
+    digested: list[str] = []
+    tagged: list[bytes] = []
+
+    def counting(k: str) -> bytes:
+        digested.append(k)
+        return PEPPERS.key_digest(k)
+
+    def counting_tag(data: bytes, *, key: bytes) -> object:
+        tagged.append(data)
+        return hashlib.blake2s(data, key=key)
+
+    monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
+    for auth in api_keys:
+        auth.digest = counting  # type: ignore[method-assign]
+    return digested, tagged
+
+
 class TestTheCommonCase:
     """Authenticate decides a current key (or a token its verifier has seen) in a few lookups, and sends
     everything else the full way. Both ways must give the same verdict, principal and notices."""
@@ -967,19 +986,7 @@ class TestTheCommonCase:
         w = World()
         shop = w.consumer("shop", ["orders:read"])
         rec, key = w.key(shop)
-        digested: list[str] = []
-        tagged: list[bytes] = []
-
-        def counting(k: str) -> bytes:
-            digested.append(k)
-            return PEPPERS.key_digest(k)
-
-        def counting_tag(data: bytes, *, key: bytes) -> object:
-            tagged.append(data)
-            return hashlib.blake2s(data, key=key)
-
-        monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
-        w.api_keys.digest = counting  # type: ignore[method-assign]
+        digested, tagged = count_digests(monkeypatch, w.api_keys)
         wrong = format_api_key(rec.id, "x" * 33)
         verdict = asyncio.run(run_checks((w.authn,), view(headers=[("X-API-Key", wrong)]), Context("r")))
         deny(verdict, 401, "auth_invalid")
@@ -1022,21 +1029,8 @@ class TestTheCommonCase:
         _, revoked_key = w.key(shop, revoked_at=NOW - 10)
         _, expired_key = w.key(shop, expires_at=NOW - 1)
         _, off_key = w.key(off)
-        digested: list[str] = []
-        tagged: list[bytes] = []
-
-        def counting(k: str) -> bytes:
-            digested.append(k)
-            return PEPPERS.key_digest(k)
-
-        def counting_tag(data: bytes, *, key: bytes) -> object:
-            tagged.append(data)
-            return hashlib.blake2s(data, key=key)
-
-        monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
         full_way = self.full_way(w)
-        for authn in (w.authn, full_way):
-            authn.api_keys.digest = counting  # type: ignore[union-attr]
+        digested, tagged = count_digests(monkeypatch, w.api_keys, full_way.api_keys)  # type: ignore[arg-type]
         refused = {
             "unknown id": format_api_key("UNKNOWN00001", "y" * 33),
             "wrong secret, id in use": format_api_key(good.id, "x" * 33),
