@@ -132,8 +132,9 @@ class ApiKeyAuth:
         seen[key_id] = (tag, rec)
 
     def authenticate(self, key: str, req: RequestView, now: float, notices: list) -> Principal:  # type: ignore[type-arg]
-        """Every case: the principal, or :class:`AuthFailure` naming why not. The same digest, lookup and
-        comparison as :meth:`recognise` (the id sits at a fixed place)."""
+        """Every case: the principal, or :class:`AuthFailure` naming why not. The digest, lookup and
+        comparison of :meth:`recognise` without its tag (nothing is remembered on this way; the id sits
+        at a fixed place)."""
         digest = self.digest(key) if len(key) == 56 else None
         rec: KeyRecord | None = self.index.keys.get(key[4:16]) if digest is not None else None
         matched = (

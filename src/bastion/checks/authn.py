@@ -68,7 +68,7 @@ class Authenticate:
             severity="notice",
         )
         self._invalid_challenge = (("www-authenticate", challenge + ', error="invalid_token"'),)
-        # The common case, decided in a few lookups (see __call__). A route that also takes keys from
+        # The common case, decided in a few lookups (see decide_now). A route that also takes keys from
         # the query string always goes the full way. None as a header name is never in the headers.
         in_query = api_keys is not None and api_keys.in_query
         self._key_header = api_keys.header if api_keys is not None else None
@@ -83,7 +83,8 @@ class Authenticate:
         """The common case: one credential, nobody locked out, and a current key or a token this process
         has already verified. Only a success is decided here (and a snapshot too stale to trust);
         anything else (a failure, a key in its rotation's grace period, a token not seen before) is
-        :data:`LATER`: the chain then awaits the check, whose full way decides it afresh and records why."""
+        :data:`LATER`: the chain then awaits :meth:`decide_later`, the full way, which decides it afresh
+        and records why."""
         if self.limiter.active or req.headers.repeats is not None:
             return LATER
         now = self.clock()

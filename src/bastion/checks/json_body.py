@@ -30,7 +30,7 @@ from typing import Any
 
 from jiter import from_json as _from_json
 
-from ..core.decision import UNPARSED, Context, Deny
+from ..core.decision import LATER, UNPARSED, Context, Deny
 from ..core.request import BodyReadError, RequestView
 
 __all__ = [
@@ -263,12 +263,4 @@ def _parsed_or_deny(raw: bytes, limits: JsonLimits) -> Any:
         return Deny(400, exc.code, exc.reason, evidence={"reason": exc.reason})
 
 
-class _Later:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "LATER"
-
-
-LATER: Any = _Later()  # "the body is still to come": await the coroutine form
 

@@ -616,23 +616,45 @@ class OpenApiCheck:
         self._ops = {method: _Compiled(op) for method, op in ops.items()}
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:
+        verdict = self.decide_now(req, ctx)
+        if verdict is not LATER:
+            return verdict  # type: ignore[no-any-return]
+        return await self.decide_later(req, ctx)
+
+    def decide_now(self, req: RequestView, ctx: Context) -> Verdict:
+        """The verdict without waiting — every request whose JSON body came with its head, or that has
+        none; :data:`LATER` for a form or a body still to come (then :meth:`decide_later`)."""
         op = self._ops.get(req.method)
         if op is None:  # a method the route has and the document does not describe (HEAD, OPTIONS)
             return None
+        errors = self._params(op, req, ctx)
+        problem = None
+        if not errors:
+            problem = self._check_body_now(op, req, ctx, errors)
+            if problem is LATER:  # the body is still to come (or a form): wait for it
+                return LATER
+        return self._conclude(ctx, problem, errors)
+
+    async def decide_later(self, req: RequestView, ctx: Context) -> Verdict:
+        """After :meth:`decide_now` said LATER: the parameters passed there (they are checked again, the
+        same way — a form or a streamed body is the rare case), and the body is read and judged."""
+        op = self._ops[req.method]
+        errors = self._params(op, req, ctx)
+        problem = await self._check_body(op, req, ctx, errors) if not errors else None
+        return self._conclude(ctx, problem, errors)
+
+    def _params(self, op: _Compiled, req: RequestView, ctx: Context) -> list[tuple[str, str]]:
         errors: list[tuple[str, str]] = []
         if op.has_params or req.query:
             self._check_params(op, req, ctx, errors)
         if not self.forward_unknown:
             ctx.notes["forward_headers"] = op.header_names
-        status, code = 400, "request_invalid"
-        if not errors:
-            problem = self._check_body_now(op, req, ctx, errors)
-            if problem is LATER:  # the body is still to come (or a form): wait for it
-                problem = await self._check_body(op, req, ctx, errors)
-            if isinstance(problem, Deny):
-                return self._verdict(ctx, problem)
-            if isinstance(problem, tuple):
-                status, code = problem
+        return errors
+
+    def _conclude(self, ctx: Context, problem: Any, errors: list[tuple[str, str]]) -> Verdict:
+        if isinstance(problem, Deny):
+            return self._verdict(ctx, problem)
+        status, code = problem if isinstance(problem, tuple) else (400, "request_invalid")
         if not errors:
             return None
         return self._verdict(ctx, _invalid(status, code, errors))

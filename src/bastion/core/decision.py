@@ -30,7 +30,8 @@ class _Later:
         return "LATER"
 
 
-# What a check's decide_now returns when it cannot decide without waiting: the chain awaits the check.
+# What a check's decide_now returns when it cannot decide without waiting: the chain then awaits the
+# check's decide_later (or the check itself). See bastion.core.chain.
 LATER: Any = _Later()
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
