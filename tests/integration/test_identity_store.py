@@ -765,6 +765,12 @@ class TestSync:
         with StatementCounter(engine) as counter:
             sync.flush()
         assert counter.statements == []
+        # A use noted after a flush is written by the next one (key_used is the dict's own method:
+        # taking the uses must empty that dict, not put another in its place)
+        snapshot.key_used(b["id"], T0 + 60)
+        sync.flush()
+        assert key_row(engine, b["id"])["last_used_at"] == T0 + 60
+        assert snapshot.take_used() == {}
 
     def test_pending_token_revocations_survive_a_reload_and_are_written_by_flush(
         self, admin: IdentityAdmin, engine: Engine, clock: FakeClock

@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.checks import api_key as api_key_module
 from bastion.checks.api_key import ApiKeyAuth
 from bastion.checks.authn import Authenticate
 from bastion.checks.refusals import IDENTITY_UNAVAILABLE
@@ -862,14 +862,27 @@ def count_digests(monkeypatch: pytest.MonkeyPatch, *api_keys: ApiKeyAuth) -> tup
         digested.append(k)
         return PEPPERS.key_digest(k)
 
-    def counting_tag(data: bytes, *, key: bytes) -> object:
-        tagged.append(data)
-        return hashlib.blake2s(data, key=key)
-
-    monkeypatch.setattr(api_key_module, "blake2s", counting_tag)
     for auth in api_keys:
         auth.digest = counting  # type: ignore[method-assign]
+        monkeypatch.setattr(auth, "_tagger", _CountingTagger(auth._tagger, tagged))
     return digested, tagged
+
+
+class _CountingTagger:
+    """Stands in for ApiKeyAuth's tag state: each copy() is one tag, and what it is fed is recorded."""
+
+    def __init__(self, inner: Any, tagged: list[bytes]) -> None:
+        self.inner, self.tagged = inner, tagged
+
+    def copy(self) -> _CountingTagger:
+        return _CountingTagger(self.inner.copy(), self.tagged)
+
+    def update(self, data: bytes) -> None:
+        self.tagged.append(data)
+        self.inner.update(data)
+
+    def digest(self) -> bytes:
+        return self.inner.digest()  # type: ignore[no-any-return]
 
 
 class TestTheCommonCase:

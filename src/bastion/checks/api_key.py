@@ -37,6 +37,12 @@ _NO_TAG = bytes(32)  # likewise, a tag with no remembered one
 _ROTATION_NOTICE_EVERY = 60.0
 
 
+def _tagger(secret: bytes) -> blake2s:
+    """Keyed BLAKE2s under ``secret``, with nothing hashed yet: a tag copies it (hashlib's ``copy()``)
+    rather than building a hash object from its parameters each time, a third of the tag's time."""
+    return blake2s(key=secret)
+
+
 class ApiKeyAuth:
     name = "api_key"
 
@@ -54,13 +60,13 @@ class ApiKeyAuth:
         self.in_query = in_query
         self._noticed: dict[str, float] = {}
         # key id -> (tag, the record the key was verified against): see the module's docstring
-        self._tag_key = secrets.token_bytes(32)
+        self._tagger = _tagger(secrets.token_bytes(32))
         self._seen: dict[str, tuple[bytes, KeyRecord]] = {}
 
     def with_query(self) -> ApiKeyAuth:
         other = ApiKeyAuth(self.index, self.digest, header=self.header, in_query=True)
         other._noticed = self._noticed
-        other._tag_key, other._seen = self._tag_key, self._seen
+        other._tagger, other._seen = self._tagger, self._seen
         return other
 
     def credential(self, req: RequestView, bearer: str | None) -> str | None:
@@ -102,7 +108,9 @@ class ApiKeyAuth:
             return None
         key_id = key[4:16]
         rec = self.index.keys.get(key_id)
-        tag = blake2s(key.encode("utf-8", "surrogateescape"), key=self._tag_key).digest()
+        tagging = self._tagger.copy()
+        tagging.update(key.encode("utf-8", "surrogateescape"))
+        tag = tagging.digest()
         seen = self._seen.get(key_id)
         # compared with something either way, like the digests below
         if (

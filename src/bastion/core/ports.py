@@ -63,7 +63,7 @@ class IdentityIndex(Protocol):
 
     def public_key(self, credential_id: str) -> PublicKeyRecord | None: ...
 
-    def key_used(self, key_id: str, now: float) -> None:
+    def key_used(self, key_id: str, now: float, /) -> None:
         """Note a successful use (``last_used_at``); written in batches, never per request."""
         ...
 

@@ -95,6 +95,9 @@ class IdentitySnapshot:
         self._confirmed_at: float | None = None
         self.fresh_until = math.inf
         self._used: dict[str, float] = {}
+        # IdentityIndex.key_used, once per authenticated request: the dict's own item assignment, no
+        # Python frame. take_used empties this dict in place and never replaces it.
+        self.key_used: Callable[[str, float], None] = self._used.__setitem__
         self.pending_revocations: list[tuple[str, float, float]] = []
         # Revocations are appended on the event loop and taken by the sync thread: never lose one.
         self.pending_lock = threading.Lock()
@@ -136,9 +139,6 @@ class IdentitySnapshot:
     def public_key(self, credential_id: str) -> PublicKeyRecord | None:
         return self._data.public_keys.get(credential_id)
 
-    def key_used(self, key_id: str, now: float) -> None:
-        self._used[key_id] = now
-
     def revoke_token(self, jti: str, expires_at: float, now: float) -> None:
         """Effective at once in this process; written to the store by the sync thread."""
         with self.pending_lock:  # replace() takes the same lock: a reload cannot slip in between
@@ -146,8 +146,15 @@ class IdentitySnapshot:
             self.revoked[jti] = expires_at
 
     def take_used(self) -> dict[str, float]:
-        used, self._used = self._used, {}
-        return used
+        """The uses noted since the last call, taken out of the dict the event loop writes to. Each pop
+        is atomic; a use noted meanwhile stays for the next call."""
+        used = self._used
+        taken = {}
+        for key_id in list(used):
+            when = used.pop(key_id, None)
+            if when is not None:
+                taken[key_id] = when
+        return taken
 
 
 def check_pepper(engine: Engine, value: str) -> bool:
