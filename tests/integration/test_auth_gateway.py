@@ -503,6 +503,18 @@ class TestExternalIssuer:
         assert reply.status == 200, reply.body
         assert reply.upstream_headers()["x-bastion-consumer"] == ["partner-a"]
 
+    def test_a_consumer_registered_later_applies_to_a_remembered_token(self, stack: Stack) -> None:
+        """The principal is remembered with the token for the consumer record it was built from: a
+        consumer registered under the subject afterwards (its address list) applies at once."""
+        token = idp_token(sub="partner-late")
+        for _ in range(2):  # verified, then recalled
+            reply = stack.get("/v1/partners/7", bearer(token))
+            assert reply.status == 200, reply.body
+            assert reply.upstream_headers()["x-bastion-consumer"] == ["partner-late"]
+        adm = stack.admin()
+        adm.create_consumer("partner-late", ["orders:read"], ip_allow=["192.0.2.0/24"], actor="test")
+        assert_problem(stack.get("/v1/partners/7", bearer(token)), 403, "ip_not_allowed")
+
 
 def test_the_events_hold_no_token(stack: Stack) -> None:
     token = idp_token(aud="not-ours")

@@ -1052,6 +1052,7 @@ class TestTheCommonCase:
             "expired": expired_key,
             "consumer disabled": off_key,
             "non-ASCII, a key's length": "bst_" + "é" * 52,  # latin-1 from the wire: tagged, never a crash
+            "lone surrogates, a key's length": "bst_" + "\udcff" * 52,  # never from the wire; no crash either
         }
         # the good key first: its id is remembered when the wrong secret comes
         assert asyncio.run(w.authn(view(headers=[("X-API-Key", key)]), Context("r"))) is None

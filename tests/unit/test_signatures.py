@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -547,9 +548,9 @@ def test_pkcv_check_hash_replay_and_consumer() -> None:
     # require_pkcv: the token's consumer must be the one the route's credential authenticated.
     validator.failure = None
     required = Pkcv(validator, MemoryReplayCache(), clock, required=True)
-    other = Context("r", principal=principal._replace(consumer_id="C2"))
+    other = Context("r", principal=replace(principal, consumer_id="C2"))
     assert cause(run(required, req._replace(body=Body(b"foobar")), other)) == "pkcv_consumer_mismatch"
-    same = Context("r", principal=principal._replace(method="api_key", credential_id=None))
+    same = Context("r", principal=replace(principal, method="api_key", credential_id=None))
     assert run(required, req._replace(body=Body(b"foobar")), same) is None
     assert same.principal is not None and same.principal.method == "api_key"
 

@@ -21,7 +21,6 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from .forwarding import NetworkSet
 
@@ -188,10 +187,14 @@ def parse_permission(text: str) -> Permission:
 # -- records and principals -----------------------------------------------------------------------
 
 
-class Principal(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Principal:
     """Who is calling, as an authentication check found out. ``scopes`` are the effective scopes: for
     keys and Bastion's own tokens, already narrowed to what the consumer (and client) hold; for an
-    external issuer's token, what the issuer granted (the issuer is the authority for its subjects)."""
+    external issuer's token, what the issuer granted (the issuer is the authority for its subjects).
+
+    Built once and shared by every request of the same credential (prebuilt with the snapshot for keys,
+    remembered with the token otherwise): frozen, and read per request through its slots."""
 
     consumer: str  # the consumer's name (or a token's subject for an external issuer)
     scopes: frozenset[str]

@@ -64,7 +64,8 @@ class IdentityIndex(Protocol):
     def public_key(self, credential_id: str) -> PublicKeyRecord | None: ...
 
     def key_used(self, key_id: str, now: float, /) -> None:
-        """Note a successful use (``last_used_at``); written in batches, never per request."""
+        """Note a successful use (``last_used_at``); written in batches, never per request. Callers may
+        bind it once (the per-request path does): it must stay the same callable for the index's life."""
         ...
 
 

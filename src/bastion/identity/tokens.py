@@ -204,14 +204,13 @@ class IssuerVerifier:
         return _looks_like_jwt(token)
 
     def recall(self, token: str, now: float) -> Principal | None:
-        hit = self._cache.get(token, now)
+        hit: _Verified | None = self._cache.get(token, now)
         if hit is None:
             return None
-        subject, scopes = hit
-        known = self.index.consumer_named(subject)
+        known = self.index.consumer_named(hit.subject)
         if known is not None and not known.active:
             return None  # verify says why
-        return self._principal(subject, scopes, known)
+        return self._principal(hit, known)
 
     async def verify(self, token: str, now: float) -> Principal:
         hit = self._cache.get(token, now)
@@ -233,19 +232,37 @@ class IssuerVerifier:
             if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
                 # Missing, or not something a header can carry verbatim (spaces, controls, non-ASCII).
                 raise AuthFailure("jwt_subject_invalid", claim=self.consumer_claim)
-            hit = (subject, scopes_from_claims(claims))
+            hit = _Verified(subject, scopes_from_claims(claims))
             self._cache.put(token, float(claims["exp"]), hit)
-        subject, scopes = hit
-        known = self.index.consumer_named(subject)
+        known = self.index.consumer_named(hit.subject)
         if known is not None and not known.active:
             raise AuthFailure("consumer_disabled")
-        return self._principal(subject, scopes, known)
+        return self._principal(hit, known)
 
-    def _principal(self, subject: str, scopes: frozenset[str], known: ConsumerRecord | None) -> Principal:
-        return Principal(
-            consumer=subject,
-            scopes=scopes,
+    def _principal(self, hit: _Verified, known: ConsumerRecord | None) -> Principal:
+        """The principal of a verified token, remembered with it for the consumer record it was built
+        from (a reload brings new records: it is then built again)."""
+        if hit.consumer is known and hit.principal is not None:
+            return hit.principal
+        principal = Principal(
+            consumer=hit.subject,
+            scopes=hit.scopes,
             method=self.name,
             consumer_id=known.id if known is not None else None,
             ip_allow=(known.ip_allow,) if known is not None and known.ip_allow else (),
+            upstream_headers=identity_headers(hit.subject, hit.scopes),
         )
+        hit.consumer, hit.principal = known, principal
+        return principal
+
+
+class _Verified:
+    """What an external issuer's token was verified to say, and the principal last built from it."""
+
+    __slots__ = ("consumer", "principal", "scopes", "subject")
+
+    def __init__(self, subject: str, scopes: frozenset[str]) -> None:
+        self.subject = subject
+        self.scopes = scopes
+        self.consumer: ConsumerRecord | None = None  # the record `principal` was built from
+        self.principal: Principal | None = None

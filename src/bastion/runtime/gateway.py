@@ -437,10 +437,8 @@ class Gateway:
         if principal is not None:
             if self.on_use is not None:
                 self.on_use(principal.consumer, principal.key_id, client)  # the engine makes it text, once
-            up_headers.extend(
-                principal.upstream_headers or identity_headers(principal.consumer, principal.scopes)
-            )
-            if route.options["api_key_in_query"] and query:
+            up_headers += principal.upstream_headers or identity_headers(principal.consumer, principal.scopes)
+            if query and route.options["api_key_in_query"]:
                 query = _without_api_key(query)
         host_header = (fwd.host or hosts[0]) if upstream.preserve_host else upstream.host_header
         up_headers.append(("host", host_header))
