@@ -765,11 +765,24 @@ class TestSync:
         with StatementCounter(engine) as counter:
             sync.flush()
         assert counter.statements == []
-        # A use noted after a flush is written by the next one (key_used is the dict's own method:
-        # taking the uses must empty that dict, not put another in its place)
-        snapshot.key_used(b["id"], T0 + 60)
+
+    def test_a_use_noted_after_a_flush_is_written_by_the_next(
+        self, admin: IdentityAdmin, engine: Engine, clock: FakeClock
+    ) -> None:
+        """key_used is the uses dict's own method, bound once by the checks: taking the uses must empty
+        that dict, never put another in its place (uses noted afterwards would go nowhere)."""
+        admin.create_consumer("shop", ["orders:read"], actor=ACTOR)
+        a, _ = admin.create_key("shop", actor=ACTOR)
+        snapshot = IdentitySnapshot()
+        sync = IdentitySync(engine, snapshot, clock=clock)
+        sync.load()
+        note = snapshot.key_used  # as ApiKeyAuth holds it
+        note(a["id"], T0 + 1)
         sync.flush()
-        assert key_row(engine, b["id"])["last_used_at"] == T0 + 60
+        assert key_row(engine, a["id"])["last_used_at"] == T0 + 1
+        note(a["id"], T0 + 60)
+        sync.flush()
+        assert key_row(engine, a["id"])["last_used_at"] == T0 + 60
         assert snapshot.take_used() == {}
 
     def test_pending_token_revocations_survive_a_reload_and_are_written_by_flush(

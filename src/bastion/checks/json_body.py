@@ -261,6 +261,3 @@ def _parsed_or_deny(raw: bytes, limits: JsonLimits) -> Any:
         return parse_json(raw, limits)
     except JsonRejected as exc:
         return Deny(400, exc.code, exc.reason, evidence={"reason": exc.reason})
-
-
-
