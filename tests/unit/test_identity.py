@@ -51,6 +51,7 @@ from bastion.core.identity import (
     api_key_digest,
     check_scope_subset,
     format_api_key,
+    identity_headers,
     key_principal,
     parse_api_key,
     parse_permission,
@@ -310,6 +311,23 @@ class TestScopes:
         assert "consumer" in message
         with pytest.raises(ScopeError, match="client"):
             check_scope_subset(["x"], frozenset(), owner="client")
+
+
+class TestIdentityHeaders:
+    def test_the_rendered_lines_are_the_pairs(self) -> None:
+        sent = identity_headers("shop", frozenset({"orders:write", "orders:read"}))
+        scopes = "orders:read orders:write"  # sorted
+        assert sent.pairs == (("x-bastion-consumer", "shop"), ("x-bastion-scopes", scopes))
+        assert sent.lines == "x-bastion-consumer: shop\r\nx-bastion-scopes: orders:read orders:write\r\n"
+        assert identity_headers("shop", frozenset()).lines.endswith("x-bastion-scopes: \r\n")
+
+    @pytest.mark.parametrize("bad", ["a\r\nx-bastion-scopes: admin", "a\nb", "a\rb", "nul\x00"])
+    def test_a_value_that_would_split_a_field_is_refused(self, bad: str) -> None:
+        # the callers validate names, subjects and scopes; this is the last line, not the only one
+        with pytest.raises(ValueError, match="CR, LF or NUL"):
+            identity_headers(bad, frozenset())
+        with pytest.raises(ValueError, match="CR, LF or NUL"):
+            identity_headers("shop", frozenset({bad}))
 
 
 # -- permissions --------------------------------------------------------------------------------------

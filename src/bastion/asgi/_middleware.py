@@ -318,6 +318,8 @@ class BastionMiddleware:
         body.cap(req.route.max_body)
         path, _, query = fwd.target.partition("?")
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fwd.headers]
+        if fwd.identity is not None:
+            headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fwd.identity.pairs]
         length = len(body.cached) if body.cached is not None else body.declared_length
         if length is not None and (length or req.method in ("POST", "PUT", "PATCH")):
             headers.append((b"content-length", b"%d" % length))

@@ -33,6 +33,7 @@ __all__ = [
     "AuthFailure",
     "ClientRecord",
     "ConsumerRecord",
+    "IdentityHeaders",
     "KeyRecord",
     "Permission",
     "Principal",
@@ -61,6 +62,7 @@ CHECKSUM_LENGTH = 6
 KEY_PATTERN = re.compile(r"\bbst_[0-9A-Za-z]{12}_[0-9A-Za-z]{39}\b")
 _KEY = re.compile(r"bst_([0-9A-Za-z]{12})_([0-9A-Za-z]{33})([0-9A-Za-z]{6})")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
+_UNSAFE_IN_FIELD = re.compile(r"[\r\n\x00]")  # what would end or split an HTTP header field
 
 
 def _base62(number: int, width: int) -> str:
@@ -204,7 +206,7 @@ class Principal:
     client_id: str | None = None
     ip_allow: tuple[NetworkSet, ...] = ()
     permissions: tuple[Permission, ...] = ()
-    upstream_headers: tuple[tuple[str, str], ...] = ()  # identity_headers(), when prebuilt
+    upstream_headers: IdentityHeaders | None = None  # identity_headers(), when prebuilt
     credential_id: str | None = None  # PKCV: the public key (``CR…``) that signed the request
 
 
@@ -274,10 +276,25 @@ class AuthFailure(Exception):
         self.evidence = evidence
 
 
-def identity_headers(consumer: str, scopes: frozenset[str]) -> tuple[tuple[str, str], ...]:
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    """The header fields that tell the upstream who called: ``pairs`` as (name, value), and ``lines``,
+    the same fields as HTTP/1.1 header lines (``name: value\\r\\n`` each), rendered once with the
+    principal instead of per request. The values are a consumer's name, a checked token subject and
+    scope names, none of which can hold CR, LF or NUL (see :func:`identity_headers`)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    lines: str
+
+
+def identity_headers(consumer: str, scopes: frozenset[str]) -> IdentityHeaders:
     """What the upstream learns of an authenticated caller: ``X-Bastion-Consumer`` and the effective
     scopes, sorted and space-separated, in ``X-Bastion-Scopes``."""
-    return (("x-bastion-consumer", consumer), ("x-bastion-scopes", " ".join(sorted(scopes))))
+    pairs = (("x-bastion-consumer", consumer), ("x-bastion-scopes", " ".join(sorted(scopes))))
+    for _, value in pairs:
+        if _UNSAFE_IN_FIELD.search(value):  # the callers validate; a field is never split, whatever
+            raise ValueError("an identity header value cannot hold CR, LF or NUL")
+    return IdentityHeaders(pairs, "".join(f"{name}: {value}\r\n" for name, value in pairs))
 
 
 def key_principal(rec: KeyRecord, consumer: ConsumerRecord) -> Principal:

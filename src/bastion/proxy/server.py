@@ -1176,6 +1176,8 @@ class ClientConnection(asyncio.Protocol):
         parts = [f"{ex.method} {fwd.target} HTTP/1.1\r\n"]
         for name, value in fwd.headers:
             parts.append(f"{name}: {value}\r\n")
+        if fwd.identity is not None:
+            parts.append(fwd.identity.lines)  # rendered once, with the principal
         body = ex.body
         if body.cached is not None:
             parts.append(f"content-length: {len(body.cached)}\r\n")

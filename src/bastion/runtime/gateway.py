@@ -38,7 +38,7 @@ from ..core.events import Event
 from ..core.fields import FieldFilter
 from ..core.forwarding import HOP_BY_HOP, ForwardedInfo, NetworkSet, resolve_forwarded
 from ..core.headers import Headers
-from ..core.identity import Principal, identity_headers
+from ..core.identity import IdentityHeaders, Principal, identity_headers
 from ..core.paths import PathRejected, canonicalize_path, validate_query
 from ..core.ports import EventSink
 from ..core.problem import problem_body
@@ -104,6 +104,8 @@ class Forward:
     upstream: UpstreamSpec
     target: str  # path?query for the upstream request line
     headers: list[tuple[str, str]]  # upstream request headers, framing headers excluded
+    # who called, when authenticated: X-Bastion-Consumer and X-Bastion-Scopes, sent after ``headers``
+    identity: IdentityHeaders | None = None
 
 
 @dataclass(slots=True)
@@ -434,10 +436,11 @@ class Gateway:
             # and could cut a denied value out of its field) and uncompressed.
             up_headers = [(n, v) for n, v in up_headers if n not in _WHOLE_RESPONSE]
             up_headers.append(("accept-encoding", "identity"))
+        identity = None
         if principal is not None:
             if self.on_use is not None:
                 self.on_use(principal.consumer, principal.key_id, client)  # the engine makes it text, once
-            up_headers += principal.upstream_headers or identity_headers(principal.consumer, principal.scopes)
+            identity = principal.upstream_headers or identity_headers(principal.consumer, principal.scopes)
             if query and route.options["api_key_in_query"]:
                 query = _without_api_key(query)
         host_header = (fwd.host or hosts[0]) if upstream.preserve_host else upstream.host_header
@@ -449,7 +452,7 @@ class Gateway:
         target = upstream.base_path + path
         if query:
             target += "?" + query
-        return Forward(req, ctx, upstream, target, up_headers)
+        return Forward(req, ctx, upstream, target, up_headers, identity)
 
     async def _egress(
         self, req: RequestView, ctx: Context, upstream: UpstreamSpec, caller_headers: list[tuple[str, str]]
