@@ -752,8 +752,8 @@ class TestSync:
         sync.load()
         with StatementCounter(engine) as counter:
             for i in range(50):
-                snapshot.key_used(a["id"], T0 + i)
-            snapshot.key_used(b["id"], T0 + 7)
+                snapshot.last_used[a["id"]] = T0 + i
+            snapshot.last_used[b["id"]] = T0 + 7
             assert counter.statements == []  # no write per use
             sync.flush()
             updates = counter.updates()
@@ -769,18 +769,18 @@ class TestSync:
     def test_a_use_noted_after_a_flush_is_written_by_the_next(
         self, admin: IdentityAdmin, engine: Engine, clock: FakeClock
     ) -> None:
-        """key_used is the uses dict's own method, bound once by the checks: taking the uses must empty
-        that dict, never put another in its place (uses noted afterwards would go nowhere)."""
+        """last_used is a dict the checks keep a reference to: taking the uses must empty that dict,
+        never put another in its place (uses noted afterwards would go nowhere)."""
         admin.create_consumer("shop", ["orders:read"], actor=ACTOR)
         a, _ = admin.create_key("shop", actor=ACTOR)
         snapshot = IdentitySnapshot()
         sync = IdentitySync(engine, snapshot, clock=clock)
         sync.load()
-        note = snapshot.key_used  # as ApiKeyAuth holds it
-        note(a["id"], T0 + 1)
+        noted = snapshot.last_used  # as ApiKeyAuth holds it
+        noted[a["id"]] = T0 + 1
         sync.flush()
         assert key_row(engine, a["id"])["last_used_at"] == T0 + 1
-        note(a["id"], T0 + 60)
+        noted[a["id"]] = T0 + 60
         sync.flush()
         assert key_row(engine, a["id"])["last_used_at"] == T0 + 60
         assert snapshot.take_used() == {}

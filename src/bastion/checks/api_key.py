@@ -62,7 +62,7 @@ class ApiKeyAuth:
         # key id -> (tag, the record the key was verified against): see the module's docstring
         self._tagger = _tagger(secrets.token_bytes(32))
         self._seen: dict[str, tuple[bytes, KeyRecord]] = {}
-        self._key_used = index.key_used  # bound once: see IdentityIndex.key_used
+        self._last_used = index.last_used  # the same dict for the index's life (IdentityIndex)
 
     def with_query(self) -> ApiKeyAuth:
         other = ApiKeyAuth(self.index, self.digest, header=self.header, in_query=True)
@@ -123,14 +123,14 @@ class ApiKeyAuth:
             and seen[1] is rec  # type: ignore[index]
             and now < rec.good_until  # type: ignore[union-attr]
         ):
-            self._key_used(key_id, now)
+            self._last_used[key_id] = now
             return rec.principal  # type: ignore[union-attr]
         digest = self.digest(key)
         # compared with something either way: an unknown id does the same work as a wrong secret
         stored = rec.digest if rec is not None else _NO_DIGEST
         if compare_digest(digest, stored) and rec is not None and now < rec.good_until:
             self._remember(key_id, tag, rec)
-            self._key_used(key_id, now)
+            self._last_used[key_id] = now
             return rec.principal
         return None
 
@@ -158,7 +158,7 @@ class ApiKeyAuth:
         if matched and now < rec.good_until:  # type: ignore[union-attr]
             # in good standing: the full way was taken for another reason (a lockout elsewhere, a
             # repeated header, a key also allowed in the query string)
-            self._key_used(rec.id, now)  # type: ignore[union-attr]
+            self._last_used[rec.id] = now  # type: ignore[union-attr]
             return rec.principal  # type: ignore[union-attr,return-value]
         return self._judge(key, rec, matched, now, notices)
 
@@ -193,7 +193,7 @@ class ApiKeyAuth:
             if consumer is None or not consumer.active:
                 raise AuthFailure("consumer_disabled", key_id)
             principal = key_principal(rec, consumer)
-        self._key_used(key_id, now)
+        self._last_used[key_id] = now
         if rec.rotated_to is not None:
             last = self._noticed.get(key_id, 0.0)
             if now - last >= _ROTATION_NOTICE_EVERY:  # one event a minute per key, not one per request

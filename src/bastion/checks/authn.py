@@ -87,14 +87,20 @@ class Authenticate:
         and records why."""
         if self.limiter.active or req.headers.repeats is not None:
             return LATER
-        now = self.clock()
+        # Callables kept in attributes are read with LOAD_ATTR and then called: called as
+        # self.clock(), CPython 3.11 looks for a method of that name first, the unspecialised way.
+        clock = self.clock
+        now = clock()
         if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE
         first = req.headers.first
         auth = first.get("authorization")
         if auth is None:
             key = first.get(self._quick_key_header)  # type: ignore[arg-type]
-            principal = self._recognise(key, now) if key is not None else None
+            if key is None:
+                return LATER
+            recognise = self._recognise
+            principal = recognise(key, now)
         elif auth[:7] == "Bearer " and self._key_header not in first:  # else a key would win
             token = auth[7:]  # (slices and ==: str.startswith parses its arguments the slow way)
             principal = (self._recognise if token[:4] == "bst_" else self._recall)(token, now)
@@ -104,7 +110,8 @@ class Authenticate:
             return LATER
         ctx.principal = principal
         if principal.ip_allow or principal.permissions:
-            return self._decide(req, principal)
+            decide = self._decide
+            return decide(req, principal)
         return None if self._scopes_needed <= principal.scopes else self._insufficient
 
     async def __call__(self, req: RequestView, ctx: Context) -> Verdict:

@@ -6,7 +6,7 @@ Declared here, implemented in ``state/``, ``identity/``, ``store/`` and ``events
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from .events import Event
@@ -63,10 +63,10 @@ class IdentityIndex(Protocol):
 
     def public_key(self, credential_id: str) -> PublicKeyRecord | None: ...
 
-    def key_used(self, key_id: str, now: float, /) -> None:
-        """Note a successful use (``last_used_at``); written in batches, never per request. Callers may
-        bind it once (the per-request path does): it must stay the same callable for the index's life."""
-        ...
+    # Where a successful use is noted (``last_used[key_id] = now``, for ``last_used_at``): the store
+    # takes what was noted in batches, never per request. The same mapping for the index's life
+    # (emptied in place, never replaced), so callers may keep it: the per-request path does.
+    last_used: MutableMapping[str, float]
 
 
 class Freshness(Protocol):

@@ -94,10 +94,9 @@ class IdentitySnapshot:
         self.max_staleness = max_staleness
         self._confirmed_at: float | None = None
         self.fresh_until = math.inf
-        self._used: dict[str, float] = {}
-        # IdentityIndex.key_used, once per authenticated request: the dict's own item assignment, no
-        # Python frame. take_used empties this dict in place and never replaces it.
-        self.key_used: Callable[[str, float], None] = self._used.__setitem__
+        # IdentityIndex.last_used, written once per authenticated request (an item assignment, no call):
+        # take_used empties this dict in place and never replaces it.
+        self.last_used: dict[str, float] = {}
         self.pending_revocations: list[tuple[str, float, float]] = []
         # Revocations are appended on the event loop and taken by the sync thread: never lose one.
         self.pending_lock = threading.Lock()
@@ -148,7 +147,7 @@ class IdentitySnapshot:
     def take_used(self) -> dict[str, float]:
         """The uses noted since the last call, taken out of the dict the event loop writes to. Each pop
         is atomic; a use noted meanwhile stays for the next call."""
-        used = self._used
+        used = self.last_used
         taken = {}
         for key_id in list(used):
             when = used.pop(key_id, None)
@@ -310,7 +309,7 @@ class IdentitySync:
                 with self.snapshot.pending_lock:
                     self.snapshot.pending_revocations[:0] = pending
                 for kid, t in used.items():
-                    self.snapshot._used.setdefault(kid, t)
+                    self.snapshot.last_used.setdefault(kid, t)
                 raise
 
     def _write(self, used: dict[str, float], pending: list[tuple[str, float, float]]) -> None:
