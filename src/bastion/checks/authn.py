@@ -85,7 +85,8 @@ class Authenticate:
         anything else (a failure, a key in its rotation's grace period, a token not seen before) is
         :data:`LATER`: the chain then awaits :meth:`decide_later`, the full way, which decides it afresh
         and records why."""
-        if self.limiter.active or req.headers.repeats is not None:
+        headers = req.headers
+        if self.limiter.active or headers.repeats is not None:
             return LATER
         # Callables kept in attributes are read with LOAD_ATTR and then called: called as
         # self.clock(), CPython 3.11 looks for a method of that name first, the unspecialised way.
@@ -93,7 +94,7 @@ class Authenticate:
         now = clock()
         if self.freshness is not None and now > self.freshness.fresh_until:
             return IDENTITY_UNAVAILABLE
-        first = req.headers.first
+        first = headers.first
         auth = first.get("authorization")
         if auth is None:
             key = first.get(self._quick_key_header)  # type: ignore[arg-type]
