@@ -289,10 +289,14 @@ class IdentityHeaders:
 
 def identity_headers(consumer: str, scopes: frozenset[str]) -> IdentityHeaders:
     """What the upstream learns of an authenticated caller: ``X-Bastion-Consumer`` and the effective
-    scopes, sorted and space-separated, in ``X-Bastion-Scopes``."""
+    scopes, sorted and space-separated, in ``X-Bastion-Scopes``. Raises ``ValueError`` for a value that
+    holds CR, LF or NUL. The builders of principals pass only validated names, subjects and scopes;
+    this is the last line, so a field is never split whatever reaches it. (It stays out of
+    :class:`Principal` itself: a principal is a value that other layers, such as rate-limit keys, take
+    with any text.)"""
     pairs = (("x-bastion-consumer", consumer), ("x-bastion-scopes", " ".join(sorted(scopes))))
     for _, value in pairs:
-        if _UNSAFE_IN_FIELD.search(value):  # the callers validate; a field is never split, whatever
+        if _UNSAFE_IN_FIELD.search(value):
             raise ValueError("an identity header value cannot hold CR, LF or NUL")
     return IdentityHeaders(pairs, "".join(f"{name}: {value}\r\n" for name, value in pairs))
 
